@@ -1,0 +1,30 @@
+"""Client credentials: generation and the published hash the exchange server verifies against.
+
+Client secrets are 256 random bits, so a fast hash is enough (no dictionary to guess from) and lets the server
+verify without ever reading the Secret. Comparison is constant-time.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+HASH_PREFIX = "sha256:"
+
+
+def generate_client_id() -> str:
+    return "tb-" + secrets.token_hex(12)
+
+
+def generate_client_secret() -> str:
+    return secrets.token_urlsafe(32)  # 256 bits
+
+
+def hash_client_secret(secret: str) -> str:
+    return HASH_PREFIX + hashlib.sha256(secret.encode()).hexdigest()
+
+
+def verify_client_secret(secret: str, expected_hash: str | None) -> bool:
+    if not expected_hash or not expected_hash.startswith(HASH_PREFIX):
+        return False
+    return hmac.compare_digest(hash_client_secret(secret), expected_hash)
