@@ -118,7 +118,8 @@ def observed_generation() -> dict:
 def jwk() -> dict:
     b64 = "base64url-encoded "
     return obj(
-        "One JSON Web Key (RFC 7517). Only public members are kept; private members such as d are pruned.",
+        "One public JSON Web Key (RFC 7517). Only the public members below are declared, so a private member "
+        "(d, p, q, k, ...) is refused by strict field validation (or pruned).",
         {
             "kty": {"type": "string", "enum": ["RSA", "EC", "OKP"],
                     "description": "Key type: RSA, EC or OKP (Ed25519/Ed448). Symmetric (oct) keys are never "
