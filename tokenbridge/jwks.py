@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import jwt
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 
 from .api import ASYMMETRIC_ALGORITHMS
 
@@ -108,7 +108,7 @@ def parse_jwks(document: Any, allowed_algorithms: Iterable[str]) -> KeySet:
             continue
         try:
             key = jwt.PyJWK(dict(jwk), algorithm=algorithms[0]).key
-        except (PyJWKError, ValueError, TypeError) as exc:
+        except (PyJWTError, ValueError, TypeError) as exc:
             skipped.append(f"{name}: {exc}")
             continue
         by_kid.setdefault(kid, []).append(VerificationKey(kid, frozenset(algorithms), key))

@@ -159,7 +159,7 @@ class ControlPlane:
             "--root-ca-file", str(d / "ca.crt"),
             "--cluster-signing-cert-file", str(d / "ca.crt"), "--cluster-signing-key-file", str(d / "ca.key"),
             "--controllers", "*", "--leader-elect=false", "--secure-port", "0",
-            "--use-service-account-credentials=false", "--concurrent-gc-syncs", "5",
+            "--use-service-account-credentials=true", "--concurrent-gc-syncs", "5",
         ])
         # The default ServiceAccount appears only when the controller-manager's controllers really run.
         self._wait(lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default",
