@@ -1,0 +1,30 @@
+"""The WSGI application: resources wired to their dependencies (configuration, snapshot source, clock)."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import falcon
+
+from . import errors
+from .config import ServerConfig
+from .health import HealthResource, ReadyResource
+from .introspection import IntrospectionResource
+from .metadata import JWKSResource, MetadataResource
+from .sources import SnapshotSource
+from .token_endpoint import TokenResource
+
+
+def create_app(config: ServerConfig, snapshot_source: SnapshotSource, *,
+               clock: Callable[[], float] = time.time) -> falcon.App:
+    app = falcon.App(cors_enable=False)
+    errors.install(app)
+    metadata = MetadataResource(config)
+    app.add_route("/.well-known/openid-configuration", metadata)
+    app.add_route("/.well-known/oauth-authorization-server", metadata)
+    app.add_route("/.well-known/jwks.json", JWKSResource(snapshot_source, clock))
+    app.add_route("/oauth2/token", TokenResource(config, snapshot_source, clock))
+    app.add_route("/oauth2/introspect", IntrospectionResource(config, snapshot_source, clock))
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(snapshot_source))
+    return app

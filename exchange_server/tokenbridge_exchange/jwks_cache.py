@@ -1,0 +1,178 @@
+"""Verification keys of each identity provider, fetched off the request path and parsed once per fetch.
+
+A remote IdP's keys are refreshed in the background after ``lifespan``. A token with an unknown ``kid`` (the IdP
+rotated) may trigger one refresh on the request path: concurrent requests share it (single flight) and it happens
+at most once per ``cooldown`` per IdP, so a flood of forged kids cannot turn into a flood of fetches. When fetches
+fail, the last good keys keep serving until ``max_staleness`` after the last good fetch. Inline JWKS never fetch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Mapping, Protocol
+
+from tokenbridge.jwks import KeySet, VerificationKey
+
+log = logging.getLogger(__name__)
+
+# fetch(jwks_uri, spec) -> KeySet; raises on failure (FetchError, DiscoveryError, JWKSError, ...)
+Fetcher = Callable[[str, Mapping[str, Any]], KeySet]
+
+
+class KeysUnavailable(Exception):
+    """The IdP has no usable keys: never fetched successfully, or the last good fetch is too old."""
+
+
+class KeySource(Protocol):
+    def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]: ...
+
+
+class StaticKeys:
+    """Keys from an inline ``spec.jwks``: parsed once when the snapshot is built, never fetched."""
+
+    def __init__(self, keys: KeySet):
+        self.keys = keys
+
+    def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]:
+        return self.keys.candidates(kid, alg)
+
+
+class RemoteKeys:
+    """The keys behind one IdP's ``jwks_uri``; thread-safe, shared by every snapshot that uses the same IdP."""
+
+    def __init__(self, name: str, jwks_uri: str, spec: Mapping[str, Any], fetch: Fetcher, *,
+                 clock: Callable[[], float], lifespan: float, cooldown: float, max_staleness: float):
+        self.name, self.jwks_uri, self.spec = name, jwks_uri, spec
+        self._fetch, self._clock = fetch, clock
+        self.lifespan, self.cooldown, self.max_staleness = lifespan, cooldown, max_staleness
+        self._keys: KeySet | None = None
+        self._fetched_at = float("-inf")
+        self._attempted_at = float("-inf")
+        self._last_error = "keys not fetched yet"
+        self._lock = threading.Lock()
+        self._flight: threading.Event | None = None
+        self.fetches = 0  # attempts, for tests and metrics
+
+    def seed(self, keys: KeySet, fetched_at: float) -> None:
+        """Keys obtained elsewhere (standalone discovery) so the first request needs no fetch."""
+        with self._lock:
+            if fetched_at > self._fetched_at:
+                self._keys, self._fetched_at = keys, fetched_at
+
+    def _usable(self, now: float) -> KeySet | None:
+        if self._keys is not None and now - self._fetched_at <= self.max_staleness:
+            return self._keys
+        return None
+
+    def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]:
+        keys = self._usable(self._clock())
+        found = keys.candidates(kid, alg) if keys is not None else []
+        if found:
+            return found
+        if self.refresh(min_interval=self.cooldown):
+            keys = self._usable(self._clock())
+            found = keys.candidates(kid, alg) if keys is not None else []
+        if keys is None:
+            raise KeysUnavailable(f"signing keys of {self.name} are unavailable: {self._last_error}")
+        return found
+
+    def refresh_if_due(self) -> None:
+        """Background refresh: once ``lifespan`` has passed since the last good fetch (retry after cooldown)."""
+        if self._clock() - self._fetched_at >= self.lifespan:
+            self.refresh(min_interval=self.cooldown)
+
+    def refresh(self, *, min_interval: float) -> bool:
+        """Fetch now unless a fetch ran less than ``min_interval`` ago; join one already running.
+
+        Returns whether a fetch ran (or was joined), i.e. whether looking at the keys again can help.
+        """
+        with self._lock:
+            flight = self._flight
+            if flight is None:
+                now = self._clock()
+                if now - self._attempted_at < min_interval:
+                    return False
+                self._attempted_at = now
+                self._flight = flight = threading.Event()
+                leader = True
+            else:
+                leader = False
+        if not leader:
+            flight.wait(timeout=10)
+            return True
+        try:
+            self._fetch_once()
+        finally:
+            with self._lock:
+                self._flight = None
+            flight.set()
+        return True
+
+    def _fetch_once(self) -> None:
+        self.fetches += 1
+        try:
+            keys = self._fetch(self.jwks_uri, self.spec)
+        except Exception as exc:  # any failure keeps the last good keys; the reason is what clients see
+            self._last_error = str(exc) or type(exc).__name__
+            log.warning("refreshing the keys of %s from %s failed: %s", self.name, self.jwks_uri, self._last_error)
+            return
+        with self._lock:
+            self._keys, self._fetched_at = keys, self._clock()
+        log.info("fetched %d keys of %s from %s", len(keys), self.name, self.jwks_uri)
+
+
+class JwksCache:
+    """Every remote IdP's :class:`RemoteKeys`, kept across snapshot rebuilds, refreshed by one thread."""
+
+    def __init__(self, fetch: Fetcher, *, clock: Callable[[], float] = time.time, lifespan: float = 300.0,
+                 cooldown: float = 10.0, max_staleness: float = 86400.0, tick: float = 1.0):
+        self._fetch, self._clock, self._tick = fetch, clock, tick
+        self._settings = {"lifespan": lifespan, "cooldown": max(cooldown, 10.0), "max_staleness": max_staleness}
+        self._entries: dict[str, RemoteKeys] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def fingerprint(name: str, jwks_uri: str, spec: Mapping[str, Any]) -> str:
+        """What the fetch depends on: a change to anything else in the spec keeps the cached keys."""
+        relevant = {k: spec.get(k) for k in ("type", "tls", "kubernetes", "allowInsecureHTTP", "allowedAlgorithms")}
+        return json.dumps([name, jwks_uri, relevant], sort_keys=True)
+
+    def remote(self, name: str, jwks_uri: str, spec: Mapping[str, Any]) -> RemoteKeys:
+        key = self.fingerprint(name, jwks_uri, spec)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = RemoteKeys(name, jwks_uri, spec, self._fetch, clock=self._clock, **self._settings)
+                self._entries[key] = entry
+            return entry
+
+    def retain(self, entries: list[RemoteKeys]) -> None:
+        """Forget every entry the newest snapshot no longer uses."""
+        keep = {id(e) for e in entries}
+        with self._lock:
+            self._entries = {k: e for k, e in self._entries.items() if id(e) in keep}
+
+    def refresh_due(self) -> None:
+        with self._lock:
+            entries = list(self._entries.values())
+        for entry in entries:
+            entry.refresh_if_due()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="jwks-refresh", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._tick):
+            try:
+                self.refresh_due()
+            except Exception:  # the refresher must outlive any single bad entry
+                log.exception("JWKS refresh loop")

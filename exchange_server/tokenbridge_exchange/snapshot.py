@@ -1,0 +1,177 @@
+"""The configuration the server answers from: immutable, indexed, built off the request path, swapped whole.
+
+A source (cluster watch or manifests on disk) hands :func:`build_snapshot` the resources as Kubernetes objects
+(spec + status); every lookup a request makes is then one dict access. A resource that cannot be used (not yet
+reconciled, invalid) is left out with a logged reason; it never breaks the rest of the snapshot.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from tokenbridge import api
+from tokenbridge.durations import parse_duration
+from tokenbridge.issuers import IssuerIndex
+from tokenbridge.jwks import parse_jwks
+from tokenbridge.signing import SigningKeySet
+
+from .jwks_cache import JwksCache, KeySource, RemoteKeys, StaticKeys
+
+log = logging.getLogger(__name__)
+
+Ref = tuple[str, str, str]  # (kind, namespace or "", name)
+DEFAULT_LIFETIME = 900.0
+DEFAULT_CLOCK_SKEW = 60.0
+
+
+@dataclass(frozen=True)
+class IdentityProvider:
+    ref: Ref
+    label: str  # the issued token's "idp" claim: namespace/name, or the cluster IdP's name
+    issuer: str
+    allowed_audiences: frozenset[str]
+    allowed_algorithms: frozenset[str]
+    clock_skew: float
+    max_token_age: float | None
+    keys: KeySource
+
+
+@dataclass(frozen=True)
+class Application:
+    namespace: str
+    name: str
+    client_id: str
+    secret_hash: str
+    previous_secret_hash: str | None
+    previous_secret_expires_at: float | None
+    auth_method: str
+    grant_types: frozenset[str]
+    providers: IssuerIndex  # issuer -> the application's allowed IdentityProviders
+    audiences: tuple[str, ...]
+    scopes: frozenset[str]
+    lifetime: float
+
+    @property
+    def audience_set(self) -> frozenset[str]:
+        return frozenset(self.audiences)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    applications: Mapping[str, Application]  # by client id
+    providers: Mapping[Ref, IdentityProvider]
+    signing_keys: SigningKeySet | None
+    skipped: tuple[str, ...] = field(default=())
+
+    @property
+    def ready(self) -> bool:
+        return self.signing_keys is not None
+
+
+def _meta(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace") or "", meta.get("name") or ""
+
+
+def _timestamp(text: Any) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+
+
+def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache) -> IdentityProvider:
+    namespace, name = _meta(obj)
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    label = f"{namespace}/{name}" if kind == api.KIND_IDP else name
+    issuer = spec.get("issuer") or status.get("issuer")
+    if not issuer:
+        raise ValueError("no issuer yet (neither spec.issuer nor a reconciled status.issuer)")
+    algorithms = frozenset(spec.get("allowedAlgorithms") or api.DEFAULT_ALLOWED_ALGORITHMS)
+    algorithms &= frozenset(api.ASYMMETRIC_ALGORITHMS)
+    audiences = frozenset(spec.get("allowedAudiences") or ())
+    if not algorithms or not audiences:
+        raise ValueError("needs allowedAudiences and at least one asymmetric allowedAlgorithms entry")
+    keys: KeySource
+    if spec.get("jwks") is not None:
+        keys = StaticKeys(parse_jwks(spec["jwks"], algorithms))
+    else:
+        jwks_uri = spec.get("jwksURI") or status.get("jwksURI")
+        if not jwks_uri:
+            raise ValueError("no jwksURI yet (neither spec.jwksURI nor a reconciled status.jwksURI)")
+        keys = cache.remote(label, jwks_uri, spec)
+    max_age = spec.get("maxTokenAge")
+    return IdentityProvider(
+        ref=(kind, namespace, name), label=label, issuer=issuer, allowed_audiences=audiences,
+        allowed_algorithms=algorithms,
+        clock_skew=parse_duration(spec["clockSkew"]) if spec.get("clockSkew") else DEFAULT_CLOCK_SKEW,
+        max_token_age=parse_duration(max_age) if max_age else None, keys=keys,
+    )
+
+
+def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvider]) -> Application:
+    namespace, name = _meta(obj)
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    client_id, secret_hash = status.get("clientID"), status.get("clientSecretHash")
+    if not client_id or not secret_hash:
+        raise ValueError("no client credentials yet (status.clientID / status.clientSecretHash)")
+    allowed = []
+    for ref in spec.get("identityProviders") or ():
+        kind = ref.get("kind") or api.KIND_IDP
+        key = (kind, namespace if kind == api.KIND_IDP else "", ref.get("name") or "")
+        if key in providers:  # a missing or unusable IdP only narrows what the application accepts
+            allowed.append(providers[key])
+    lifetime = spec.get("accessTokenLifetime")
+    return Application(
+        namespace=namespace, name=name, client_id=client_id, secret_hash=secret_hash,
+        previous_secret_hash=status.get("previousClientSecretHash"),
+        previous_secret_expires_at=_timestamp(status.get("previousClientSecretExpiresAt")),
+        auth_method=spec.get("tokenEndpointAuthMethod") or api.AUTH_METHOD_BASIC,
+        grant_types=frozenset(spec.get("grantTypes") or ()),
+        providers=IssuerIndex((p.issuer, p) for p in allowed),
+        audiences=tuple(dict.fromkeys(spec.get("audiences") or ())),
+        scopes=frozenset(spec.get("scopes") or ()),
+        lifetime=parse_duration(lifetime) if lifetime else DEFAULT_LIFETIME,
+    )
+
+
+def build_snapshot(
+    *,
+    identity_providers: Iterable[Mapping[str, Any]],
+    cluster_identity_providers: Iterable[Mapping[str, Any]],
+    applications: Iterable[Mapping[str, Any]],
+    signing_keys: SigningKeySet | None,
+    cache: JwksCache,
+) -> Snapshot:
+    """Index the resources; the cache keeps (and afterwards only keeps) the remote key sets still in use."""
+    skipped: list[str] = []
+    providers: dict[Ref, IdentityProvider] = {}
+    for kind, objects in ((api.KIND_IDP, identity_providers), (api.KIND_CLUSTER_IDP, cluster_identity_providers)):
+        for obj in objects:
+            namespace, name = _meta(obj)
+            try:
+                provider = _provider(kind, obj, cache)
+            except Exception as exc:  # one bad resource must not take the others down
+                skipped.append(f"{kind} {namespace}/{name}: {exc}")
+                continue
+            providers[provider.ref] = provider
+    apps: dict[str, Application] = {}
+    for obj in applications:
+        namespace, name = _meta(obj)
+        try:
+            app = _application(obj, providers)
+        except Exception as exc:
+            skipped.append(f"{api.KIND_APP} {namespace}/{name}: {exc}")
+            continue
+        if app.client_id in apps:
+            other = apps[app.client_id]
+            skipped.append(f"{api.KIND_APP} {namespace}/{name}: client id {app.client_id} is already used by "
+                           f"{other.namespace}/{other.name}")
+            continue
+        apps[app.client_id] = app
+    cache.retain([p.keys for p in providers.values() if isinstance(p.keys, RemoteKeys)])
+    for reason in skipped:
+        log.info("not serving %s", reason)
+    return Snapshot(MappingProxyType(apps), MappingProxyType(providers), signing_keys, tuple(skipped))

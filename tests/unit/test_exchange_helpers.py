@@ -1,0 +1,146 @@
+"""Shared pieces of the exchange server tests: an IdP that signs with keys the test generates, resource objects,
+a fixed snapshot source and a client that fails the test on any 500."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Any
+
+import falcon.testing
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tokenbridge import api
+from tokenbridge.client_secrets import hash_client_secret
+from tokenbridge.signing import generate_keyset
+from tokenbridge_exchange.app import create_app
+from tokenbridge_exchange.config import ServerConfig
+from tokenbridge_exchange.jwks_cache import JwksCache
+from tokenbridge_exchange.snapshot import build_snapshot
+
+PUBLIC_ISSUER = "https://tokens.example.test"
+NOW = 1_800_000_000.0
+
+
+class TestIdP:
+    """Generated keys, their public JWKS, and tokens signed with them."""
+
+    __test__ = False
+
+    def __init__(self, issuer: str = "https://idp.example.test", alg: str = "RS256"):
+        self.issuer = issuer
+        self.alg = alg
+        self.keys: dict[str, Any] = {}
+        self.kid = self.add_key()
+
+    def add_key(self) -> str:
+        kid = uuid.uuid4().hex[:8]
+        self.keys[kid] = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if self.alg.startswith("RS")
+                          else ec.generate_private_key(ec.SECP256R1()))
+        self.kid = kid
+        return kid
+
+    def jwks(self) -> dict[str, Any]:
+        keys = []
+        for kid, key in self.keys.items():
+            jwk = json.loads(jwt.get_algorithm_by_name(self.alg).to_jwk(key.public_key()))
+            keys.append({**jwk, "kid": kid, "use": "sig"})
+        return {"keys": keys}
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        claims = {"iss": self.issuer, "sub": "alice", "aud": "api://tokenbridge", "iat": int(NOW) - 10,
+                  "exp": int(NOW) + 3600}
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(self, headers: dict[str, Any] | None = None, key: Any = None, **claims: Any) -> str:
+        headers = {"kid": self.kid, **(headers or {})}
+        return jwt.encode(self.claims(**claims), key or self.keys[self.kid], algorithm=self.alg, headers=headers)
+
+
+def b64url(data: bytes | str) -> str:
+    data = data.encode() if isinstance(data, str) else data
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def idp_object(name: str, issuer: str, *, namespace: str = "team-a", kind: str = api.KIND_IDP,
+               jwks: dict | None = None, jwks_uri: str | None = None, **spec: Any) -> dict[str, Any]:
+    spec = {"type": "OIDC", "issuer": issuer, "allowedAudiences": ["api://tokenbridge"], **spec}
+    if jwks is not None:
+        spec["jwks"] = jwks
+    if jwks_uri is not None:
+        spec["jwksURI"] = jwks_uri
+    meta = {"name": name} if kind == api.KIND_CLUSTER_IDP else {"name": name, "namespace": namespace}
+    return {"apiVersion": api.API_VERSION, "kind": kind, "metadata": meta, "spec": spec}
+
+
+def app_object(name: str, client_id: str, secret: str, *, namespace: str = "team-a",
+               providers: list[dict] | None = None, status: dict | None = None, **spec: Any) -> dict[str, Any]:
+    spec = {
+        "grantTypes": list(api.GRANT_TYPES),
+        "identityProviders": providers if providers is not None else [{"name": "corp"}],
+        "audiences": ["https://api.example.test", "https://other.example.test"],
+        "scopes": ["read", "write"],
+        "credentials": {"secretName": f"{name}-credentials"},
+        **spec,
+    }
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+            "status": {"clientID": client_id, "clientSecretHash": hash_client_secret(secret), **(status or {})}}
+
+
+class FixedSource:
+    """A snapshot source the test sets directly."""
+
+    def __init__(self, snapshot=None):
+        self.snapshot = snapshot
+
+    def current(self):
+        return self.snapshot
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self, now: float = NOW):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def no_fetch(uri, spec):
+    raise AssertionError(f"unexpected fetch of {uri}")
+
+
+def snapshot_of(idps=(), cluster_idps=(), apps=(), *, signing_keys="generate", cache=None, clock=None):
+    clock = clock or Clock()
+    keys = generate_keyset("ES256", clock() - 60) if signing_keys == "generate" else signing_keys
+    return build_snapshot(identity_providers=idps, cluster_identity_providers=cluster_idps, applications=apps,
+                          signing_keys=keys, cache=cache or JwksCache(no_fetch, clock=clock))
+
+
+class StrictClient(falcon.testing.TestClient):
+    """Fails the test when anything answers 500: every error path must be a deliberate OAuth error."""
+
+    __test__ = False
+
+    def simulate_request(self, *args, **kwargs):
+        result = super().simulate_request(*args, **kwargs)
+        assert result.status_code != 500, result.text
+        return result
+
+
+def make_client(source, clock=None, **config: Any) -> StrictClient:
+    cfg = ServerConfig(issuer=PUBLIC_ISSUER, **config)
+    return StrictClient(create_app(cfg, source, clock=clock or Clock()))
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
