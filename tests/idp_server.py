@@ -59,6 +59,7 @@ class LocalIdP:
         self.delay = 0.0  # seconds to wait before answering
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path, headers) of every request received
         self._server: ThreadingHTTPServer | None = None
+        self._port = 0  # kept after stop() so URLs stay printable
         self._thread: threading.Thread | None = None
         self.rotate()
 
@@ -106,7 +107,8 @@ class LocalIdP:
         server.daemon_threads = True
         server.socket = context.wrap_socket(server.socket, server_side=True)
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name=f"LocalIdP-{self.kind}", daemon=True)
+        self._port = server.server_address[1]
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=f"LocalIdP-{self.kind}", daemon=True)
         self._thread.start()
         return self
 
@@ -125,8 +127,8 @@ class LocalIdP:
     # --- URLs and documents ----------------------------------------------------------------------------------
     @property
     def port(self) -> int:
-        assert self._server is not None, "start() the IdP first"
-        return self._server.server_address[1]
+        assert self._port, "start() the IdP first"
+        return self._port
 
     @property
     def base_url(self) -> str:

@@ -112,7 +112,7 @@ def blocked_because(address: IPAddress) -> str | None:
     return None
 
 
-def _resolve(host: str, port: int) -> list[IPAddress]:
+def resolve(host: str, port: int) -> list[IPAddress]:
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
@@ -147,7 +147,7 @@ def check_url(url: str, policy: FetchPolicy) -> tuple[str, str, int, IPAddress]:
         raise FetchError(INSECURE_URL, f"{url} is not https (plain http is a development opt-in)")
     host = parts.hostname
     port = port or (443 if scheme == "https" else 80)
-    addresses = _resolve(host, port)
+    addresses = resolve(host, port)
     for address in addresses:
         why = blocked_because(address)
         if why and not policy.allows_address(address):

@@ -1,0 +1,283 @@
+"""OpenID Provider discovery and JWKS retrieval for one IdentityProvider spec, shared by operator and server.
+
+``discover`` turns an IdP's ``spec`` into the effective :class:`ProviderMetadata`: spec overrides (``issuer``,
+``jwksURI``, ``tokenEndpoint``, inline ``jwks``) win over the fetched document, and an inline ``jwks`` is never
+fetched. Every fetch goes through :func:`tokenbridge.fetch.fetch_json`.
+
+Issuer validation (OpenID Discovery §4.3): the document's ``issuer`` must be the issuer its URL implies
+(``tokenbridge.issuers.issuer_from_well_known``), except for these documented quirks:
+
+- a trailing ``/`` on the document's issuer (Auth0: ``https://<tenant>.auth0.com/``) is accepted, because the
+  well-known URL is built with the issuer's terminating slash removed; the effective issuer keeps the slash;
+- ``type: MicrosoftEntraID``: a document fetched from ``<origin>/<tenant>/v2.0/...`` may name any tenant or the
+  ``{tenantid}`` template under ``<origin>/.../v2.0`` (multi-tenant ``common``/``organizations`` documents say
+  ``{tenantid}``; a domain-name tenant answers with its GUID); a v1 document (``<origin>/<tenant>/...``) may name
+  ``https://sts.windows.net/<tenant or {tenantid}>/``. The template is kept literally as the effective issuer;
+- Okta's ``/oauth2/<id>/.well-known/oauth-authorization-server`` (appended, not RFC 8414-inserted) implies
+  ``/oauth2/<id>``;
+- ``type: Kubernetes`` fetched with the operator's credentials: the document comes from our own, trusted API
+  server, whose ``--service-account-issuer`` often differs from its URL, so its issuer is taken as is;
+- a spec ``issuer`` override is authoritative: the document's issuer is then not compared.
+
+Credentials of ``kubernetes.useOperatorCredentials`` are only ever sent to the operator's own API server (same
+scheme, port and host, or a host resolving to the same address); its address is exempt from the SSRF guard
+because it comes from the operator's configuration, not from a user. A JWKS elsewhere is fetched without them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from . import fetch
+from .api import DEFAULT_ALLOWED_ALGORITHMS, IDP_ENTRA, IDP_KUBERNETES
+from .fetch import FetchError, FetchPolicy, fetch_json
+from .issuers import OAUTH_WELL_KNOWN, TENANT_PLACEHOLDER, issuer_from_well_known
+from .jwks import JWKSError, KeySet, parse_jwks
+
+# Reasons (DiscoveryError.reason), used verbatim as condition reasons.
+DISCOVERY_UNAVAILABLE = "DiscoveryUnavailable"
+INVALID_DISCOVERY_DOCUMENT = "InvalidDiscoveryDocument"
+ISSUER_MISMATCH = "IssuerMismatch"
+JWKS_UNAVAILABLE = "JWKSUnavailable"
+INVALID_JWKS = "InvalidJWKS"
+NO_USABLE_KEYS = "NoUsableKeys"
+BLOCKED_ADDRESS = fetch.BLOCKED_ADDRESS
+INSECURE_URL = fetch.INSECURE_URL
+INVALID_URL = fetch.INVALID_URL
+INVALID_SPEC = "InvalidSpec"
+CREDENTIALS_UNAVAILABLE = "CredentialsUnavailable"
+
+# Which part failed: the metadata document or the keys (the operator maps them to Discovered / KeysAvailable).
+STAGE_DISCOVERY = "discovery"
+STAGE_KEYS = "keys"
+
+_TEMPORARY_FETCH_REASONS = (fetch.UNREACHABLE, fetch.HTTP_ERROR, fetch.TLS_ERROR)
+_TENANT = "(?:" + re.escape(TENANT_PLACEHOLDER) + r"|[A-Za-z0-9][A-Za-z0-9.\-]{0,252})"
+_ENTRA_V1_ISSUER = re.compile(r"https://sts\.windows\.net/" + _TENANT + "/")
+
+
+class DiscoveryError(Exception):
+    """``permanent``: retrying without a spec change will not help (the periodic refresh still re-checks)."""
+
+    def __init__(self, reason: str, message: str, *, permanent: bool, stage: str = STAGE_DISCOVERY):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.permanent = permanent
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class ProviderMetadata:
+    issuer: str
+    token_endpoint: str | None
+    jwks_uri: str | None
+    jwks: dict
+    keys: KeySet
+    discovered_at: datetime
+
+
+@dataclass(frozen=True)
+class KubeCredentials:
+    """How the operator itself talks to its API server; used for ``type: Kubernetes`` discovery and JWKS."""
+
+    host: str
+    ca_file: str | None = None
+    client_cert: tuple[str, str] | None = None
+    bearer_token: str | None = None
+
+    @classmethod
+    def from_client_configuration(cls, configuration: Any) -> "KubeCredentials":
+        token = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+            "authorization")
+        if token and token.lower().startswith("bearer "):
+            token = token[len("bearer "):]
+        cert = (configuration.cert_file, configuration.key_file) if configuration.cert_file else None
+        return cls(configuration.host, configuration.ssl_ca_cert or None, cert, token or None)
+
+    @classmethod
+    def load(cls, kubeconfig: str | None = None) -> "KubeCredentials":
+        """In-cluster configuration when running in a pod, else the kubeconfig (``KUBECONFIG`` or ``~/.kube``)."""
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        return cls.from_client_configuration(configuration)
+
+    def serves(self, url: str) -> bool:
+        """Whether ``url`` points at this API server (so our credentials may be sent there)."""
+        try:
+            ours, theirs = urlsplit(self.host), urlsplit(url)
+            if ours.scheme != theirs.scheme or (ours.port or 443) != (theirs.port or 443):
+                return False
+            if ours.hostname == theirs.hostname:
+                return True
+            return bool(set(fetch.resolve(ours.hostname or "", 443)) & set(fetch.resolve(theirs.hostname or "", 443)))
+        except (ValueError, FetchError):
+            return False
+
+    def policy(self, policy: FetchPolicy) -> FetchPolicy:
+        """``policy`` plus our API server's own addresses in the allow-list."""
+        parts = urlsplit(self.host)
+        addresses = fetch.resolve(parts.hostname or "", parts.port or 443)
+        extra = tuple(ipaddress.ip_network(a) for a in addresses)
+        return dataclasses.replace(policy, allowed_networks=policy.allowed_networks + extra)
+
+
+def _from_fetch_error(exc: FetchError, stage: str) -> DiscoveryError:
+    if exc.reason in _TEMPORARY_FETCH_REASONS:
+        reason = DISCOVERY_UNAVAILABLE if stage == STAGE_DISCOVERY else JWKS_UNAVAILABLE
+        return DiscoveryError(reason, exc.message, permanent=False, stage=stage)
+    if exc.reason in (fetch.BLOCKED_ADDRESS, fetch.INSECURE_URL, fetch.INVALID_URL):
+        return DiscoveryError(exc.reason, exc.message, permanent=True, stage=stage)
+    reason = INVALID_DISCOVERY_DOCUMENT if stage == STAGE_DISCOVERY else INVALID_JWKS
+    return DiscoveryError(reason, exc.message, permanent=True, stage=stage)
+
+
+def implied_issuer(well_known_url: str) -> str:
+    """The issuer a metadata URL implies, with Okta's appended ``oauth-authorization-server`` form."""
+    if well_known_url.endswith(OAUTH_WELL_KNOWN):
+        return well_known_url[: -len(OAUTH_WELL_KNOWN)]
+    return issuer_from_well_known(well_known_url)
+
+
+def issuer_matches(idp_type: str, well_known_url: str, issuer: str) -> bool:
+    """Whether a document fetched from ``well_known_url`` may state ``issuer`` (rules in the module docstring)."""
+    expected = implied_issuer(well_known_url)
+    if issuer in (expected, expected + "/"):
+        return True
+    if idp_type != IDP_ENTRA:
+        return False
+    origin = re.escape(f"{urlsplit(expected).scheme}://{urlsplit(expected).netloc}")
+    if re.fullmatch(origin + "/" + _TENANT + "/v2.0", expected):
+        return re.fullmatch(origin + "/" + _TENANT + "/v2.0", issuer) is not None
+    if re.fullmatch(origin + "/" + _TENANT, expected):
+        return _ENTRA_V1_ISSUER.fullmatch(issuer) is not None
+    return False
+
+
+def _allowed_algorithms(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(spec.get("allowedAlgorithms") or DEFAULT_ALLOWED_ALGORITHMS)
+
+
+def _spec_policy(spec: Mapping[str, Any], policy: FetchPolicy) -> FetchPolicy:
+    return dataclasses.replace(policy, allow_http=policy.allow_http and bool(spec.get("allowInsecureHTTP")))
+
+
+def _check_http_opt_in(url: str, spec: Mapping[str, Any], policy: FetchPolicy, stage: str) -> None:
+    if urlsplit(url).scheme.lower() != "http":
+        return
+    if not spec.get("allowInsecureHTTP"):
+        raise DiscoveryError(INSECURE_URL, f"{url} is not https and spec.allowInsecureHTTP is not set",
+                             permanent=True, stage=stage)
+    if not policy.allow_http:
+        raise DiscoveryError(INSECURE_URL, f"{url} is not https: spec.allowInsecureHTTP also needs the operator "
+                             "and server started with TOKENBRIDGE_ALLOW_INSECURE_HTTP=true", permanent=True,
+                             stage=stage)
+
+
+def _uses_operator_credentials(spec: Mapping[str, Any]) -> bool:
+    return spec.get("type") == IDP_KUBERNETES and (spec.get("kubernetes") or {}).get("useOperatorCredentials", True)
+
+
+def _get(url: str, spec: Mapping[str, Any], policy: FetchPolicy, credentials: KubeCredentials | None,
+         stage: str) -> tuple[Any, bool]:
+    """Fetch ``url`` for this spec; also says whether it came from our API server with our credentials."""
+    _check_http_opt_in(url, spec, policy, stage)
+    ca_bundle = (spec.get("tls") or {}).get("caBundle") or None
+    kwargs: dict[str, Any] = {"ca_bundle": ca_bundle}
+    trusted = False
+    if _uses_operator_credentials(spec):
+        if credentials is None:
+            raise DiscoveryError(CREDENTIALS_UNAVAILABLE, "kubernetes.useOperatorCredentials is set but the "
+                                 "operator has no Kubernetes credentials to use", permanent=False, stage=stage)
+        if credentials.serves(url):
+            try:
+                policy = credentials.policy(policy)
+            except FetchError as exc:
+                raise _from_fetch_error(exc, stage) from exc
+            kwargs.update(ca_file=credentials.ca_file, client_cert=credentials.client_cert,
+                          bearer_token=credentials.bearer_token)
+            trusted = True
+        elif stage == STAGE_DISCOVERY:
+            raise DiscoveryError(INVALID_SPEC, f"{url} is not the operator's API server ({credentials.host}); its "
+                                 "credentials are only sent there (set kubernetes.useOperatorCredentials: false "
+                                 "for another cluster)", permanent=True, stage=stage)
+    try:
+        return fetch_json(url, _spec_policy(spec, policy), **kwargs), trusted
+    except FetchError as exc:
+        raise _from_fetch_error(exc, stage) from exc
+
+
+def fetch_keys(jwks_uri: str, spec: Mapping[str, Any], policy: FetchPolicy, *,
+               credentials: KubeCredentials | None = None) -> tuple[dict, KeySet]:
+    """Fetch and parse a JWKS for this spec; DiscoveryError (stage ``keys``) when it has no usable key."""
+    document, _ = _get(jwks_uri, spec, policy, credentials, STAGE_KEYS)
+    return document, _parse_keys(document, spec)
+
+
+def _parse_keys(document: Any, spec: Mapping[str, Any]) -> KeySet:
+    try:
+        keys = parse_jwks(document, _allowed_algorithms(spec))
+    except JWKSError as exc:
+        raise DiscoveryError(INVALID_JWKS, str(exc), permanent=True, stage=STAGE_KEYS) from exc
+    if not len(keys):
+        why = "; ".join(keys.skipped[:5]) or "the set is empty"
+        raise DiscoveryError(NO_USABLE_KEYS, f"no key usable with {', '.join(_allowed_algorithms(spec))}: {why}",
+                             permanent=True, stage=STAGE_KEYS)
+    return keys
+
+
+def _optional_url(document: Mapping[str, Any], name: str) -> str | None:
+    value = document.get(name)
+    if value is not None and (not isinstance(value, str) or not value.startswith(("https://", "http://"))):
+        raise DiscoveryError(INVALID_DISCOVERY_DOCUMENT, f"{name} is not an http(s) URL", permanent=True)
+    return value
+
+
+def discover(spec: Mapping[str, Any], policy: FetchPolicy, *,
+             credentials: KubeCredentials | None = None) -> ProviderMetadata:
+    """The effective metadata and keys of the IdP described by ``spec``; DiscoveryError otherwise."""
+    issuer = spec.get("issuer")
+    jwks_uri = spec.get("jwksURI")
+    token_endpoint = spec.get("tokenEndpoint")
+    well_known = spec.get("wellKnownURL")
+    if well_known:
+        try:
+            implied_issuer(well_known)
+        except ValueError as exc:
+            raise DiscoveryError(INVALID_URL, str(exc), permanent=True) from exc
+        document, trusted = _get(well_known, spec, policy, credentials, STAGE_DISCOVERY)
+        if not isinstance(document, Mapping):
+            raise DiscoveryError(INVALID_DISCOVERY_DOCUMENT, f"{well_known} is not a JSON object", permanent=True)
+        stated = document.get("issuer")
+        if not isinstance(stated, str) or not stated:
+            raise DiscoveryError(INVALID_DISCOVERY_DOCUMENT, f"{well_known} has no issuer", permanent=True)
+        if not issuer:
+            if not (trusted and spec.get("type") == IDP_KUBERNETES) and not issuer_matches(
+                    spec.get("type", ""), well_known, stated):
+                raise DiscoveryError(ISSUER_MISMATCH, f"the document at {well_known} names issuer {stated!r}, "
+                                     f"but its URL implies {implied_issuer(well_known)!r} (OpenID Discovery §4.3); "
+                                     "set spec.issuer to trust it anyway", permanent=True)
+            issuer = stated
+        jwks_uri = jwks_uri or _optional_url(document, "jwks_uri")
+        token_endpoint = token_endpoint or _optional_url(document, "token_endpoint")
+    if not issuer:
+        raise DiscoveryError(INVALID_SPEC, "neither wellKnownURL nor issuer is set", permanent=True)
+    if spec.get("jwks") is not None:
+        jwks = dict(spec["jwks"])
+        keys = _parse_keys(jwks, spec)
+    elif jwks_uri:
+        jwks, keys = fetch_keys(jwks_uri, spec, policy, credentials=credentials)
+    else:
+        raise DiscoveryError(INVALID_DISCOVERY_DOCUMENT, "no jwks_uri in the document and no spec.jwksURI or "
+                             "spec.jwks", permanent=True)
+    return ProviderMetadata(issuer, token_endpoint, jwks_uri, jwks, keys, datetime.now(timezone.utc))
