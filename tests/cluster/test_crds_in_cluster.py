@@ -4,6 +4,9 @@ the printer columns.
 
 Everything created here is deleted again at the end of the module, so that an operator started by a later test
 never reconciles (and tries to fetch) the example identity providers.
+
+Not named test_crds.py: tests/unit/test_crds.py has that basename, and without __init__.py files in tests/ pytest
+refuses two test modules of one name in one run.
 """
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ class Kubectl:
         return self.cp.kubectl("--cache-dir", self.cache, *args, input=input, check=check)
 
     def apply(self, manifest: str | dict, namespace: str, check: bool = True):
-        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest, sort_keys=False)
+        # JSON, not yaml.safe_dump: PyYAML writes the JWK members y and n bare, which kubectl reads as booleans
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         return self("apply", "--server-side", "--field-manager", "crd-tests", "-n", namespace, "-f", "-",
                     input=text, check=check)
 

@@ -1,5 +1,5 @@
 """The CRDs and examples, checked without a cluster: structure, bounds, printer columns, and agreement with
-tokenbridge/api.py and docs/api.md (the cluster tests in tests/cluster/test_crds.py check what the API server
+tokenbridge/api.py and docs/api.md (the cluster tests in tests/cluster/test_crds_in_cluster.py check what the API server
 makes of them)."""
 from __future__ import annotations
 
