@@ -1,0 +1,91 @@
+"""``tokenbridge serve``: the exchange server under gunicorn, configured in code (no gunicorn config file).
+
+The master parses the configuration and, for standalone mode, generates the fallback signing key once, before
+forking, so every worker signs with the same key. Each worker then builds its own snapshot source and JWKS cache
+(threads and connections do not survive a fork).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import falcon
+from gunicorn.app.base import BaseApplication
+
+from tokenbridge.discovery import KubeCredentials, discover, fetch_keys
+from tokenbridge.fetch import FetchPolicy
+from tokenbridge.signing import SigningKeySet, generate_keyset
+
+from . import config as config_module
+from .app import create_app
+from .config import ServerConfig
+from .jwks_cache import JwksCache
+from .sources import SnapshotSource
+
+log = logging.getLogger("tokenbridge_exchange")
+
+
+def build_source(config: ServerConfig, signing_keys: SigningKeySet | None) -> SnapshotSource:
+    """The configured source with its JWKS cache, both started (call in the serving process)."""
+    policy = FetchPolicy.from_env()
+    credentials = None
+    if config.kubernetes:
+        credentials = KubeCredentials.load(config.kubeconfig)
+
+    def fetch(jwks_uri, spec):
+        return fetch_keys(jwks_uri, spec, policy, credentials=credentials)[1]
+
+    cache = JwksCache(fetch, lifespan=config.jwks_lifespan, cooldown=config.jwks_cooldown,
+                      max_staleness=config.jwks_max_staleness)
+    source: SnapshotSource
+    if config.kubernetes:
+        from .sources.kubernetes import KubernetesSource
+        source = KubernetesSource.from_kubeconfig(
+            config.kubeconfig, cache, signing_secret=(config.signing_secret_namespace, config.signing_secret_name))
+    else:
+        from .sources.manifests import ManifestSource
+        source = ManifestSource(config.manifests, cache, lambda spec: discover(spec, policy),
+                                signing_keys=signing_keys, poll_interval=config.manifests_poll_interval)
+    source.start()
+    cache.start()
+    return source
+
+
+class Server(BaseApplication):
+    def __init__(self, config: ServerConfig, signing_keys: SigningKeySet | None):
+        self._config, self._signing_keys = config, signing_keys
+        super().__init__()
+
+    def load_config(self) -> None:
+        settings = {
+            "bind": [self._config.bind],
+            "workers": self._config.workers,
+            "threads": self._config.threads,
+            "worker_class": "gthread",
+            "proc_name": "tokenbridge-serve",
+            "graceful_timeout": 10,
+            "keepalive": 5,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "info",
+            # limits before our own: request line and header sizes
+            "limit_request_line": 8190,
+            "limit_request_field_size": 16384,
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> falcon.App:
+        return create_app(self._config, build_source(self._config, self._signing_keys))
+
+
+def main(argv: list[str]) -> int:
+    config = config_module.load(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    signing_keys = None if config.kubernetes else generate_keyset(config.signing_algorithm, time.time())
+    log.info("serving %s as issuer %s on %s", "the cluster's configuration" if config.kubernetes
+             else config.manifests, config.issuer, config.bind)
+    Server(config, signing_keys).run()
+    return 0

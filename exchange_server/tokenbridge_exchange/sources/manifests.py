@@ -1,0 +1,184 @@
+"""Standalone configuration: the same YAML manifests a cluster would hold, read from a file or a directory.
+
+Besides the three Tokenbridge kinds, ``Secret``s provide what the operator would otherwise publish: an
+application's ``credentials.secretName`` Secret holds ``client_id`` and ``client_secret`` (hashed at load, the
+plain secret is not kept), and a Secret with ``keys.json`` (see :mod:`tokenbridge.signing`) the signing keys;
+without one, the key set given at start (generated once, shared by all workers) signs. With no operator to
+reconcile them, IdPs are discovered here, off the request path, and the files are polled for changes.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from tokenbridge import api
+from tokenbridge.client_secrets import hash_client_secret
+from tokenbridge.discovery import ProviderMetadata
+from tokenbridge.signing import SECRET_KEY, SigningKeySet
+
+from ..jwks_cache import JwksCache, RemoteKeys
+from ..snapshot import Snapshot, build_snapshot
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+DISCOVERY_RETRY = 30.0
+
+# discover(spec) -> ProviderMetadata; raises DiscoveryError
+Discover = Callable[[Mapping[str, Any]], ProviderMetadata]
+
+
+def _secret_values(secret: Mapping[str, Any]) -> dict[str, str]:
+    """``stringData`` as is, ``data`` base64-decoded; stringData wins, as in the API server."""
+    values = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    values.update({k: str(v) for k, v in (secret.get("stringData") or {}).items()})
+    return values
+
+
+class ManifestSource:
+    def __init__(self, path: str | Path, cache: JwksCache, discover: Discover, *,
+                 signing_keys: SigningKeySet | None = None, poll_interval: float = 1.0,
+                 clock: Callable[[], float] = time.time):
+        self._path = Path(path)
+        self._cache, self._discover, self._fallback_keys = cache, discover, signing_keys
+        self._poll_interval, self._clock = poll_interval, clock
+        self._snapshot: Snapshot | None = None
+        self._signature: tuple | None = None
+        self._discovered: dict[str, tuple[float, ProviderMetadata | Exception]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def current(self) -> Snapshot | None:
+        return self._snapshot
+
+    def start(self) -> None:
+        self.reload_if_changed()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="manifests-poll", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _files(self) -> list[Path]:
+        if self._path.is_dir():
+            return sorted(p for p in self._path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+        return [self._path]
+
+    def _stat_signature(self) -> tuple:
+        signature = []
+        for path in self._files():
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            signature.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(signature)
+
+    def reload_if_changed(self) -> bool:
+        """Rebuild when a file changed or a failed discovery is due again; True when a new snapshot is served."""
+        signature = self._stat_signature()
+        retry = any(isinstance(r, Exception) and self._clock() - t >= DISCOVERY_RETRY
+                    for t, r in self._discovered.values())
+        if signature == self._signature and not retry:
+            return False
+        try:
+            self._snapshot = self._load()
+        except Exception as exc:  # a half-written or invalid file: keep serving the last good snapshot
+            log.error("not reloading manifests from %s: %s", self._path, exc)
+            return False
+        finally:
+            self._signature = signature
+        return True
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._poll_interval):
+            self.reload_if_changed()
+
+    def _documents(self) -> list[dict[str, Any]]:
+        documents: list[dict[str, Any]] = []
+        for path in self._files():
+            for doc in yaml.safe_load_all(path.read_text()):
+                if isinstance(doc, dict) and doc.get("kind") == "List":
+                    documents.extend(d for d in doc.get("items") or () if isinstance(d, dict))
+                elif isinstance(doc, dict):
+                    documents.append(doc)
+                elif doc is not None:
+                    raise ValueError(f"{path}: a manifest is not a mapping")
+        for doc in documents:
+            doc.setdefault("metadata", {}).setdefault("namespace", "default")
+        return documents
+
+    def _load(self) -> Snapshot:
+        docs = self._documents()
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for doc in docs:
+            by_kind.setdefault(doc.get("kind", ""), []).append(doc)
+        secrets = {(d["metadata"]["namespace"], d["metadata"].get("name")): _secret_values(d)
+                   for d in by_kind.get("Secret", ())}
+        signing_keys = self._fallback_keys
+        for values in secrets.values():
+            if SECRET_KEY in values:
+                data = {SECRET_KEY: base64.b64encode(values[SECRET_KEY].encode()).decode()}
+                signing_keys = SigningKeySet.from_secret_data(data)
+        used: set[str] = set()
+        idps = [self._with_discovery(d, used) for d in by_kind.get(api.KIND_IDP, ())]
+        cluster_idps = [self._with_discovery(d, used) for d in by_kind.get(api.KIND_CLUSTER_IDP, ())]
+        self._discovered = {k: v for k, v in self._discovered.items() if k in used}
+        for doc in cluster_idps:
+            doc["metadata"].pop("namespace", None)
+        apps = [self._with_credentials(d, secrets) for d in by_kind.get(api.KIND_APP, ())]
+        snapshot = build_snapshot(identity_providers=idps, cluster_identity_providers=cluster_idps,
+                                  applications=apps, signing_keys=signing_keys, cache=self._cache)
+        self._seed_keys(snapshot)
+        log.info("loaded %d applications and %d identity providers from %s", len(snapshot.applications),
+                 len(snapshot.providers), self._path)
+        return snapshot
+
+    def _with_discovery(self, doc: dict[str, Any], used: set[str]) -> dict[str, Any]:
+        """The IdP with the status the operator would have written: discovered issuer and jwks_uri."""
+        spec = doc.get("spec") or {}
+        has_keys = spec.get("jwks") is not None or spec.get("jwksURI")
+        if not spec.get("wellKnownURL") or (spec.get("issuer") and has_keys):
+            return doc
+        key = json.dumps(spec, sort_keys=True)
+        used.add(key)
+        attempted, result = self._discovered.get(key, (0.0, None))
+        if result is None or isinstance(result, Exception) and self._clock() - attempted >= DISCOVERY_RETRY:
+            try:
+                result = self._discover(spec)
+            except Exception as exc:
+                log.warning("discovery of %s failed: %s", spec.get("wellKnownURL"), exc)
+                result = exc
+            attempted = self._clock()
+            self._discovered[key] = (attempted, result)
+        if isinstance(result, Exception):
+            return doc
+        status = {"issuer": result.issuer, "jwksURI": result.jwks_uri, "tokenEndpoint": result.token_endpoint}
+        return {**doc, "status": {k: v for k, v in status.items() if v}}
+
+    def _seed_keys(self, snapshot: Snapshot) -> None:
+        """Discovery fetched the keys already: hand them to the cache so no request waits for them."""
+        discovered = {r.jwks_uri: r for _, r in self._discovered.values()
+                      if isinstance(r, ProviderMetadata) and r.jwks_uri}
+        for provider in snapshot.providers.values():
+            metadata = discovered.get(getattr(provider.keys, "jwks_uri", None))
+            if isinstance(provider.keys, RemoteKeys) and metadata is not None:
+                provider.keys.seed(metadata.keys, metadata.discovered_at.timestamp())
+
+    def _with_credentials(self, doc: dict[str, Any], secrets: Mapping[tuple, dict[str, str]]) -> dict[str, Any]:
+        """The application with the status the operator would have written: client id and secret hash."""
+        namespace = doc["metadata"]["namespace"]
+        name = ((doc.get("spec") or {}).get("credentials") or {}).get("secretName")
+        values = secrets.get((namespace, name))
+        if not values or not values.get("client_id") or not values.get("client_secret"):
+            return doc  # left out by the snapshot, with the reason logged
+        status = {"clientID": values["client_id"], "clientSecretHash": hash_client_secret(values["client_secret"])}
+        return {**doc, "status": status}

@@ -1,0 +1,157 @@
+"""Standalone mode: the manifests source on disk, reloads, discovery against a local HTTPS IdP, key rotation."""
+from __future__ import annotations
+
+import ipaddress
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import jwt
+import pytest
+import yaml
+
+from tokenbridge import api
+from tokenbridge.discovery import discover, fetch_keys
+from tokenbridge.fetch import FetchPolicy
+from tokenbridge.signing import generate_keyset
+from tokenbridge_exchange.jwks_cache import JwksCache
+from tokenbridge_exchange.sources.manifests import ManifestSource
+from test_exchange_helpers import TestIdP, basic, make_client
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from idp_server import LocalIdP  # noqa: E402
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+LOOPBACK = FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+
+
+def never_discover(spec):
+    raise AssertionError("no discovery expected")
+
+
+def manifests(idp_spec: dict, *, scopes=("read", "write"), secret="first-secret", extra=()) -> list[dict]:
+    return [
+        {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "corp", "namespace": "apps"},
+         "spec": {"type": "OIDC", "allowedAudiences": ["api://tokenbridge"], **idp_spec}},
+        {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": "web", "namespace": "apps"},
+         "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE, api.GRANT_CLIENT_CREDENTIALS],
+                  "identityProviders": [{"name": "corp"}], "audiences": ["https://api.example.test"],
+                  "scopes": list(scopes), "credentials": {"secretName": "web-credentials"}}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-credentials", "namespace": "apps"},
+         "stringData": {"client_id": "web-client", "client_secret": secret}},
+        *extra,
+    ]
+
+
+def write(path: Path, docs: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump_all(docs))
+    tmp.replace(path)
+
+
+def exchange(client, token, secret="first-secret", **params):
+    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
+            "subject_token_type": api.TOKEN_TYPE_JWT, **params}
+    return client.simulate_post("/oauth2/token", body=urlencode(form),
+                                headers={**FORM, **basic("web-client", secret)})
+
+
+@pytest.fixture
+def idp():
+    return TestIdP()
+
+
+def fresh(idp: TestIdP, **claims):
+    now = int(time.time())
+    return idp.token(iat=now, exp=now + 600, **claims)
+
+
+def test_exchange_from_manifests_then_edit_and_see_the_change(tmp_path, idp):
+    path = tmp_path / "tokenbridge.yaml"
+    write(path, manifests({"issuer": idp.issuer, "jwks": idp.jwks()}))
+    source = ManifestSource(path, JwksCache(never_discover), never_discover,
+                            signing_keys=generate_keyset("ES256", time.time()), poll_interval=0.05)
+    client = make_client(source, clock=time.time)
+    assert client.simulate_get("/readyz").status_code == 503
+    source.start()
+    try:
+        assert client.simulate_get("/readyz").json["applications"] == 1
+        result = exchange(client, fresh(idp), scope="write")
+        assert result.status_code == 200, result.text
+        claims = jwt.decode(result.json["access_token"], options={"verify_signature": False})
+        assert claims["idp"] == "apps/corp" and claims["client_id"] == "web-client"
+
+        write(path, manifests({"issuer": idp.issuer, "jwks": idp.jwks()}, scopes=["read"], secret="second"))
+        deadline = time.monotonic() + 2
+        while exchange(client, fresh(idp), secret="second").status_code != 200:
+            assert time.monotonic() < deadline, "the edited manifests were not served within 2 s"
+            time.sleep(0.05)
+        assert exchange(client, fresh(idp), secret="first-secret").status_code == 401
+        assert exchange(client, fresh(idp), secret="second", scope="write").json["error"] == "invalid_scope"
+    finally:
+        source.stop()
+
+
+def test_invalid_yaml_keeps_the_last_good_snapshot(tmp_path, idp):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump_all(manifests({"issuer": idp.issuer, "jwks": idp.jwks()})))
+    source = ManifestSource(tmp_path, JwksCache(never_discover), never_discover,
+                            signing_keys=generate_keyset("ES256", time.time()))
+    assert source.reload_if_changed()
+    good = source.current()
+    (tmp_path / "b.yml").write_text("kind: [unclosed\n")
+    assert not source.reload_if_changed()
+    assert source.current() is good
+    assert exchange(make_client(source, clock=time.time), fresh(idp)).status_code == 200
+
+
+def test_signing_key_secret_in_the_manifests_signs(tmp_path, idp):
+    keyset = generate_keyset("ES256", time.time() - 10)
+    signing = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "signing", "namespace": "tokenbridge"},
+               "data": keyset.to_secret_data()}
+    write(tmp_path / "all.yaml", manifests({"issuer": idp.issuer, "jwks": idp.jwks()}, extra=[signing]))
+    source = ManifestSource(tmp_path, JwksCache(never_discover), never_discover,
+                            signing_keys=generate_keyset("ES256", time.time()))
+    source.reload_if_changed()
+    client = make_client(source, clock=time.time)
+    token = exchange(client, fresh(idp)).json["access_token"]
+    assert jwt.get_unverified_header(token)["kid"] == keyset.keys[0].kid
+    assert [k["kid"] for k in client.simulate_get("/.well-known/jwks.json").json["keys"]] == [keyset.keys[0].kid]
+
+
+def test_application_without_its_credentials_secret_is_not_served(tmp_path, idp):
+    docs = [d for d in manifests({"issuer": idp.issuer, "jwks": idp.jwks()}) if d["kind"] != "Secret"]
+    write(tmp_path / "m.yaml", docs)
+    source = ManifestSource(tmp_path, JwksCache(never_discover), never_discover,
+                            signing_keys=generate_keyset("ES256", time.time()))
+    source.reload_if_changed()
+    assert not source.current().applications
+    assert any("client credentials" in s for s in source.current().skipped)
+
+
+def test_discovery_by_the_server_and_an_idp_key_rotation(tmp_path):
+    with LocalIdP(kind="okta") as local:
+        policy = LOOPBACK
+        cache = JwksCache(lambda uri, spec: fetch_keys(uri, spec, policy)[1])
+        write(tmp_path / "m.yaml", manifests({"wellKnownURL": local.well_known_url,
+                                              "tls": {"caBundle": local.ca_pem}}))
+        source = ManifestSource(tmp_path, cache, lambda spec: discover(spec, policy),
+                                signing_keys=generate_keyset("ES256", time.time()))
+        source.reload_if_changed()
+        provider = source.current().providers[(api.KIND_IDP, "apps", "corp")]
+        assert provider.issuer == local.issuer
+        client = make_client(source, clock=time.time)
+        fetched_before = len(local.requests)
+        result = exchange(client, local.mint({"sub": "bob", "aud": "api://tokenbridge"}))
+        assert result.status_code == 200, result.text
+        assert len(local.requests) == fetched_before, "discovery's keys must serve the first request"
+
+        local.rotate()  # unknown kid: one bounded refresh on the request path
+        result = exchange(client, local.mint({"sub": "bob", "aud": "api://tokenbridge"}))
+        assert result.status_code == 200, result.text
+        assert provider.keys.fetches == 1
+
+        local.rotate()  # within the cooldown: no second fetch, the token is refused
+        result = exchange(client, local.mint({"sub": "bob", "aud": "api://tokenbridge"}))
+        assert result.json["error"] == "invalid_grant" and "no RS256 key with kid" in result.json["error_description"]
+        assert provider.keys.fetches == 1

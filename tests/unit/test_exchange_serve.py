@@ -1,0 +1,102 @@
+"""``tokenbridge serve --manifests`` for real: gunicorn with two workers on a loopback port, over HTTP."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+import yaml
+
+from tokenbridge import api
+from tokenbridge_exchange import config as server_config
+from test_exchange_helpers import TestIdP
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    idp = TestIdP()
+    docs = [
+        {"apiVersion": api.API_VERSION, "kind": api.KIND_CLUSTER_IDP, "metadata": {"name": "corp"},
+         "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]}},
+        {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": "web", "namespace": "default"},
+         "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE],
+                  "identityProviders": [{"kind": api.KIND_CLUSTER_IDP, "name": "corp"}],
+                  "audiences": ["https://api.example.test"], "credentials": {"secretName": "web-creds"}}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-creds"},
+         "stringData": {"client_id": "web", "client_secret": "pw"}},
+    ]
+    (tmp_path / "manifests.yaml").write_text(yaml.safe_dump_all(docs))
+    port = free_port()
+    exe = Path(sys.executable).parent / "tokenbridge"
+    log = open(tmp_path / "server.log", "w+")
+    proc = subprocess.Popen([str(exe), "serve", "--manifests", str(tmp_path), "--bind", f"127.0.0.1:{port}",
+                             "--workers", "2"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TOKENBRIDGE_PUBLIC_ISSUER": ""})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(base + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.1)
+        yield base, idp, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_serve_manifests_with_two_workers(server):
+    base, idp, proc = server
+    metadata = httpx.get(base + "/.well-known/oauth-authorization-server").json()
+    assert metadata["issuer"] == base and metadata["token_endpoint"] == base + "/oauth2/token"
+    now = int(time.time())
+    subject = idp.token(aud="api://tb", iat=now, exp=now + 300)
+    kids, pids = set(), set()
+    with httpx.Client() as http:  # separate connections, so both workers answer
+        for _ in range(12):
+            result = httpx.post(metadata["token_endpoint"], auth=("web", "pw"), data={
+                "grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": subject,
+                "subject_token_type": api.TOKEN_TYPE_ID_TOKEN})
+            assert result.status_code == 200, result.text
+            token = result.json()["access_token"]
+            kids.add(jwt.get_unverified_header(token)["kid"])
+            jwks = http.get(metadata["jwks_uri"], headers={"Connection": "close"}).json()
+            key = jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token)["kid"]]
+            claims = jwt.decode(token, key, algorithms=["ES256"], audience="https://api.example.test", issuer=base)
+            assert claims["sub"] == "alice" and claims["idp"] == "corp"
+    assert len(kids) == 1, "every worker must sign with the one key generated before the fork"
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    refused = httpx.post(metadata["token_endpoint"], auth=("web", "wrong"), data={"grant_type": "x"})
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+
+
+def test_config_needs_a_source(capsys):
+    with pytest.raises(SystemExit):
+        server_config.load([], env={})
+    assert "--manifests" in capsys.readouterr().err
+    cfg = server_config.load(["--manifests", "x", "--bind", "0.0.0.0:9000"], env={"TOKENBRIDGE_PUBLIC_ISSUER":
+                                                                                  "https://tb.example.test/"})
+    assert cfg.issuer == "https://tb.example.test" and cfg.token_endpoint == "https://tb.example.test/oauth2/token"
