@@ -217,7 +217,10 @@ class ControlPlane:
         raise TimeoutError(f"{what} not ready after {timeout}s; logs in {self.dir}")
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+        # A discovery cache of our own: one shared with other runs (or taken before the CRDs existed) would
+        # make kubectl answer "doesn't have a resource type" for our kinds.
+        proc = subprocess.run([str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig),
+                               "--cache-dir", str(self.dir / "kubectl-cache"), *args],
                               input=input, capture_output=True, text=True, timeout=120)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
@@ -227,6 +230,7 @@ class ControlPlane:
         """Apply crds/ server-side and wait until every CRD is Established (idempotent)."""
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
         self.kubectl("wait", "--for", "condition=Established", "--timeout", "60s", "-f", str(CRDS))
+        shutil.rmtree(self.dir / "kubectl-cache", ignore_errors=True)
 
     def _terminate(self, name: str) -> None:
         proc = self.procs.pop(name, None)
