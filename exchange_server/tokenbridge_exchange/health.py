@@ -1,6 +1,8 @@
 """Liveness (``/healthz``: the process answers) and readiness (``/readyz``: a snapshot with signing keys is loaded)."""
 from __future__ import annotations
 
+import os
+
 import falcon
 
 from .sources import SnapshotSource
@@ -22,4 +24,4 @@ class ReadyResource:
             resp.media = {"status": "not ready", "reason": "no configuration or no signing keys loaded yet"}
             return
         resp.media = {"status": "ready", "applications": len(snapshot.applications),
-                      "identityProviders": len(snapshot.providers)}
+                      "identityProviders": len(snapshot.providers), "worker": os.getpid()}

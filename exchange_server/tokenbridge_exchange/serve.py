@@ -24,6 +24,7 @@ from .jwks_cache import JwksCache
 from .sources import SnapshotSource
 
 log = logging.getLogger("tokenbridge_exchange")
+READY_WAIT = 10.0  # seconds; below gunicorn's 30 s worker timeout
 
 
 def build_source(config: ServerConfig, signing_keys: SigningKeySet | None) -> SnapshotSource:
@@ -52,6 +53,17 @@ def build_source(config: ServerConfig, signing_keys: SigningKeySet | None) -> Sn
     return source
 
 
+def wait_until_ready(source: SnapshotSource, timeout: float) -> None:
+    """Hold the worker back (bounded) until its first snapshot is served, so no client sees its 503s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snapshot = source.current()
+        if snapshot is not None and snapshot.ready:
+            return
+        time.sleep(0.05)
+    log.warning("no configuration loaded after %.0fs; serving 503 until it is", timeout)
+
+
 class Server(BaseApplication):
     def __init__(self, config: ServerConfig, signing_keys: SigningKeySet | None):
         self._config, self._signing_keys = config, signing_keys
@@ -64,6 +76,7 @@ class Server(BaseApplication):
             "threads": self._config.threads,
             "worker_class": "gthread",
             "proc_name": "tokenbridge-serve",
+            "control_socket_disable": True,  # nothing uses it; a shared default path would clash between servers
             "graceful_timeout": 10,
             "keepalive": 5,
             "accesslog": None,
@@ -77,7 +90,9 @@ class Server(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> falcon.App:
-        return create_app(self._config, build_source(self._config, self._signing_keys))
+        source = build_source(self._config, self._signing_keys)
+        wait_until_ready(source, READY_WAIT)
+        return create_app(self._config, source)
 
 
 def main(argv: list[str]) -> int:
