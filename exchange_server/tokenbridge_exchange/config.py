@@ -65,6 +65,8 @@ def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServerConfig:
     kubernetes = args.kubernetes or bool(args.kubeconfig)
     if not kubernetes and not args.manifests:
         p.error("give --manifests PATH (standalone) or --kubernetes")
+    if args.manifests and not os.path.exists(args.manifests):
+        p.error(f"--manifests {args.manifests}: no such file or directory")
     bind = args.bind or env.get("TOKENBRIDGE_BIND") or DEFAULT_BIND
     issuer = args.issuer or env.get("TOKENBRIDGE_PUBLIC_ISSUER") or f"http://{bind}"
     if not issuer.startswith(("https://", "http://")):

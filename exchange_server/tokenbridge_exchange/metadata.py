@@ -42,13 +42,22 @@ class MetadataResource:
 
 
 class JWKSResource:
-    """The keys that sign (or recently signed) our tokens; a key appears before it signs (publish-then-sign)."""
+    """The keys that sign (or recently signed) our tokens; a key appears before it signs (publish-then-sign).
+
+    The document is serialized again only when the set of published keys changes.
+    """
 
     def __init__(self, source: SnapshotSource, clock: Callable[[], float]):
         self._source, self._clock = source, clock
+        self._cached: tuple[tuple, str] = ((), "")  # (the published keys, their JWKS document)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         snapshot = current_snapshot(self._source)
-        resp.text = json.dumps(snapshot.signing_keys.jwks(self._clock()))
+        published = snapshot.signing_keys.published(self._clock())
+        cached, text = self._cached
+        if not text or len(cached) != len(published) or any(a is not b for a, b in zip(cached, published)):
+            text = json.dumps({"keys": [k.public_jwk() for k in published]})
+            self._cached = (published, text)
+        resp.text = text
         resp.content_type = "application/jwk-set+json"
         resp.cache_control = ["public", "max-age=60"]

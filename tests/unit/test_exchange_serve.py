@@ -93,10 +93,13 @@ def test_serve_manifests_with_two_workers(server):
     assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
 
 
-def test_config_needs_a_source(capsys):
+def test_config_needs_a_source(capsys, tmp_path):
     with pytest.raises(SystemExit):
         server_config.load([], env={})
     assert "--manifests" in capsys.readouterr().err
-    cfg = server_config.load(["--manifests", "x", "--bind", "0.0.0.0:9000"], env={"TOKENBRIDGE_PUBLIC_ISSUER":
-                                                                                  "https://tb.example.test/"})
+    with pytest.raises(SystemExit):
+        server_config.load(["--manifests", str(tmp_path / "missing")], env={})
+    assert "no such file" in capsys.readouterr().err
+    cfg = server_config.load(["--manifests", str(tmp_path), "--bind", "0.0.0.0:9000"],
+                             env={"TOKENBRIDGE_PUBLIC_ISSUER": "https://tb.example.test/"})
     assert cfg.issuer == "https://tb.example.test" and cfg.token_endpoint == "https://tb.example.test/oauth2/token"
