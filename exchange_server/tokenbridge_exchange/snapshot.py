@@ -50,13 +50,10 @@ class Application:
     auth_method: str
     grant_types: frozenset[str]
     providers: IssuerIndex  # issuer -> the application's allowed IdentityProviders
-    audiences: tuple[str, ...]
+    audiences: tuple[str, ...]  # in spec order: the default audience of issued tokens
+    audience_set: frozenset[str]
     scopes: frozenset[str]
     lifetime: float
-
-    @property
-    def audience_set(self) -> frozenset[str]:
-        return frozenset(self.audiences)
 
 
 @dataclass(frozen=True)
@@ -124,6 +121,7 @@ def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvide
         if key in providers:  # a missing or unusable IdP only narrows what the application accepts
             allowed.append(providers[key])
     lifetime = spec.get("accessTokenLifetime")
+    audiences = tuple(dict.fromkeys(spec.get("audiences") or ()))
     return Application(
         namespace=namespace, name=name, client_id=client_id, secret_hash=secret_hash,
         previous_secret_hash=status.get("previousClientSecretHash"),
@@ -131,7 +129,7 @@ def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvide
         auth_method=spec.get("tokenEndpointAuthMethod") or api.AUTH_METHOD_BASIC,
         grant_types=frozenset(spec.get("grantTypes") or ()),
         providers=IssuerIndex((p.issuer, p) for p in allowed),
-        audiences=tuple(dict.fromkeys(spec.get("audiences") or ())),
+        audiences=audiences, audience_set=frozenset(audiences),
         scopes=frozenset(spec.get("scopes") or ()),
         lifetime=parse_duration(lifetime) if lifetime else DEFAULT_LIFETIME,
     )

@@ -24,6 +24,10 @@ SUBJECT_TOKEN_TYPES = frozenset({api.TOKEN_TYPE_JWT, api.TOKEN_TYPE_ID_TOKEN, ap
 ISSUED_TOKEN_TYPES = frozenset({api.TOKEN_TYPE_ACCESS_TOKEN, api.TOKEN_TYPE_JWT})
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
+Form = dict[str, list[str]]
+# A grant's outcome: subject, the subject token's expiry (None: no cap), the IdP's label, issued token type.
+Grant = tuple[str, float | None, str | None, str]
+
 
 def current_snapshot(source: SnapshotSource) -> Snapshot:
     snapshot = source.current()
@@ -32,7 +36,7 @@ def current_snapshot(source: SnapshotSource) -> Snapshot:
     return snapshot
 
 
-def requested_audiences(form: dict[str, list[str]], app: Application) -> tuple[str, ...]:
+def requested_audiences(form: Form, app: Application) -> tuple[str, ...]:
     """``audience`` and ``resource`` values (RFC 8693 §2.1, RFC 8707), each one of the application's audiences."""
     requested = tuple(dict.fromkeys(form.get("audience", []) + form.get("resource", [])))
     for audience in requested:
@@ -44,7 +48,7 @@ def requested_audiences(form: dict[str, list[str]], app: Application) -> tuple[s
     return audiences
 
 
-def requested_scopes(form: dict[str, list[str]], app: Application) -> tuple[str, ...]:
+def requested_scopes(form: Form, app: Application) -> tuple[str, ...]:
     """The requested scopes (RFC 6749 §3.3), all within the application's; none requested means all of them."""
     scope = single(form, "scope")
     if scope is None:
@@ -102,7 +106,7 @@ class TokenResource:
         provider, claims = assertions.validate(parsed, app, now)
         return claims["sub"], float(claims["exp"]), provider.label
 
-    def _token_exchange(self, form, app, now):
+    def _token_exchange(self, form: Form, app: Application, now: float) -> Grant:
         """RFC 8693 §2.1; delegation (``actor_token``) is reserved for later."""
         token = required(form, "subject_token")
         token_type = required(form, "subject_token_type")
@@ -117,11 +121,11 @@ class TokenResource:
             raise InvalidRequest("actor_token (delegation) is not supported")
         return (*self._validated(token, "subject_token", app, now), issued_type)
 
-    def _jwt_bearer(self, form, app, now):
+    def _jwt_bearer(self, form: Form, app: Application, now: float) -> Grant:
         """RFC 7523 §2.1: the assertion is validated exactly like a subject token."""
         token = required(form, "assertion")
         return (*self._validated(token, "assertion", app, now), api.TOKEN_TYPE_ACCESS_TOKEN)
 
-    def _client_credentials(self, form, app, now):
+    def _client_credentials(self, form: Form, app: Application, now: float) -> Grant:
         """RFC 6749 §4.4: no external IdP; the client is the subject."""
         return app.client_id, None, None, api.TOKEN_TYPE_ACCESS_TOKEN

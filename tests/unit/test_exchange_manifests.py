@@ -155,3 +155,23 @@ def test_discovery_by_the_server_and_an_idp_key_rotation(tmp_path):
         result = exchange(client, local.mint({"sub": "bob", "aud": "api://tokenbridge"}))
         assert result.json["error"] == "invalid_grant" and "no RS256 key with kid" in result.json["error_description"]
         assert provider.keys.fetches == 1
+
+
+@pytest.mark.parametrize("kind, idp_type", [("oidc", "OIDC"), ("okta", "Okta"), ("auth0", "Auth0"),
+                                            ("entra", "MicrosoftEntraID"), ("entra-v1", "MicrosoftEntraID")])
+def test_idp_shapes_discovered_and_exchanged(tmp_path, kind, idp_type):
+    """Auth0's trailing slash, Entra's {tenantid} issuer template (v2 and v1) and Okta's custom server path."""
+    with LocalIdP(kind=kind) as local:
+        cache = JwksCache(lambda uri, spec: fetch_keys(uri, spec, LOOPBACK)[1])
+        write(tmp_path / "m.yaml", manifests({"type": idp_type, "wellKnownURL": local.well_known_url,
+                                              "tls": {"caBundle": local.ca_pem}}))
+        source = ManifestSource(tmp_path, cache, lambda spec: discover(spec, LOOPBACK),
+                                signing_keys=generate_keyset("ES256", time.time()))
+        source.reload_if_changed()
+        assert source.current().providers, source.current().skipped
+        client = make_client(source, clock=time.time)
+        result = exchange(client, local.mint({"sub": "carol", "aud": "api://tokenbridge"}))
+        assert result.status_code == 200, result.text
+        if kind.startswith("entra"):  # the template matches only the tenant the token itself names
+            forged = local.mint({"sub": "carol", "aud": "api://tokenbridge", "tid": "other-tenant"})
+            assert exchange(client, forged).json["error"] == "invalid_grant"
