@@ -11,13 +11,15 @@ from .config import ServerConfig
 from .health import HealthResource, ReadyResource
 from .introspection import IntrospectionResource
 from .metadata import JWKSResource, MetadataResource
+from .metrics import Metrics, MetricsMiddleware, MetricsResource
 from .sources import SnapshotSource
 from .token_endpoint import TokenResource
 
 
 def create_app(config: ServerConfig, snapshot_source: SnapshotSource, *,
                clock: Callable[[], float] = time.time) -> falcon.App:
-    app = falcon.App(cors_enable=False)
+    metrics = Metrics()
+    app = falcon.App(middleware=[MetricsMiddleware(metrics)], cors_enable=False)
     errors.install(app)
     metadata = MetadataResource(config)
     app.add_route("/.well-known/openid-configuration", metadata)
@@ -27,4 +29,5 @@ def create_app(config: ServerConfig, snapshot_source: SnapshotSource, *,
     app.add_route("/oauth2/introspect", IntrospectionResource(config, snapshot_source, clock))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(snapshot_source))
+    app.add_route("/metrics", MetricsResource(metrics))
     return app

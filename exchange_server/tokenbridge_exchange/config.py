@@ -24,6 +24,8 @@ class ServerConfig:
     signing_secret_namespace: str = DEFAULT_SIGNING_SECRET[0]
     signing_secret_name: str = DEFAULT_SIGNING_SECRET[1]
     signing_algorithm: str = "ES256"  # for the key generated in standalone mode
+    watch_namespace: str = ""  # cluster source: "" watches every namespace, else only this one
+    cluster_identity_providers: bool = True  # cluster source: whether ClusterIdentityProviders are readable
     max_body_bytes: int = 64 * 1024
     max_token_bytes: int = 16 * 1024
     jwks_lifespan: float = 300.0  # refresh remote IdP keys this often
@@ -81,6 +83,10 @@ def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServerConfig:
         "kubeconfig": args.kubeconfig,
         "signing_secret_namespace": env.get("TOKENBRIDGE_SIGNING_SECRET_NAMESPACE", DEFAULT_SIGNING_SECRET[0]),
         "signing_secret_name": env.get("TOKENBRIDGE_SIGNING_SECRET_NAME", DEFAULT_SIGNING_SECRET[1]),
+        "signing_algorithm": env.get("TOKENBRIDGE_SIGNING_ALGORITHM") or "ES256",
+        "watch_namespace": env.get("TOKENBRIDGE_WATCH_NAMESPACE", ""),
+        "cluster_identity_providers": env.get("TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS", "true").strip().lower()
+        in ("true", "1", "yes"),
     }
     for field, var in (("jwks_lifespan", "TOKENBRIDGE_JWKS_LIFESPAN"), ("jwks_max_staleness",
                                                                        "TOKENBRIDGE_JWKS_MAX_STALENESS")):

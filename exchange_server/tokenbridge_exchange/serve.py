@@ -7,7 +7,10 @@ forking, so every worker signs with the same key. Each worker then builds its ow
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import time
 
 import falcon
@@ -18,7 +21,6 @@ from tokenbridge.fetch import FetchPolicy
 from tokenbridge.signing import SigningKeySet, generate_keyset
 
 from . import config as config_module
-from .app import create_app
 from .config import ServerConfig
 from .jwks_cache import JwksCache
 from .sources import SnapshotSource
@@ -43,7 +45,8 @@ def build_source(config: ServerConfig, signing_keys: SigningKeySet | None) -> Sn
     if config.kubernetes:
         from .sources.kubernetes import KubernetesSource
         source = KubernetesSource.from_kubeconfig(
-            config.kubeconfig, cache, signing_secret=(config.signing_secret_namespace, config.signing_secret_name))
+            config.kubeconfig, cache, signing_secret=(config.signing_secret_namespace, config.signing_secret_name),
+            namespace=config.watch_namespace, cluster_identity_providers=config.cluster_identity_providers)
     else:
         from .sources.manifests import ManifestSource
         source = ManifestSource(config.manifests, cache, lambda spec: discover(spec, policy),
@@ -65,8 +68,8 @@ def wait_until_ready(source: SnapshotSource, timeout: float) -> None:
 
 
 class Server(BaseApplication):
-    def __init__(self, config: ServerConfig, signing_keys: SigningKeySet | None):
-        self._config, self._signing_keys = config, signing_keys
+    def __init__(self, config: ServerConfig, signing_keys: SigningKeySet | None, metrics_dir: str | None):
+        self._config, self._signing_keys, self._metrics_dir = config, signing_keys, metrics_dir
         super().__init__()
 
     def load_config(self) -> None:
@@ -86,10 +89,14 @@ class Server(BaseApplication):
             "limit_request_line": 8190,
             "limit_request_field_size": 16384,
         }
+        if self._metrics_dir:  # the master removes the directory it created; workers never do
+            settings["on_exit"] = lambda arbiter: shutil.rmtree(self._metrics_dir, ignore_errors=True)
         for key, value in settings.items():
             self.cfg.set(key, value)
 
     def load(self) -> falcon.App:
+        from .app import create_app  # imports prometheus_client: only now, in the worker (see metrics.py)
+
         source = build_source(self._config, self._signing_keys)
         wait_until_ready(source, READY_WAIT)
         return create_app(self._config, source)
@@ -100,7 +107,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     signing_keys = None if config.kubernetes else generate_keyset(config.signing_algorithm, time.time())
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before any worker imports prometheus_client
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tokenbridge-metrics-")
     log.info("serving %s as issuer %s on %s", "the cluster's configuration" if config.kubernetes
              else config.manifests, config.issuer, config.bind)
-    Server(config, signing_keys).run()
+    Server(config, signing_keys, metrics_dir).run()
     return 0

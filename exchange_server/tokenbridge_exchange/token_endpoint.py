@@ -75,6 +75,7 @@ class TokenResource:
         now = self._clock()
         app = authenticate(req.get_header("Authorization"), form, snapshot, now)
         grant_type = required(form, "grant_type")
+        req.context.grant_type = grant_type
         grant = self._grants.get(grant_type)
         if grant is None:
             raise UnsupportedGrantType(f"grant_type {grant_type!r} is not supported")

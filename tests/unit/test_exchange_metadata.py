@@ -130,3 +130,16 @@ def test_not_ready_without_signing_keys(idp, clock):
     assert client.simulate_get("/readyz").status_code == 503
     result = client.simulate_get("/.well-known/jwks.json")
     assert result.status_code == 503 and result.json["error"] == "temporarily_unavailable"
+
+
+def test_metrics_count_issued_tokens_and_refusals(client, idp):
+    issue(client, idp)
+    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": "junk", "subject_token_type": api.TOKEN_TYPE_JWT}
+    client.simulate_post("/oauth2/token", body=urlencode(form), headers={**FORM, **basic("web", "web-secret")})
+    client.simulate_post("/oauth2/token", body="grant_type=password", headers={**FORM, **basic("web", "web-secret")})
+    scrape = client.simulate_get("/metrics").text
+    exchange = api.GRANT_TOKEN_EXCHANGE
+    assert f'tokenbridge_token_requests_total{{grant_type="{exchange}",outcome="issued"}} 1.0' in scrape
+    assert f'tokenbridge_token_requests_total{{grant_type="{exchange}",outcome="invalid_grant"}} 1.0' in scrape
+    assert 'tokenbridge_token_requests_total{grant_type="other",outcome="unsupported_grant_type"} 1.0' in scrape
+    assert f'tokenbridge_token_request_seconds_count{{grant_type="{exchange}"}} 2.0' in scrape

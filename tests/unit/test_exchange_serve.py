@@ -91,6 +91,13 @@ def test_serve_manifests_with_two_workers(server):
     assert len(workers) == 2
     refused = httpx.post(metadata["token_endpoint"], auth=("web", "wrong"), data={"grant_type": "x"})
     assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    # whichever worker answers the scrape, it counts every worker's requests
+    for _ in range(4):
+        scrape = httpx.get(base + "/metrics", headers={"Connection": "close"}).text
+        issued = [line for line in scrape.splitlines() if line.startswith("tokenbridge_token_requests_total{")
+                  and 'outcome="issued"' in line]
+        assert issued and float(issued[0].rsplit(" ", 1)[1]) == 12, scrape
+        assert 'grant_type="other",outcome="invalid_client"} 1.0' in scrape
 
 
 def test_config_needs_a_source(capsys, tmp_path):

@@ -32,13 +32,20 @@ Key = tuple[str, str]  # (namespace, name)
 
 
 class KubernetesSource:
-    def __init__(self, api_client: client.ApiClient, cache: JwksCache, *, signing_secret: Key):
+    """``namespace`` limits IdentityProviders and OAuthApplications to one namespace (namespace-scoped RBAC);
+    ``cluster_identity_providers=False`` leaves ClusterIdentityProviders out (not readable with that RBAC)."""
+
+    def __init__(self, api_client: client.ApiClient, cache: JwksCache, *, signing_secret: Key, namespace: str = "",
+                 cluster_identity_providers: bool = True):
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
-        self._cache, self._signing_secret = cache, signing_secret
+        self._cache, self._signing_secret, self._namespace = cache, signing_secret, namespace
         self._stores: dict[str, dict[Key, dict[str, Any]]] = {
             api.PLURAL_IDP: {}, api.PLURAL_CLUSTER_IDP: {}, api.PLURAL_APP: {}, SECRETS: {}}
         self._listed = {plural: threading.Event() for plural in self._stores}
+        self._watched = [p for p in self._stores if cluster_identity_providers or p != api.PLURAL_CLUSTER_IDP]
+        if not cluster_identity_providers:
+            self._listed[api.PLURAL_CLUSTER_IDP].set()
         self._lock = threading.Lock()
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -48,21 +55,21 @@ class KubernetesSource:
         self._threads: list[threading.Thread] = []
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: str | None, cache: JwksCache, *, signing_secret: Key) -> "KubernetesSource":
+    def from_kubeconfig(cls, kubeconfig: str | None, cache: JwksCache, **options: Any) -> "KubernetesSource":
         """In-cluster configuration when running in a pod, else the kubeconfig."""
         if kubeconfig is None:
             try:
                 config.load_incluster_config()
-                return cls(client.ApiClient(), cache, signing_secret=signing_secret)
+                return cls(client.ApiClient(), cache, **options)
             except config.ConfigException:
                 pass
-        return cls(config.new_client_from_config(config_file=kubeconfig), cache, signing_secret=signing_secret)
+        return cls(config.new_client_from_config(config_file=kubeconfig), cache, **options)
 
     def current(self) -> Snapshot | None:
         return self._snapshot
 
     def start(self) -> None:
-        for plural in self._stores:
+        for plural in self._watched:
             thread = threading.Thread(target=self._watch_loop, args=(plural,), name=f"watch-{plural}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -80,8 +87,10 @@ class KubernetesSource:
             namespace, name = self._signing_secret
             return self._core.list_namespaced_secret, {"namespace": namespace,
                                                        "field_selector": f"metadata.name={name}"}
-        return self._custom.list_cluster_custom_object, {"group": api.GROUP, "version": api.VERSION,
-                                                         "plural": plural}
+        kwargs = {"group": api.GROUP, "version": api.VERSION, "plural": plural}
+        if self._namespace and plural != api.PLURAL_CLUSTER_IDP:
+            return self._custom.list_namespaced_custom_object, {**kwargs, "namespace": self._namespace}
+        return self._custom.list_cluster_custom_object, kwargs
 
     def _list(self, plural: str) -> str:
         func, kwargs = self._call(plural)
