@@ -65,7 +65,7 @@ def setup(control_plane, tmp_path_factory):
     keyset = generate_keyset("ES256", time.time())
     apply(cp, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "signing-keys", "namespace": ns},
                "data": keyset.to_secret_data()})
-    # Inline keys (the air-gapped form) here; test_keys_fetched_from_the_api_server switches to jwksURI.
+    # Inline keys (the air-gapped form) here; test_keys_fetched_from_the_api_server uses a jwksURI.
     apply(cp, {"apiVersion": api.API_VERSION, "kind": api.KIND_CLUSTER_IDP, "metadata": {"name": cidp},
                "spec": {"type": api.IDP_KUBERNETES, "wellKnownURL": f"{cp.issuer}/.well-known/openid-configuration",
                         "jwks": cp.get_json("/openid/v1/jwks"), "allowedAudiences": [AUDIENCE],
@@ -80,40 +80,56 @@ def setup(control_plane, tmp_path_factory):
                                                  "clientSecretHash": hash_client_secret(SECRET)}, ns)
     cp.kubectl("create", "serviceaccount", "workload", "-n", ns)
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("exchange") / "server.log"
-    log = open(log_path, "w")
-    env = {**os.environ, "TOKENBRIDGE_PUBLIC_ISSUER": base, "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns,
-           "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "tokenbridge"), "serve", "--kubeconfig",
-                             str(cp.kubeconfig), "--bind", f"127.0.0.1:{port}", "--workers", "2"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    ready_workers: set[int] = set()
-
-    def all_workers_ready():  # a worker accepts connections only once it has its first snapshot
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            result = httpx.get(base + "/readyz", headers={"Connection": "close"})
-        except httpx.TransportError:
-            return False
-        if result.status_code == 200:
-            ready_workers.add(result.json()["worker"])
-        return len(ready_workers) == 2
-
     try:
-        wait_for(all_workers_ready, 60, "readiness of both workers")
-        yield {"cp": cp, "ns": ns, "cidp": cidp, "client_id": f"web-{suffix}", "base": base, "log": log_path}
-    finally:
-        proc.send_signal(signal.SIGTERM)
+        server = Server(cp.kubeconfig, tmp_path_factory.mktemp("exchange"), {
+            "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns, "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys"})
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            yield {"cp": cp, "ns": ns, "cidp": cidp, "client_id": f"web-{suffix}", "base": server.base,
+                   "log": server.log_path}
+        finally:
+            server.stop()
+    finally:
         cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         cp.kubectl("delete", "clusteridentityprovider", cidp, "--ignore-not-found", check=False)
+
+
+class Server:
+    """``tokenbridge serve --kubeconfig`` with two workers, started and ready (every worker) on return."""
+
+    def __init__(self, kubeconfig, workdir: Path, env: dict[str, str]):
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.log_path = workdir / "server.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "tokenbridge"), "serve", "--kubeconfig", str(kubeconfig),
+             "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "TOKENBRIDGE_PUBLIC_ISSUER": self.base, **env})
+        ready_workers: set[int] = set()
+
+        def all_workers_ready():  # a worker accepts connections only once it has its first snapshot
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                result = httpx.get(self.base + "/readyz", headers={"Connection": "close"})
+            except httpx.TransportError:
+                return False
+            if result.status_code == 200:
+                ready_workers.add(result.json()["worker"])
+            return len(ready_workers) == 2
+
+        try:
+            wait_for(all_workers_ready, 60, "readiness of both workers")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
 
 
 def sa_token(s) -> str:
@@ -185,10 +201,9 @@ def use_identity_provider(s, name: str) -> None:
         {"spec": {"identityProviders": [{"kind": api.KIND_CLUSTER_IDP, "name": name}]}}))
 
 
-@pytest.mark.xfail(strict=True, reason="tokenbridge/fetch.py sends 'Accept: application/json' only; kube-apiserver "
-                   "answers /openid/v1/jwks with 406 unless application/jwk-set+json is acceptable")
 def test_keys_fetched_from_the_api_server(setup):
-    """An IdP with a jwksURI: the server fetches the keys itself, with the credentials of its kubeconfig."""
+    """An IdP with a jwksURI: the server fetches the keys itself, with the credentials of its kubeconfig (the API
+    server answers /openid/v1/jwks only to an Accept that allows application/jwk-set+json)."""
     s, cp = setup, setup["cp"]
     fetched = s["cidp"] + "-fetched"
     apply(cp, {"apiVersion": api.API_VERSION, "kind": api.KIND_CLUSTER_IDP, "metadata": {"name": fetched},
@@ -226,3 +241,52 @@ def test_deleting_the_identity_provider_takes_effect_within_two_seconds(setup):
 
     wait_for(refused_by_all, 2.0, "the deleted identity provider")
     assert "not an identity provider of this client" in exchange(s, subject).json()["error_description"]
+
+
+def test_least_privilege_namespace_scope(control_plane, tmp_path):
+    """The server with only the chart's namespace-scope RBAC: its namespace's resources, one Secret by name."""
+    cp = control_plane
+    ns = f"tb-exchange-ns-{uuid.uuid4().hex[:6]}"
+    cp.kubectl("create", "namespace", ns)
+    try:
+        apply(cp, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "signing-keys", "namespace": ns},
+                   "data": generate_keyset("ES256", time.time()).to_secret_data()})
+        apply(cp, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "not-for-the-server", "namespace": ns},
+                   "stringData": {"x": "y"}})
+        apply(cp, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": "server", "namespace": ns}, "rules": [
+                       {"apiGroups": [api.GROUP], "resources": [api.PLURAL_IDP, api.PLURAL_APP],
+                        "verbs": ["get", "list", "watch"]},
+                       {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["signing-keys"],
+                        "verbs": ["get", "list", "watch"]}]})
+        cp.kubectl("create", "serviceaccount", "server", "-n", ns)
+        cp.kubectl("create", "rolebinding", "server", "-n", ns, "--role=server", f"--serviceaccount={ns}:server")
+        apply(cp, {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "sa", "namespace": ns},
+                   "spec": {"type": api.IDP_KUBERNETES, "issuer": cp.issuer, "jwks": cp.get_json("/openid/v1/jwks"),
+                            "allowedAudiences": [AUDIENCE], "kubernetes": {"useOperatorCredentials": False}}})
+        apply(cp, {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": "web", "namespace": ns},
+                   "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE], "identityProviders": [{"name": "sa"}],
+                            "audiences": ["https://api.tb.test"], "credentials": {"secretName": "web-credentials"}}})
+        patch_status(cp, "oauthapplication", "web", {"clientID": f"{ns}-web",
+                                                     "clientSecretHash": hash_client_secret(SECRET)}, ns)
+        cp.kubectl("create", "serviceaccount", "workload", "-n", ns)
+        server_token = cp.kubectl("create", "token", "server", "-n", ns, "--duration", "1h").stdout.strip()
+        kubeconfig = tmp_path / "server.kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "server",
+            "clusters": [{"name": "cp", "cluster": {"server": cp.server, "certificate-authority": str(cp.ca_file)}}],
+            "users": [{"name": "server", "user": {"token": server_token}}],
+            "contexts": [{"name": "server", "context": {"cluster": "cp", "user": "server"}}]}))
+        server = Server(kubeconfig, tmp_path, {
+            "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns, "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys",
+            "TOKENBRIDGE_WATCH_NAMESPACE": ns, "TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS": "false"})
+        try:
+            s = {"cp": cp, "ns": ns, "base": server.base, "client_id": f"{ns}-web"}
+            result = exchange(s, sa_token(s))
+            assert result.status_code == 200, result.text + server.log_path.read_text()[-3000:]
+            assert _claims(result.json()["access_token"])["idp"] == f"{ns}/sa"
+            assert "Forbidden" not in server.log_path.read_text() and "403" not in server.log_path.read_text()
+        finally:
+            server.stop()
+    finally:
+        cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -110,3 +110,15 @@ def test_config_needs_a_source(capsys, tmp_path):
     cfg = server_config.load(["--manifests", str(tmp_path), "--bind", "0.0.0.0:9000"],
                              env={"TOKENBRIDGE_PUBLIC_ISSUER": "https://tb.example.test/"})
     assert cfg.issuer == "https://tb.example.test" and cfg.token_endpoint == "https://tb.example.test/oauth2/token"
+
+
+def test_config_from_the_charts_environment(tmp_path):
+    cfg = server_config.load(["--kubernetes", "--workers", "3", "--threads", "4"], env={
+        "TOKENBRIDGE_PUBLIC_ISSUER": "https://tb.example.test", "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": "tb",
+        "TOKENBRIDGE_SIGNING_SECRET_NAME": "keys", "TOKENBRIDGE_SIGNING_ALGORITHM": "RS256",
+        "TOKENBRIDGE_WATCH_NAMESPACE": "team-a", "TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS": "false",
+        "TOKENBRIDGE_JWKS_LIFESPAN": "5m", "TOKENBRIDGE_JWKS_MAX_STALENESS": "24h"})
+    assert cfg.kubernetes and cfg.workers == 3 and cfg.threads == 4
+    assert (cfg.signing_secret_namespace, cfg.signing_secret_name, cfg.signing_algorithm) == ("tb", "keys", "RS256")
+    assert cfg.watch_namespace == "team-a" and cfg.cluster_identity_providers is False
+    assert cfg.jwks_lifespan == 300 and cfg.jwks_max_staleness == 86400
