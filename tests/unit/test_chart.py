@@ -353,7 +353,7 @@ def test_one_image_two_entrypoints(default_docs, full_docs):
         operator = container(one(docs, "Deployment", f"{PREFIX}-operator"))
         server = container(one(docs, "Deployment", f"{PREFIX}-server"))
         assert operator["image"] == server["image"] == image
-        assert operator["args"] == ["operator"]
+        assert operator["args"][0] == "operator"
         assert server["args"][0] == "serve" and "--kubernetes" in server["args"]
         assert "command" not in operator and "command" not in server  # the image's ENTRYPOINT is tokenbridge
 
@@ -380,7 +380,23 @@ def test_operator_environment_parses(default_docs, full_docs):
     assert config.peering == "tokenbridge"
     assert [str(n) for n in config.fetch_policy.allowed_networks] == ["10.0.0.1/32", "192.168.10.0/24"]
     assert config.fetch_policy.allow_http is True
-    assert env["TOKENBRIDGE_WATCH_NAMESPACE"] == "" and env["TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS"] == "true"
+    assert env["TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS"] == "true"
+
+
+def test_operator_arguments_parse(default_docs, namespace_docs):
+    """`tokenbridge operator` flags as the operator's own parser reads them, and the kopf command they become."""
+    from tokenbridge_operator.run import kopf_args, parser
+
+    for docs, scope in ((default_docs, ["--all-namespaces"]), (namespace_docs, [f"--namespace={NS}"])):
+        operator = one(docs, "Deployment", f"{PREFIX}-operator")
+        c = container(operator)
+        args = parser().parse_args(c["args"][1:])
+        argv = kopf_args(args, env_of(operator))
+        assert [a for a in argv if a.startswith(("--all-namespaces", "--namespace"))] == scope
+        assert argv[argv.index("--liveness") + 1] == "http://0.0.0.0:8081/healthz"
+        assert "--standalone" in argv
+        assert c["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"}]
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
 def test_server_arguments_and_environment_parse(default_docs, full_docs):
@@ -395,6 +411,7 @@ def test_server_arguments_and_environment_parse(default_docs, full_docs):
         assert config.issuer == ISSUER
         assert (config.workers, config.threads) == (workers, threads)
         assert (config.signing_secret_namespace, config.signing_secret_name) == (NS, secret)
+        assert env_of(one(docs, "Deployment", f"{PREFIX}-server"))["TOKENBRIDGE_WATCH_NAMESPACE"] == ""
     config = load(container(one(full_docs, "Deployment", f"{PREFIX}-server"))["args"][1:],
                   env_of(one(full_docs, "Deployment", f"{PREFIX}-server")))
     assert (config.jwks_lifespan, config.jwks_max_staleness) == (600, 12 * 3600)
@@ -403,8 +420,8 @@ def test_server_arguments_and_environment_parse(default_docs, full_docs):
 def test_namespace_scope_environment(namespace_docs, helm, tmp):
     for name in ("operator", "server"):
         env = env_of(one(namespace_docs, "Deployment", f"{PREFIX}-{name}"))
-        assert env["TOKENBRIDGE_WATCH_NAMESPACE"] == NS
         assert env["TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS"] == "false"
+    assert env_of(one(namespace_docs, "Deployment", f"{PREFIX}-server"))["TOKENBRIDGE_WATCH_NAMESPACE"] == NS
     docs = render(helm, tmp, {**NAMESPACE_VALUES, "rbac": {"scope": "namespace", "clusterIdentityProviders": True}})
     assert env_of(one(docs, "Deployment", f"{PREFIX}-server"))["TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS"] == "true"
 

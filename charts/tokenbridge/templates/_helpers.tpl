@@ -74,7 +74,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or (eq .Values.rbac.scope "cluster") .Values.rbac.clusterIdentityProviders }}true{{ else }}false{{ end }}
 {{- end }}
 
-{{/* Environment shared by both components: issuer, signing-key Secret, fetch policy, scope. */}}
+{{/* Environment shared by both components: issuer, signing-key Secret, fetch policy, ClusterIdentityProviders. */}}
 {{- define "tokenbridge.commonEnv" -}}
 - name: TOKENBRIDGE_PUBLIC_ISSUER
   value: {{ include "tokenbridge.publicIssuer" . | quote }}
@@ -88,8 +88,6 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ join "," .Values.fetch.allowedNetworks | quote }}
 - name: TOKENBRIDGE_ALLOW_INSECURE_HTTP
   value: {{ .Values.fetch.allowInsecureHTTP | quote }}
-- name: TOKENBRIDGE_WATCH_NAMESPACE
-  value: {{ if eq .Values.rbac.scope "namespace" }}{{ .Release.Namespace | quote }}{{ else }}""{{ end }}
 - name: TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS
   value: {{ include "tokenbridge.clusterIdentityProviders" . | quote }}
 {{- end }}
