@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -109,7 +110,8 @@ class KubeCredentials:
         try:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
+                                    client_configuration=configuration)
         return cls.from_client_configuration(configuration)
 
     def serves(self, url: str) -> bool:
@@ -246,6 +248,11 @@ def _optional_url(document: Mapping[str, Any], name: str) -> str | None:
 def discover(spec: Mapping[str, Any], policy: FetchPolicy, *,
              credentials: KubeCredentials | None = None) -> ProviderMetadata:
     """The effective metadata and keys of the IdP described by ``spec``; DiscoveryError otherwise."""
+    for name in ("wellKnownURL", "jwksURI", "tokenEndpoint", "issuer"):
+        value = spec.get(name)
+        if isinstance(value, str) and "@" in urlsplit(value).netloc:
+            raise DiscoveryError(INVALID_URL, f"spec.{name} has user information; URLs with credentials are refused",
+                                 permanent=True)
     issuer = spec.get("issuer")
     jwks_uri = spec.get("jwksURI")
     token_endpoint = spec.get("tokenEndpoint")

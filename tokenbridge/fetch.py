@@ -137,12 +137,12 @@ def check_url(url: str, policy: FetchPolicy) -> tuple[str, str, int, IPAddress]:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise FetchError(INVALID_URL, f"{url!r} is not a valid URL: {exc}") from exc
+        raise FetchError(INVALID_URL, f"not a valid URL: {exc}") from exc
+    if "@" in parts.netloc:
+        raise FetchError(INVALID_URL, "URLs with user information are refused")
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not parts.hostname:
         raise FetchError(INVALID_URL, f"{url!r} is not an absolute http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise FetchError(INVALID_URL, "URLs with user information are refused")
     if scheme == "http" and not policy.allow_http:
         raise FetchError(INSECURE_URL, f"{url} is not https (plain http is a development opt-in)")
     host = parts.hostname
@@ -183,7 +183,7 @@ def fetch_json(
     host_header = f"[{host}]" if ":" in host else host
     headers = {
         "Host": host_header if default_port else f"{host_header}:{port}",
-        "Accept": "application/json",
+        "Accept": "application/json, application/jwk-set+json",  # the kube-apiserver JWKS insists on the latter
         "Accept-Encoding": "identity",  # the cap counts what we hold in memory: no decompression bombs
     }
     if bearer_token:

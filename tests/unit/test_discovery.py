@@ -291,3 +291,8 @@ def test_implied_issuer():
     assert implied_issuer("https://a.example/x/.well-known/openid-configuration") == "https://a.example/x"
     with pytest.raises(ValueError):
         implied_issuer("https://a.example/metadata")
+
+
+def test_urls_with_credentials_are_refused_without_echo():
+    error = error_of({"type": "OIDC", "wellKnownURL": "https://u:hunter2@idp.example/.well-known/openid-configuration"})
+    assert error.reason == "InvalidURL" and "hunter2" not in str(error)

@@ -200,3 +200,9 @@ def test_errors_never_echo_the_bearer_token(idp):
 
 def test_timeout_is_capped():
     assert fetch.MAX_TIMEOUT <= 5
+
+
+def test_user_information_is_never_echoed():
+    with pytest.raises(FetchError) as info:
+        fetch_json("https://admin:hunter2@idp.example:99999/x", LOCAL)
+    assert info.value.reason == "InvalidURL" and "hunter2" not in str(info.value)

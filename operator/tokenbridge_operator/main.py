@@ -1,0 +1,196 @@
+"""kopf wiring: every decorator of the operator, and nothing else of substance.
+
+Handlers here translate kopf's kwargs into explicit arguments for the reconcilers in ``handlers/``, apply what
+they return (``patch.status``, Events) and turn failures into ``kopf.TemporaryError`` (retried with backoff) or
+``kopf.PermanentError`` (until the spec changes; the periodic refresh still re-checks).
+
+Periodic work runs on a short fixed ``TIMER_TICK``; each object's own interval (from ``OperatorConfig``, loaded
+at startup, never at import) decides whether a tick does anything. kopf timers put the finalizer
+``tokenbridge.dev/finalizer`` on every IdentityProvider, ClusterIdentityProvider and OAuthApplication; the running
+operator removes it on deletion, so uninstall the operator after its resources (or remove the finalizers).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import kopf
+from kubernetes.client import ApiException
+
+from tokenbridge.api import GROUP, PLURAL_APP, PLURAL_CLUSTER_IDP, PLURAL_IDP, VERSION
+from tokenbridge.conditions import rfc3339
+from tokenbridge.discovery import KubeCredentials
+
+from .config import OperatorConfig
+from .handlers import application, identity_provider, signing_keys
+from .kube import Kube, connection_info
+
+TIMER_TICK = 2.0  # seconds; the granularity of refresh intervals, not an interval itself
+# kopf's own bookkeeping annotations. Not plain tokenbridge.dev: kopf ignores every annotation under its storage
+# prefix when diffing, and tokenbridge.dev/rotate-secret must count as a change.
+KOPF_PREFIX = f"operator.{GROUP}"
+
+logger = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = OperatorConfig.from_env()
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration")
+    settings.watching.server_timeout = int(config.watch_timeout)  # the API server wants whole seconds
+    settings.watching.client_timeout = config.watch_timeout + 30
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = config.request_timeout
+    settings.networking.connect_timeout = 10
+    settings.posting.reporting_component = "tokenbridge-operator"
+    settings.posting.level = logging.CRITICAL  # only our own transition Events, not every log line
+    if config.peering:
+        settings.peering.name, settings.peering.mandatory, settings.peering.standalone = config.peering, True, False
+    elif not settings.peering.mandatory:
+        settings.peering.standalone = True
+    memo.config = config
+    memo.kube = Kube.load(config.request_timeout)
+    memo.board = application.ReadinessBoard()
+    memo.signing_checked_at = None
+    await _check_signing_keys(memo)
+    memo.signing_task = asyncio.create_task(_signing_keys_loop(memo))
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    return connection_info()
+
+
+@kopf.on.cleanup()
+async def stop_signing_keys_loop(memo: kopf.Memo, **_: Any) -> None:
+    memo.signing_task.cancel()
+
+
+@kopf.on.probe(id="signingKeysCheckedAt")
+def signing_keys_probe(memo: kopf.Memo, **_: Any) -> str | None:
+    return memo.signing_checked_at
+
+
+# --- signing keys ----------------------------------------------------------------------------------------------
+
+async def _check_signing_keys(memo: kopf.Memo) -> None:
+    try:
+        await asyncio.to_thread(signing_keys.reconcile, memo.config, read_secret=memo.kube.read_secret,
+                                write_secret=memo.kube.write_secret, now=time.time())
+        memo.signing_checked_at = rfc3339(application.utcnow())
+    except ApiException as exc:
+        logger.error("signing keys: Kubernetes API error %s %s; retrying in %gs", exc.status, exc.reason,
+                     memo.config.signing_check_interval)
+
+
+async def _signing_keys_loop(memo: kopf.Memo) -> None:
+    while True:
+        await asyncio.sleep(memo.config.signing_check_interval)
+        await _check_signing_keys(memo)
+
+
+# --- identity providers ----------------------------------------------------------------------------------------
+
+def _idp_key(body: kopf.Body) -> tuple[str, str, str]:
+    return (body["kind"], body["metadata"].get("namespace") or "", body["metadata"]["name"])
+
+
+def _reconcile_idp(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int) -> None:
+    config: OperatorConfig = memo.config
+    status = dict(body.get("status") or {})
+    outcome = identity_provider.reconcile(
+        body["spec"], status, body["metadata"].get("generation"), policy=config.fetch_policy,
+        load_credentials=_operator_credentials, now=application.utcnow)
+    patch.status.update(outcome.status)
+    for type_, reason, message in outcome.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    if outcome.ready != identity_provider.is_ready(status):
+        memo.board.mark(_idp_key(body))
+    if outcome.error is None:
+        memo.next_refresh = time.monotonic() + config.idp_refresh_interval
+        return
+    if outcome.error.permanent:
+        memo.next_refresh = time.monotonic() + config.idp_refresh_interval
+        raise kopf.PermanentError(f"{outcome.error.reason}: {outcome.error.message}")
+    delay = config.backoff(retry)
+    memo.next_refresh = time.monotonic() + delay
+    raise kopf.TemporaryError(f"{outcome.error.reason}: {outcome.error.message}", delay=delay)
+
+
+def _operator_credentials() -> KubeCredentials | None:
+    try:
+        return KubeCredentials.load()
+    except Exception as exc:  # any config-loading failure means: no credentials to use
+        logger.warning("no Kubernetes credentials for type: Kubernetes discovery: %s", exc)
+        return None
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL_IDP)
+@kopf.on.create(GROUP, VERSION, PLURAL_IDP)
+@kopf.on.update(GROUP, VERSION, PLURAL_IDP, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL_CLUSTER_IDP)
+@kopf.on.create(GROUP, VERSION, PLURAL_CLUSTER_IDP)
+@kopf.on.update(GROUP, VERSION, PLURAL_CLUSTER_IDP, field="spec")
+def identity_provider_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    _reconcile_idp(body, patch, memo, retry)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL_IDP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
+@kopf.timer(GROUP, VERSION, PLURAL_CLUSTER_IDP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
+async def identity_provider_refresh(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int,
+                                    **_: Any) -> None:
+    if time.monotonic() < memo.get("next_refresh", 0.0):
+        return
+    await asyncio.to_thread(_reconcile_idp, body, patch, memo, retry)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL_IDP, optional=True)
+@kopf.on.delete(GROUP, VERSION, PLURAL_CLUSTER_IDP, optional=True)
+def identity_provider_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.board.mark(_idp_key(body))
+
+
+# --- applications ----------------------------------------------------------------------------------------------
+
+def _reconcile_app(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int) -> None:
+    config: OperatorConfig = memo.config
+    memo.checked_at = time.monotonic()
+    app = {"metadata": body["metadata"], "spec": body["spec"], "status": dict(body.get("status") or {})}
+    try:
+        outcome = application.reconcile(
+            app, read_secret=memo.kube.read_secret, write_secret=memo.kube.write_secret,
+            lookup_idp=memo.kube.get_idp, token_endpoint=config.token_endpoint,
+            grace=config.secret_rotation_grace, now=application.utcnow())
+    except ApiException as exc:
+        delay = config.backoff(retry)
+        memo.next_check = time.monotonic() + delay
+        raise kopf.TemporaryError(f"Kubernetes API error {exc.status} {exc.reason}", delay=delay) from None
+    patch.status.update(outcome.status)
+    for type_, reason, message in outcome.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    next_check = time.monotonic() + config.app_recheck_interval
+    if outcome.next_check is not None:
+        grace_left = (outcome.next_check - application.utcnow()).total_seconds()
+        next_check = min(next_check, time.monotonic() + max(grace_left, 0.0))
+    memo.next_check = next_check
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL_APP)
+@kopf.on.create(GROUP, VERSION, PLURAL_APP)
+@kopf.on.update(GROUP, VERSION, PLURAL_APP)
+def application_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    _reconcile_app(body, patch, memo, retry)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL_APP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
+async def application_recheck(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    refs = application.reference_keys(body["metadata"]["namespace"], body["spec"].get("identityProviders"))
+    due = time.monotonic() >= memo.get("next_check", 0.0)
+    if not due and not memo.board.changed_since(refs, memo.get("checked_at", 0.0)):
+        return
+    await asyncio.to_thread(_reconcile_app, body, patch, memo, retry)

@@ -1,0 +1,372 @@
+"""The operator against the real control plane, driven by kopf's KopfRunner (in this process, one run per test).
+
+Local HTTPS IdPs (trustme certificates) serve Okta-, Entra- and Auth0-shaped discovery; the API server's own
+ServiceAccount issuer is a ``type: Kubernetes`` provider. Intervals are shortened through the same
+``TOKENBRIDGE_*`` variables a deployment uses.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from kopf.testing import KopfRunner
+
+from idp_server import LocalIdP
+from tokenbridge.client_secrets import hash_client_secret
+from tokenbridge.signing import SigningKeySet
+
+pytestmark = pytest.mark.cluster
+
+ENV = {
+    "TOKENBRIDGE_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+    "TOKENBRIDGE_PUBLIC_ISSUER": "https://tokens.example.test",
+    "TOKENBRIDGE_IDP_REFRESH_INTERVAL": "3s",
+    "TOKENBRIDGE_RETRY_BACKOFF": "1s",
+    "TOKENBRIDGE_APP_RECHECK_INTERVAL": "10m",  # so that prompt re-checks can only come from IdP readiness changes
+    "TOKENBRIDGE_SECRET_ROTATION_GRACE": "6s",
+    "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": "tokenbridge",
+    "TOKENBRIDGE_SIGNING_ROTATION_PERIOD": "8s",
+    "TOKENBRIDGE_SIGNING_PUBLISH_LEAD": "2s",
+    "TOKENBRIDGE_MAX_TOKEN_LIFETIME": "30s",
+    "TOKENBRIDGE_SIGNING_CHECK_INTERVAL": "1s",
+}
+CLIENT_CREDENTIALS = "client_credentials"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+
+
+@pytest.fixture(scope="module")
+def cluster(control_plane):
+    saved = {k: os.environ.get(k) for k in [*ENV, "KUBECONFIG"]}
+    os.environ.update(ENV, KUBECONFIG=str(control_plane.kubeconfig))
+    control_plane.kubectl("create", "namespace", "tokenbridge", check=False)
+    yield control_plane
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def namespace(cluster):
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    release_and_delete(cluster, name)
+
+
+def release_and_delete(cluster, namespace):
+    """Delete a test namespace although the operator (which would remove its finalizers) has stopped."""
+    for kind in ("oauthapplications", "identityproviders"):
+        names = cluster.kubectl("get", kind, "-n", namespace, "-o", "name", check=False).stdout.split()
+        for name in names:
+            cluster.kubectl("patch", name, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                            check=False)
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@contextlib.contextmanager
+def operator():
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "--log-format=json", "--verbose",
+                     "-m", "tokenbridge_operator.main"], timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+def apply(cluster, obj):
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+
+def get(cluster, kind, name, namespace=None):
+    args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+    proc = cluster.kubectl(*args, check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def wait_for(what, check, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+def condition(obj, type_):
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c
+    return None
+
+
+def wait_ready(cluster, kind, name, namespace=None, status="True", reason=None, timeout=30.0):
+    def check():
+        obj = get(cluster, kind, name, namespace)
+        ready = condition(obj, "Ready")
+        if ready and ready["status"] == status and (reason is None or ready["reason"] == reason):
+            return obj
+        return None
+    return wait_for(f"{kind} {name} Ready={status} {reason or ''}", check, timeout)
+
+
+def events(cluster, name, namespace):
+    out = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}",
+                          "-o", "json")
+    return [(e["type"], e["reason"], e.get("message", "")) for e in json.loads(out.stdout)["items"]]
+
+
+def idp(name, namespace, server, type_, **spec):
+    body = {"type": type_, "wellKnownURL": server.well_known_url, "tls": {"caBundle": server.ca_pem},
+            "allowedAudiences": ["api://tokenbridge"], **spec}
+    return {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider",
+            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def app(name, namespace, secret, grants=(CLIENT_CREDENTIALS,), idps=(), annotations=None, **spec):
+    return {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication",
+            "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+            "spec": {"grantTypes": list(grants), "identityProviders": list(idps),
+                     "credentials": {"secretName": secret}, **spec}}
+
+
+def secret_values(cluster, name, namespace):
+    obj = get(cluster, "secret", name, namespace)
+    if obj is None:
+        return None
+    return {k: base64.b64decode(v).decode() for k, v in obj["data"].items()}
+
+
+# --- identity providers ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, type_", [("okta", "Okta"), ("entra", "MicrosoftEntraID"),
+                                         ("entra-v1", "MicrosoftEntraID"), ("auth0", "Auth0")])
+def test_provider_shapes_are_discovered(cluster, namespace, kind, type_):
+    with LocalIdP(kind) as server, operator():
+        apply(cluster, idp("corp", namespace, server, type_))
+        obj = wait_ready(cluster, "identityprovider", "corp", namespace)
+    status = obj["status"]
+    assert status["issuer"] == server.issuer
+    assert status["jwksURI"] == server.jwks_uri and status["tokenEndpoint"] == server.token_endpoint
+    assert status["keyCount"] == 1 and status["stale"] is False
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert datetime.fromisoformat(status["discoveredAt"].replace("Z", "+00:00")) <= datetime.now(timezone.utc)
+    assert condition(obj, "Discovered")["status"] == "True" and condition(obj, "KeysAvailable")["status"] == "True"
+    assert all(c["observedGeneration"] == obj["metadata"]["generation"] for c in status["conditions"])
+    if kind.startswith("entra"):
+        assert "{tenantid}" in status["issuer"]
+    wait_for("a Ready event", lambda: ("Normal", "Ready") in [e[:2] for e in events(cluster, "corp", namespace)])
+
+
+def test_kubernetes_serviceaccount_issuer(cluster):
+    name = f"cluster-sa-{uuid.uuid4().hex[:6]}"
+    try:
+        with operator():
+            apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "ClusterIdentityProvider",
+                            "metadata": {"name": name},
+                            "spec": {"type": "Kubernetes", "allowedAudiences": ["tokenbridge"],
+                                     "wellKnownURL": cluster.issuer + "/.well-known/openid-configuration"}})
+            obj = wait_ready(cluster, "clusteridentityprovider", name)
+    finally:
+        cluster.kubectl("delete", "clusteridentityprovider", name, "--wait=false", check=False)
+        cluster.kubectl("patch", "clusteridentityprovider", name, "--type=merge", "-p",
+                        '{"metadata":{"finalizers":null}}', check=False)
+    assert obj["status"]["issuer"] == cluster.issuer
+    assert obj["status"]["jwksURI"] == cluster.issuer + "/openid/v1/jwks"
+    assert obj["status"]["keyCount"] >= 1
+
+
+def test_outage_marks_stale_then_recovers(cluster, namespace):
+    with LocalIdP("okta") as server, operator():
+        apply(cluster, idp("flaky", namespace, server, "Okta"))
+        good = wait_ready(cluster, "identityprovider", "flaky", namespace)["status"]
+        server.fail(None)  # connections dropped: unreachable
+        down = wait_ready(cluster, "identityprovider", "flaky", namespace, "False", "DiscoveryUnavailable")["status"]
+        assert down["stale"] is True
+        assert (down["issuer"], down["jwksURI"], down["keyCount"], down["discoveredAt"]) == (
+            good["issuer"], good["jwksURI"], good["keyCount"], good["discoveredAt"])
+        assert condition({"status": down}, "Discovered")["reason"] == "DiscoveryUnavailable"
+        server.recover()
+        up = wait_ready(cluster, "identityprovider", "flaky", namespace)["status"]
+        assert up["stale"] is False and up["discoveredAt"] >= good["discoveredAt"]
+        seen = wait_for("outage and recovery events", lambda: (lambda e: e if {
+            ("Warning", "DiscoveryUnavailable"), ("Normal", "Ready")} <= {x[:2] for x in e} else None)(
+            events(cluster, "flaky", namespace)))
+    assert all("Bearer" not in message for _, _, message in seen)
+
+
+def test_keys_outage_is_reported_on_keys_available(cluster, namespace):
+    with LocalIdP("auth0") as server, operator():
+        server.routes["/.well-known/jwks.json"] = (503, {}, {})
+        apply(cluster, idp("nokeys", namespace, server, "Auth0"))
+        obj = wait_ready(cluster, "identityprovider", "nokeys", namespace, "False", "JWKSUnavailable")
+        assert condition(obj, "Discovered")["status"] == "True"
+        assert condition(obj, "KeysAvailable")["reason"] == "JWKSUnavailable"
+
+
+def test_ssrf_targets_are_refused(cluster, namespace):
+    with operator():
+        for name, url in (("metadata", "https://169.254.169.254/.well-known/openid-configuration"),
+                          ("private", "https://10.0.0.1/.well-known/openid-configuration")):
+            apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider",
+                            "metadata": {"name": name, "namespace": namespace},
+                            "spec": {"type": "OIDC", "wellKnownURL": url, "allowedAudiences": ["a"]}})
+        for name in ("metadata", "private"):
+            obj = wait_ready(cluster, "identityprovider", name, namespace, "False", "BlockedAddress")
+            assert condition(obj, "Discovered")["reason"] == "BlockedAddress"
+            assert "stale" in obj["status"] and obj["status"]["stale"] is False and "issuer" not in obj["status"]
+
+
+def test_invalid_document_fails_until_the_spec_changes(cluster, namespace):
+    with LocalIdP("okta") as server, operator():
+        server.document_overrides["issuer"] = "https://somebody-else.example/oauth2/default"
+        apply(cluster, idp("mismatch", namespace, server, "Okta"))
+        obj = wait_ready(cluster, "identityprovider", "mismatch", namespace, "False", "IssuerMismatch")
+        assert "somebody-else.example" in condition(obj, "Ready")["message"]
+        wait_for("an IssuerMismatch warning event", lambda: ("Warning", "IssuerMismatch") in [
+            e[:2] for e in events(cluster, "mismatch", namespace)])
+        apply(cluster, idp("mismatch", namespace, server, "Okta",
+                           issuer="https://somebody-else.example/oauth2/default"))
+        obj = wait_ready(cluster, "identityprovider", "mismatch", namespace)
+        assert obj["status"]["issuer"] == "https://somebody-else.example/oauth2/default"
+        assert obj["status"]["observedGeneration"] == 2
+
+
+# --- applications --------------------------------------------------------------------------------------------
+
+def test_credentials_created_once_and_stable_across_restarts(cluster, namespace):
+    with operator():
+        apply(cluster, app("svc", namespace, "svc-credentials"))
+        obj = wait_ready(cluster, "oauthapplication", "svc", namespace)
+    first = secret_values(cluster, "svc-credentials", namespace)
+    status = obj["status"]
+    assert first["client_id"] == status["clientID"] and first["client_id"].startswith("tb-")
+    assert len(first["client_secret"]) >= 43
+    assert first["token_endpoint"] == "https://tokens.example.test/oauth2/token"
+    assert status["clientSecretHash"] == hash_client_secret(first["client_secret"])
+    assert status["credentialsSecret"] == "svc-credentials"
+    assert first["client_secret"] not in json.dumps(obj)
+    secret = get(cluster, "secret", "svc-credentials", namespace)
+    owner = secret["metadata"]["ownerReferences"]
+    assert owner == [{"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication", "name": "svc",
+                      "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+    version = secret["metadata"]["resourceVersion"]
+
+    with operator():
+        apply(cluster, app("svc", namespace, "svc-credentials", description="an unrelated edit"))
+        wait_for("the edit to be handled", lambda: (get(cluster, "oauthapplication", "svc", namespace)["status"]
+                                                    .get("observedGeneration") == 2))
+        time.sleep(3)  # a few timer ticks
+    assert secret_values(cluster, "svc-credentials", namespace) == first
+    assert get(cluster, "secret", "svc-credentials", namespace)["metadata"]["resourceVersion"] == version
+    after = get(cluster, "oauthapplication", "svc", namespace)["status"]
+    assert (after["clientID"], after["clientSecretHash"]) == (status["clientID"], status["clientSecretHash"])
+    assert [e[1] for e in events(cluster, "svc", namespace)].count("CredentialsCreated") == 1
+
+
+def test_rotation_keeps_the_previous_secret_for_the_grace_period(cluster, namespace):
+    with operator():
+        apply(cluster, app("rot", namespace, "rot-credentials"))
+        before = wait_ready(cluster, "oauthapplication", "rot", namespace)["status"]
+        old = secret_values(cluster, "rot-credentials", namespace)
+        cluster.kubectl("annotate", "oauthapplication", "rot", "-n", namespace, "tokenbridge.dev/rotate-secret=1")
+        during = wait_for("rotation", lambda: (lambda s: s if s.get("previousClientSecretHash") else None)(
+            get(cluster, "oauthapplication", "rot", namespace)["status"]))
+        new = secret_values(cluster, "rot-credentials", namespace)
+        assert new["client_id"] == old["client_id"] and new["client_secret"] != old["client_secret"]
+        assert during["clientID"] == before["clientID"]
+        assert during["previousClientSecretHash"] == before["clientSecretHash"]
+        assert during["clientSecretHash"] == hash_client_secret(new["client_secret"])
+        expires = datetime.fromisoformat(during["previousClientSecretExpiresAt"].replace("Z", "+00:00"))
+        assert 0 < (expires - datetime.now(timezone.utc)).total_seconds() <= 7
+        after = wait_for("the grace window to end", lambda: (lambda s: s if "previousClientSecretHash" not in s
+                         else None)(get(cluster, "oauthapplication", "rot", namespace)["status"]), timeout=20)
+        assert "previousClientSecretExpiresAt" not in after
+        assert after["clientSecretHash"] == during["clientSecretHash"]
+        # the same annotation value again is not a new rotation
+        cluster.kubectl("annotate", "oauthapplication", "rot", "-n", namespace, "--overwrite",
+                        "tokenbridge.dev/rotate-secret=1", "unrelated=yes")
+        time.sleep(3)
+        assert secret_values(cluster, "rot-credentials", namespace) == new
+    reasons = [e[1] for e in events(cluster, "rot", namespace)]
+    assert reasons.count("CredentialsRotated") == 1 and "RotationGraceEnded" in reasons
+
+
+def test_secret_is_garbage_collected_with_the_application(cluster, namespace):
+    with operator():
+        apply(cluster, app("gone", namespace, "gone-credentials"))
+        wait_ready(cluster, "oauthapplication", "gone", namespace)
+        cluster.kubectl("delete", "oauthapplication", "gone", "-n", namespace)
+    wait_for("garbage collection of the Secret",
+             lambda: get(cluster, "secret", "gone-credentials", namespace) is None, timeout=60)
+
+
+def test_foreign_secret_is_not_taken_over(cluster, namespace):
+    cluster.kubectl("create", "secret", "generic", "taken", "-n", namespace, "--from-literal=client_secret=mine")
+    with operator():
+        apply(cluster, app("squatter", namespace, "taken"))
+        obj = wait_ready(cluster, "oauthapplication", "squatter", namespace, "False", "SecretConflict")
+    assert secret_values(cluster, "taken", namespace) == {"client_secret": "mine"}
+    assert "clientID" not in obj["status"]
+
+
+def test_references_cross_namespace_refused_and_readiness_followed(cluster, namespace):
+    other = f"{namespace}-other"
+    cluster.kubectl("create", "namespace", other)
+    cidp = f"cidp-{namespace}"
+    try:
+        with LocalIdP("okta") as server, operator():
+            apply(cluster, idp("okta", other, server, "Okta"))
+            wait_ready(cluster, "identityprovider", "okta", other)
+            apply(cluster, app("xns", namespace, "xns-credentials", grants=(TOKEN_EXCHANGE,),
+                               idps=[{"kind": "IdentityProvider", "name": "okta"}]))
+            obj = wait_ready(cluster, "oauthapplication", "xns", namespace, "False", "IdentityProviderNotFound")
+            refs = condition(obj, "ReferencesResolved")
+            assert refs["status"] == "False" and f"IdentityProvider {namespace}/okta not found" in refs["message"]
+            assert condition(obj, "CredentialsReady")["status"] == "True"
+
+            server.fail(503)
+            apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "ClusterIdentityProvider",
+                            "metadata": {"name": cidp},
+                            "spec": {"type": "Okta", "wellKnownURL": server.well_known_url,
+                                     "tls": {"caBundle": server.ca_pem}, "allowedAudiences": ["a"]}})
+            apply(cluster, app("follows", namespace, "follows-credentials", grants=(TOKEN_EXCHANGE,),
+                               idps=[{"kind": "ClusterIdentityProvider", "name": cidp}]))
+            obj = wait_ready(cluster, "oauthapplication", "follows", namespace, "False", "IdentityProviderNotReady")
+            assert cidp in condition(obj, "Ready")["message"]
+            server.recover()
+            # the application re-check interval is 10m: only the IdP's readiness change can make this prompt
+            wait_ready(cluster, "oauthapplication", "follows", namespace, timeout=30)
+    finally:
+        release_and_delete(cluster, other)
+        cluster.kubectl("delete", "clusteridentityprovider", cidp, "--wait=false", check=False)
+        cluster.kubectl("patch", "clusteridentityprovider", cidp, "--type=merge", "-p",
+                        '{"metadata":{"finalizers":null}}', check=False)
+
+
+# --- signing keys --------------------------------------------------------------------------------------------
+
+def test_signing_keys_rotate_and_old_keys_stay_published(cluster):
+    def keyset():
+        obj = get(cluster, "secret", "tokenbridge-signing-keys", "tokenbridge")
+        return SigningKeySet.from_secret_data(obj["data"]) if obj else None
+
+    with operator():
+        first = wait_for("the signing key Secret", keyset)
+        first_kid = first.active(time.time()).kid
+        rotated = wait_for("a rotation", lambda: (lambda ks: ks if ks and ks.active(time.time()).kid != first_kid
+                                                  else None)(keyset()), timeout=30)
+    now = time.time()
+    published = [k["kid"] for k in rotated.jwks(now)["keys"]]
+    assert first_kid in published, "a retired key stays published until its tokens have expired"
+    assert rotated.active(now).kid in published
+    assert all(k["kid"] for k in rotated.jwks(now)["keys"])
+    assert not any("d" in k for k in rotated.jwks(now)["keys"]), "no private key material is published"
