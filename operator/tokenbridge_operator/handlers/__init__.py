@@ -1,0 +1,1 @@
+"""Reconcilers: plain functions with explicit arguments, wired to kopf in ``tokenbridge_operator.main``."""
