@@ -113,9 +113,9 @@ class KubernetesSource:
         func, kwargs = self._call(plural)
         stream = watch.Watch().stream(func, **kwargs, resource_version=resource_version,
                                       timeout_seconds=WATCH_TIMEOUT, allow_watch_bookmarks=True,
-                                      deserialize=False, _request_timeout=(5, WATCH_TIMEOUT + 15))
-        for event in stream:
-            obj = event["object"]
+                                      _request_timeout=(5, WATCH_TIMEOUT + 15))
+        for event in stream:  # an ERROR event (410 Gone included) is raised by the client as ApiException
+            obj = event["raw_object"]
             resource_version = obj["metadata"]["resourceVersion"]
             if event["type"] == "BOOKMARK":
                 continue
