@@ -119,13 +119,11 @@ class KubernetesSource:
             resource_version = obj["metadata"]["resourceVersion"]
             if event["type"] == "BOOKMARK":
                 continue
-            with self._lock:
-                store = dict(self._stores[plural])
+            with self._lock:  # _build copies the stores under this lock
                 if event["type"] == "DELETED":
-                    store.pop(self._key(obj), None)
+                    self._stores[plural].pop(self._key(obj), None)
                 else:
-                    store[self._key(obj)] = obj
-                self._stores[plural] = store
+                    self._stores[plural][self._key(obj)] = obj
             self._dirty.set()
             if self._stop.is_set():
                 break
