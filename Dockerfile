@@ -14,7 +14,7 @@ COPY tokenbridge/ tokenbridge/
 COPY operator/ operator/
 COPY exchange_server/ exchange_server/
 RUN /opt/tokenbridge/bin/pip install . \
- && /opt/tokenbridge/bin/python -c "import tokenbridge_exchange.serve, tokenbridge.cli"
+ && /opt/tokenbridge/bin/python -c "import tokenbridge.cli, tokenbridge_exchange.serve, tokenbridge_operator.main"
 
 # ---- runtime: the virtualenv only, run as an unprivileged numeric user -------------------------------------------
 FROM python:3.11-slim

@@ -172,6 +172,15 @@ def test_chart_crds_are_byte_identical_copies_of_repo_crds():
         assert copies[name] == content, f"charts/tokenbridge/crds/{name} differs; run .venv/bin/python charts/generate.py"
 
 
+def test_helm_ships_the_crds(helm, tmp):
+    """helm sees exactly the three CRDs in the chart (installed by `helm install`, skipped by --skip-crds)."""
+    proc = subprocess.run([helm, "show", "crds", str(CHART)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(d["metadata"]["name"] for d in yaml.safe_load_all(proc.stdout) if d)
+    assert names == ["clusteridentityproviders.tokenbridge.dev", "identityproviders.tokenbridge.dev",
+                     "oauthapplications.tokenbridge.dev"]
+
+
 def test_generated_files_are_up_to_date():
     generate = load_generator()
     assert generate.crd_drift() == []
