@@ -25,6 +25,8 @@ Variable                                   Default                     Meaning
 ``TOKENBRIDGE_REQUEST_TIMEOUT``            ``30s``                     Timeout of other Kubernetes API requests
 ``TOKENBRIDGE_PEERING``                    (unset: standalone)         kopf peering name for several replicas (needs
                                                                        kopf's peering CRDs); unset = one replica
+``TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS``  ``true``                    ``false``: do not watch ClusterIdentityProviders
+                                                                       (namespace-scoped install without their RBAC)
 =========================================  ==========================  ==============================================
 """
 from __future__ import annotations
@@ -38,6 +40,15 @@ from tokenbridge.fetch import FetchPolicy
 from tokenbridge.signing import SIGNING_ALGORITHMS
 
 TOKEN_ENDPOINT_PATH = "/oauth2/token"
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in ("true", "false"):
+        raise ValueError(f"{name} must be true or false, not {environ[name]!r}")
+    return value == "true"
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,7 @@ class OperatorConfig:
     watch_timeout: float = 300.0
     request_timeout: float = 30.0
     peering: str | None = None
+    cluster_identity_providers: bool = True
 
     @property
     def token_endpoint(self) -> str | None:
@@ -104,6 +116,7 @@ class OperatorConfig:
             watch_timeout=duration("TOKENBRIDGE_WATCH_TIMEOUT", defaults.watch_timeout),
             request_timeout=duration("TOKENBRIDGE_REQUEST_TIMEOUT", defaults.request_timeout),
             peering=environ.get("TOKENBRIDGE_PEERING") or None,
+            cluster_identity_providers=_flag(environ, "TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS", True),
         )
         if config.signing_publish_lead >= config.signing_rotation_period:
             raise ValueError("TOKENBRIDGE_SIGNING_PUBLISH_LEAD must be shorter than TOKENBRIDGE_SIGNING_ROTATION_PERIOD")

@@ -133,15 +133,11 @@ def _operator_credentials() -> KubeCredentials | None:
 @kopf.on.resume(GROUP, VERSION, PLURAL_IDP)
 @kopf.on.create(GROUP, VERSION, PLURAL_IDP)
 @kopf.on.update(GROUP, VERSION, PLURAL_IDP, field="spec")
-@kopf.on.resume(GROUP, VERSION, PLURAL_CLUSTER_IDP)
-@kopf.on.create(GROUP, VERSION, PLURAL_CLUSTER_IDP)
-@kopf.on.update(GROUP, VERSION, PLURAL_CLUSTER_IDP, field="spec")
 def identity_provider_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
     _reconcile_idp(body, patch, memo, retry)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL_IDP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
-@kopf.timer(GROUP, VERSION, PLURAL_CLUSTER_IDP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
 async def identity_provider_refresh(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int,
                                     **_: Any) -> None:
     if time.monotonic() < memo.get("next_refresh", 0.0):
@@ -150,9 +146,30 @@ async def identity_provider_refresh(body: kopf.Body, patch: kopf.Patch, memo: ko
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL_IDP, optional=True)
-@kopf.on.delete(GROUP, VERSION, PLURAL_CLUSTER_IDP, optional=True)
 def identity_provider_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.board.mark(_idp_key(body))
+
+
+_serving_cluster_identity_providers: set[int] = set()
+
+
+def serve_cluster_identity_providers(registry: kopf.OperatorRegistry | None = None) -> None:
+    """Also reconcile ClusterIdentityProviders, with the same handlers (idempotent).
+
+    ``tokenbridge operator`` calls this unless ``TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS=false``: a namespace-scoped
+    install may have no RBAC for the cluster-scoped kind, and kopf cannot watch a forbidden resource.
+    """
+    registry = registry or kopf.get_default_registry()
+    if id(registry) in _serving_cluster_identity_providers:
+        return
+    _serving_cluster_identity_providers.add(id(registry))
+    resource = (GROUP, VERSION, PLURAL_CLUSTER_IDP)
+    kopf.on.resume(*resource, registry=registry)(identity_provider_changed)
+    kopf.on.create(*resource, registry=registry)(identity_provider_changed)
+    kopf.on.update(*resource, field="spec", registry=registry)(identity_provider_changed)
+    kopf.timer(*resource, interval=TIMER_TICK, initial_delay=TIMER_TICK, registry=registry)(
+        identity_provider_refresh)
+    kopf.on.delete(*resource, optional=True, registry=registry)(identity_provider_deleted)
 
 
 # --- applications ----------------------------------------------------------------------------------------------
@@ -164,7 +181,8 @@ def _reconcile_app(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: i
     try:
         outcome = application.reconcile(
             app, read_secret=memo.kube.read_secret, write_secret=memo.kube.write_secret,
-            lookup_idp=memo.kube.get_idp, token_endpoint=config.token_endpoint,
+            lookup_idp=memo.kube.get_idp, cluster_identity_providers=config.cluster_identity_providers,
+            token_endpoint=config.token_endpoint,
             grace=config.secret_rotation_grace, now=application.utcnow())
     except ApiException as exc:
         delay = config.backoff(retry)

@@ -40,10 +40,21 @@ def kopf_args(args: argparse.Namespace, environ: os._Environ | dict = os.environ
 
 
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # read by kopf's login and by our own API client alike
+    from .config import OperatorConfig
+
+    try:
+        config = OperatorConfig.from_env()  # fail fast; the startup handler loads it again for the handlers
+    except ValueError as exc:
+        p.error(str(exc))
     import kopf.cli  # only when actually running: `tokenbridge --help` must not import kopf
 
+    from . import main as handlers
+
+    if config.cluster_identity_providers:
+        handlers.serve_cluster_identity_providers()
     kopf.cli.main.main(args=kopf_args(args), prog_name="tokenbridge operator", standalone_mode=False)
     return 0

@@ -18,6 +18,7 @@ import pytest
 from kopf.testing import KopfRunner
 
 from idp_server import LocalIdP
+from tokenbridge_operator.main import serve_cluster_identity_providers
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import SigningKeySet
 
@@ -44,6 +45,7 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 def cluster(control_plane):
     saved = {k: os.environ.get(k) for k in [*ENV, "KUBECONFIG"]}
     os.environ.update(ENV, KUBECONFIG=str(control_plane.kubeconfig))
+    serve_cluster_identity_providers()  # what `tokenbridge operator` does by default
     control_plane.kubectl("create", "namespace", "tokenbridge", check=False)
     yield control_plane
     for key, value in saved.items():

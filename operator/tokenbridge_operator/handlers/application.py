@@ -36,6 +36,7 @@ NO_REFERENCES = "NoIdentityProviders"
 IDP_NOT_FOUND = "IdentityProviderNotFound"
 IDP_NOT_READY = "IdentityProviderNotReady"
 CROSS_NAMESPACE_REFERENCE = "CrossNamespaceReference"
+CLUSTER_IDPS_UNAVAILABLE = "ClusterIdentityProvidersUnavailable"
 CREDENTIALS_READY = "CredentialsReady"
 SECRET_CONFLICT = "SecretConflict"
 # Event reasons
@@ -58,7 +59,8 @@ def reference_keys(namespace: str, refs: Iterable[Mapping[str, Any]] | None) -> 
 
 
 def check_references(namespace: str, refs: Iterable[Mapping[str, Any]] | None,
-                     lookup: Callable[[IdPKey], Mapping[str, Any] | None]) -> tuple[str, str, str]:
+                     lookup: Callable[[IdPKey], Mapping[str, Any] | None], *,
+                     cluster_identity_providers: bool = True) -> tuple[str, str, str]:
     """(status, reason, message) of ReferencesResolved; ``lookup`` returns the referenced object or None."""
     refs = list(refs or ())
     if not refs:
@@ -69,6 +71,10 @@ def check_references(namespace: str, refs: Iterable[Mapping[str, Any]] | None,
         if kind == KIND_IDP and ref.get("namespace") not in (None, namespace):
             problems.append((CROSS_NAMESPACE_REFERENCE, f"IdentityProvider {ref['namespace']}/{ref['name']} is in "
                              f"another namespace; use an IdentityProvider in {namespace} or a ClusterIdentityProvider"))
+            continue
+        if kind == KIND_CLUSTER_IDP and not cluster_identity_providers:
+            problems.append((CLUSTER_IDPS_UNAVAILABLE, f"ClusterIdentityProvider {ref['name']}: this installation "
+                             "does not serve ClusterIdentityProviders (TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS=false)"))
             continue
         key = (kind, namespace if kind == KIND_IDP else "", ref["name"])
         name = f"{kind} {namespace}/{ref['name']}" if kind == KIND_IDP else f"{kind} {ref['name']}"
@@ -256,15 +262,16 @@ def ready_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[
 
 def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mapping[str, Any] | None],
               write_secret: Callable[[dict[str, Any], bool], None],
-              lookup_idp: Callable[[IdPKey], Mapping[str, Any] | None], token_endpoint: str | None,
-              grace: float, now: datetime) -> Outcome:
+              lookup_idp: Callable[[IdPKey], Mapping[str, Any] | None], cluster_identity_providers: bool,
+              token_endpoint: str | None, grace: float, now: datetime) -> Outcome:
     """One pass over an application (``app`` = metadata, spec, status). Kubernetes errors propagate."""
     meta, spec, status = app["metadata"], app["spec"], app.get("status") or {}
     secret = read_secret(meta["namespace"], spec["credentials"]["secretName"])
     plan = plan_credentials(app, status, secret, token_endpoint=token_endpoint, grace=grace, now=now)
     if plan.secret is not None:
         write_secret(plan.secret, plan.create)
-    references = check_references(meta["namespace"], spec.get("identityProviders"), lookup_idp)
+    references = check_references(meta["namespace"], spec.get("identityProviders"), lookup_idp,
+                                  cluster_identity_providers=cluster_identity_providers)
     new = desired_status(status, meta.get("generation"), plan, references, now)
     expiry = _parse_time(new.get("previousClientSecretExpiresAt"))
     return Outcome(new, plan.events + ready_events(status, new), get_condition(new["conditions"], COND_READY)[
