@@ -420,7 +420,7 @@ def test_server_arguments_and_environment_parse(default_docs, full_docs):
         assert config.issuer == ISSUER
         assert (config.workers, config.threads) == (workers, threads)
         assert (config.signing_secret_namespace, config.signing_secret_name) == (NS, secret)
-        assert env_of(one(docs, "Deployment", f"{PREFIX}-server"))["TOKENBRIDGE_WATCH_NAMESPACE"] == ""
+        assert (config.watch_namespace, config.cluster_identity_providers) == ("", True)
     config = load(container(one(full_docs, "Deployment", f"{PREFIX}-server"))["args"][1:],
                   env_of(one(full_docs, "Deployment", f"{PREFIX}-server")))
     assert (config.jwks_lifespan, config.jwks_max_staleness) == (600, 12 * 3600)
@@ -431,6 +431,15 @@ def test_namespace_scope_environment(namespace_docs, helm, tmp):
         env = env_of(one(namespace_docs, "Deployment", f"{PREFIX}-{name}"))
         assert env["TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS"] == "false"
     assert env_of(one(namespace_docs, "Deployment", f"{PREFIX}-server"))["TOKENBRIDGE_WATCH_NAMESPACE"] == NS
+    # as the components read them
+    from tokenbridge_exchange.config import load
+    from tokenbridge_operator.config import OperatorConfig
+
+    server = one(namespace_docs, "Deployment", f"{PREFIX}-server")
+    config = load(container(server)["args"][1:], env_of(server))
+    assert (config.watch_namespace, config.cluster_identity_providers) == (NS, False)
+    operator = OperatorConfig.from_env(env_of(one(namespace_docs, "Deployment", f"{PREFIX}-operator")))
+    assert operator.cluster_identity_providers is False
     docs = render(helm, tmp, {**NAMESPACE_VALUES, "rbac": {"scope": "namespace", "clusterIdentityProviders": True}})
     assert env_of(one(docs, "Deployment", f"{PREFIX}-server"))["TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS"] == "true"
 
