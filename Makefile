@@ -9,7 +9,7 @@ CLUSTER_DIR ?= .cache/cluster
 MANIFESTS ?= examples/standalone
 BIND ?= 127.0.0.1:8080
 
-.PHONY: install binaries run test test-unit test-cluster cluster-up cluster-down clean
+.PHONY: install binaries run test test-unit test-cluster cluster-up cluster-down clean generate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 required"; exit 1; }
@@ -43,3 +43,9 @@ cluster-down:
 
 clean: cluster-down
 	rm -rf $(VENV) .cache .pytest_cache
+
+# Regenerate what is generated from a source in this repository (CRDs from tokenbridge/api.py, the chart's CRD
+# copies and values schema); tests fail when a generated file is out of date.
+generate: $(STAMP)
+	$(PY) crds/generate.py
+	$(PY) charts/generate.py

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from tokenbridge.durations import DURATION_PATTERN
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CHART = HERE / "tokenbridge"
@@ -23,7 +25,7 @@ SOURCE_CRDS = REPO / "crds"
 CHART_CRDS = CHART / "crds"
 SCHEMA = CHART / "values.schema.json"
 
-DURATION = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
+DURATION = DURATION_PATTERN  # the one pattern the CRDs and the loaders use
 
 
 # ------------------------------------------------------------------------------------------------ helpers
