@@ -1,19 +1,34 @@
-"""The ``tokenbridge`` command: one entry point, a subcommand per component.
+"""The ``tokenbridge`` command: one entry point, a subcommand per component or task.
 
 Each subcommand's module is imported only when it runs, so ``tokenbridge serve`` never loads kopf and
-``tokenbridge operator`` never loads falcon.
+``tokenbridge operator`` never loads falcon. The subcommand gets the rest of the command line untouched (its own
+parser handles ``--help``, ``-`` and ``--``).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module with main(argv) -> int, one-line help)
 SUBCOMMANDS = {
     "serve": ("tokenbridge_exchange.serve", "run the token exchange server (standalone from manifests, or from a cluster)"),
     "operator": ("tokenbridge_operator.run", "run the Kubernetes operator that reconciles Tokenbridge resources"),
+    "discover": ("tokenbridge.commands.discover", "show what the operator would discover from a well-known URL"),
+    "exchange": ("tokenbridge.commands.exchange", "exchange a token at a token endpoint (or print the curl command)"),
+    "decode": ("tokenbridge.commands.decode", "show a JWT's header and claims (NOT verified)"),
+    "dev": ("tokenbridge.commands.dev", "DEVELOPMENT ONLY: a local server and issuer, ready to exchange in a minute"),
 }
+
+EPILOG = """\
+get started (development only):
+  tokenbridge dev                      # local server + dev issuer, prints a walkthrough
+  tokenbridge dev token --sub alice    # a subject token from the dev issuer
+
+'tokenbridge COMMAND --help' shows each command's options and examples.
+
+exit codes: 0 success, 1 refused or failed, 2 usage error"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,16 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tokenbridge",
         description="Kubernetes-native OAuth 2.0 token exchange for external identity providers.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    args, rest = parser.parse_known_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    module = importlib.import_module(SUBCOMMANDS[args.command][0])
-    return module.main(rest)
+    if argv and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+        try:
+            return module.main(argv[1:])
+        except BrokenPipeError:  # output piped into head & co.: not an error worth a traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    parser.parse_args(argv)  # --help exits 0, an unknown command 2
+    parser.print_help(sys.stderr)  # no command at all
+    return 2
 
 
 if __name__ == "__main__":
