@@ -1,0 +1,191 @@
+"""OAuthApplication credentials and references, decided without a cluster (Secrets as plain dicts)."""
+import base64
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tokenbridge.client_secrets import hash_client_secret
+from tokenbridge_operator.handlers.application import (
+    ANNOTATION_ROTATED_FOR, ReadinessBoard, check_references, plan_credentials, reconcile, reference_keys,
+)
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+UID = "0b7e-uid"
+ENDPOINT = "https://tokens.example/oauth2/token"
+READY_IDP = {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]}}
+DOWN_IDP = {"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "DiscoveryUnavailable"}]}}
+
+
+def app(annotations=None, status=None, idps=()):
+    return {"metadata": {"name": "web", "namespace": "team", "uid": UID, "generation": 3,
+                         "annotations": annotations or {}},
+            "spec": {"credentials": {"secretName": "web-creds"}, "identityProviders": list(idps)},
+            "status": status or {}}
+
+
+def decode(secret):
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+class FakeSecrets:
+    """An in-memory Secret store (the reconciler's read/write callables), not a Kubernetes API mock."""
+
+    def __init__(self):
+        self.items = {}
+        self.writes = 0
+
+    def read(self, namespace, name):
+        return self.items.get((namespace, name))
+
+    def write(self, body, create):
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        assert (key in self.items) != create
+        self.items[key] = body
+        self.writes += 1
+
+
+def run(application, secrets, lookup=lambda key: READY_IDP, now=T0, cluster=True):
+    return reconcile(application, read_secret=secrets.read, write_secret=secrets.write, lookup_idp=lookup,
+                     cluster_identity_providers=cluster, token_endpoint=ENDPOINT, grace=3600, now=now)
+
+
+def test_first_run_creates_an_owned_secret_and_publishes_only_the_hash():
+    secrets = FakeSecrets()
+    outcome = run(app(), secrets)
+    secret = secrets.items[("team", "web-creds")]
+    values = decode(secret)
+    assert values["client_id"].startswith("tb-") and values["token_endpoint"] == ENDPOINT
+    assert len(base64.urlsafe_b64decode(values["client_secret"] + "=")) == 32  # 256 bits
+    assert secret["metadata"]["ownerReferences"] == [{
+        "apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication", "name": "web", "uid": UID,
+        "controller": True, "blockOwnerDeletion": True}]
+    status = outcome.status
+    assert status["clientID"] == values["client_id"] and status["credentialsSecret"] == "web-creds"
+    assert status["clientSecretHash"] == hash_client_secret(values["client_secret"])
+    assert values["client_secret"] not in repr(outcome)
+    assert outcome.ready and [e[1] for e in outcome.events] == ["CredentialsCreated", "Ready"]
+    assert status["observedGeneration"] == 3
+
+
+def test_rerun_changes_nothing():
+    secrets = FakeSecrets()
+    first = run(app(), secrets)
+    again = run(app(status=first.status), secrets, now=T0 + timedelta(hours=1))
+    assert secrets.writes == 1 and again.events == []
+    assert {k: again.status[k] for k in ("clientID", "clientSecretHash")} == {
+        k: first.status[k] for k in ("clientID", "clientSecretHash")}
+
+
+def test_lost_status_is_rebuilt_from_the_owned_secret():
+    secrets = FakeSecrets()
+    first = run(app(), secrets)
+    rebuilt = run(app(), secrets)
+    assert secrets.writes == 1
+    assert rebuilt.status["clientID"] == first.status["clientID"]
+    assert rebuilt.status["clientSecretHash"] == first.status["clientSecretHash"]
+
+
+def test_deleted_secret_is_recreated_with_the_same_client_id():
+    secrets = FakeSecrets()
+    first = run(app(), secrets)
+    secrets.items.clear()
+    again = run(app(status=first.status), secrets)
+    assert decode(secrets.items[("team", "web-creds")])["client_id"] == first.status["clientID"]
+    assert again.status["clientSecretHash"] != first.status["clientSecretHash"]
+    assert ("Warning", "CredentialsRecreated") in [e[:2] for e in again.events]
+
+
+def test_rotation_once_per_annotation_value_with_grace():
+    secrets = FakeSecrets()
+    first = run(app(), secrets)
+    old = decode(secrets.items[("team", "web-creds")])["client_secret"]
+    rotated = run(app({"tokenbridge.dev/rotate-secret": "2026-11-26"}, first.status), secrets)
+    secret = secrets.items[("team", "web-creds")]
+    new = decode(secret)["client_secret"]
+    assert new != old and secret["metadata"]["annotations"][ANNOTATION_ROTATED_FOR] == "2026-11-26"
+    assert rotated.status["previousClientSecretHash"] == hash_client_secret(old)
+    assert rotated.status["previousClientSecretExpiresAt"] == "2026-11-26T13:00:00Z"
+    assert rotated.status["clientSecretHash"] == hash_client_secret(new)
+    assert rotated.next_check == T0 + timedelta(hours=1)
+    assert "CredentialsRotated" in [e[1] for e in rotated.events]
+    # the same value again: no second rotation; within the grace window the previous hash stays
+    same = run(app({"tokenbridge.dev/rotate-secret": "2026-11-26"}, rotated.status), secrets,
+               now=T0 + timedelta(minutes=30))
+    assert decode(secrets.items[("team", "web-creds")])["client_secret"] == new
+    assert same.status["previousClientSecretHash"] == hash_client_secret(old)
+    # after the window it is dropped (None deletes the field in the merge patch)
+    later = run(app({"tokenbridge.dev/rotate-secret": "2026-11-26"}, same.status), secrets,
+                now=T0 + timedelta(hours=1))
+    assert later.status["previousClientSecretHash"] is None and later.status["previousClientSecretExpiresAt"] is None
+    assert "RotationGraceEnded" in [e[1] for e in later.events] and later.next_check is None
+
+
+def test_rotate_annotation_present_at_creation_does_not_rotate_later():
+    secrets = FakeSecrets()
+    first = run(app({"tokenbridge.dev/rotate-secret": "x"}), secrets)
+    again = run(app({"tokenbridge.dev/rotate-secret": "x"}, first.status), secrets)
+    assert secrets.writes == 1 and again.status["previousClientSecretHash"] is None
+
+
+def test_foreign_secret_is_left_alone():
+    secrets = FakeSecrets()
+    secrets.items[("team", "web-creds")] = {"metadata": {"name": "web-creds", "namespace": "team"},
+                                            "data": {"client_secret": base64.b64encode(b"mine").decode()}}
+    outcome = run(app(), secrets)
+    assert secrets.writes == 0 and "clientID" not in outcome.status and not outcome.ready
+    ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "SecretConflict"
+
+
+def test_token_endpoint_change_updates_the_secret_not_the_credentials():
+    secrets = FakeSecrets()
+    first = run(app(), secrets)
+    outcome = reconcile(app(status=first.status), read_secret=secrets.read, write_secret=secrets.write,
+                        lookup_idp=lambda key: None, cluster_identity_providers=True,
+                        token_endpoint="https://new.example/oauth2/token", grace=60, now=T0)
+    values = decode(secrets.items[("team", "web-creds")])
+    assert values["token_endpoint"] == "https://new.example/oauth2/token"
+    assert outcome.status["clientSecretHash"] == first.status["clientSecretHash"]
+
+
+def test_references():
+    found = {("IdentityProvider", "team", "okta"): READY_IDP, ("ClusterIdentityProvider", "", "entra"): DOWN_IDP}
+    refs = [{"kind": "IdentityProvider", "name": "okta"}, {"name": "missing"},
+            {"kind": "ClusterIdentityProvider", "name": "entra"},
+            {"kind": "IdentityProvider", "name": "okta", "namespace": "elsewhere"}]
+    status, reason, message = check_references("team", refs, found.get)
+    assert (status, reason) == ("False", "IdentityProviderNotFound")
+    assert "IdentityProvider team/missing not found" in message
+    assert "ClusterIdentityProvider entra is not Ready: DiscoveryUnavailable" in message
+    assert "IdentityProvider elsewhere/okta is in another namespace" in message
+    assert check_references("team", refs[:1], found.get)[:2] == ("True", "ReferencesResolved")
+    assert check_references("team", [], found.get)[:2] == ("True", "NoIdentityProviders")
+    assert check_references("team", refs[2:3], found.get, cluster_identity_providers=False)[1] == (
+        "ClusterIdentityProvidersUnavailable")
+
+
+def test_unready_reference_makes_the_application_not_ready_but_keeps_credentials():
+    secrets = FakeSecrets()
+    outcome = run(app(idps=[{"kind": "ClusterIdentityProvider", "name": "entra"}]), secrets,
+                  lookup=lambda key: DOWN_IDP)
+    conditions = {c["type"]: c for c in outcome.status["conditions"]}
+    assert conditions["CredentialsReady"]["status"] == "True"
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "IdentityProviderNotReady")
+    assert secrets.writes == 1
+
+
+def test_readiness_board():
+    board = ReadinessBoard()
+    keys = reference_keys("team", [{"name": "okta"}, {"kind": "ClusterIdentityProvider", "name": "entra"}])
+    assert keys == [("IdentityProvider", "team", "okta"), ("ClusterIdentityProvider", "", "entra")]
+    board.mark(("ClusterIdentityProvider", "", "entra"), at=10.0)
+    assert board.changed_since(keys, 5.0) and not board.changed_since(keys, 10.0)
+    assert not board.changed_since([("IdentityProvider", "other", "okta")], 0.0)
+
+
+@pytest.mark.parametrize("expires", ["", "not-a-time"])
+def test_unreadable_grace_expiry_ends_the_grace(expires):
+    plan = plan_credentials(app(), {"previousClientSecretHash": "sha256:" + "0" * 64,
+                                    "previousClientSecretExpiresAt": expires}, None,
+                            token_endpoint=None, grace=60, now=T0)
+    assert plan.status["previousClientSecretHash"] is None

@@ -1,0 +1,138 @@
+"""The IdentityProvider reconciler without a cluster: real discovery against a local HTTPS IdP, status and Events."""
+import ipaddress
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from idp_server import LocalIdP
+from tokenbridge.discovery import DiscoveryError
+from tokenbridge.fetch import FetchPolicy
+from tokenbridge_operator.handlers.identity_provider import (
+    desired_status, is_ready, needs_operator_credentials, reconcile, transition_events,
+)
+
+LOCAL = FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+
+
+def clock(*moments):
+    it = iter(moments)
+    return lambda: next(it)
+
+
+def cond(status, type_):
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+@pytest.fixture(scope="module")
+def okta():
+    with LocalIdP("okta") as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _recover(okta):
+    okta.recover()
+    okta.document_overrides.clear()
+
+
+def spec_of(idp, **extra):
+    return {"type": "Okta", "wellKnownURL": idp.well_known_url, "tls": {"caBundle": idp.ca_pem},
+            "allowedAudiences": ["a"], **extra}
+
+
+def run(spec, status=None, generation=1, now=T0):
+    return reconcile(spec, status, generation, policy=LOCAL, load_credentials=lambda: None, now=clock(now))
+
+
+def test_success_sets_effective_values_conditions_and_one_event(okta):
+    outcome = run(spec_of(okta))
+    status = outcome.status
+    assert outcome.ready and outcome.error is None
+    assert status["issuer"] == okta.issuer and status["jwksURI"] == okta.jwks_uri
+    assert status["tokenEndpoint"] == okta.token_endpoint and status["keyCount"] == 1
+    assert status["stale"] is False and status["observedGeneration"] == 1
+    assert [c["type"] for c in status["conditions"]] == ["Discovered", "KeysAvailable", "Ready"]
+    assert all(c["status"] == "True" and c["observedGeneration"] == 1 for c in status["conditions"])
+    assert cond(status, "KeysAvailable")["message"].startswith("1 usable key(s) (RS256)")
+    assert outcome.events == [("Normal", "Ready", cond(status, "Ready")["message"])]
+    assert is_ready(status)
+
+
+def test_refresh_keeps_transition_times_and_posts_no_event(okta):
+    first = run(spec_of(okta)).status
+    second = run(spec_of(okta), first, now=T0 + timedelta(minutes=5))
+    assert second.events == []
+    assert [c["lastTransitionTime"] for c in second.status["conditions"]] == [
+        c["lastTransitionTime"] for c in first["conditions"]]
+    assert second.status["discoveredAt"] >= first["discoveredAt"]  # when discovery itself succeeded
+
+
+def test_outage_keeps_last_good_values_as_stale(okta):
+    good = {**run(spec_of(okta)).status}
+    okta.fail(None)
+    outcome = run(spec_of(okta), good, now=T0 + timedelta(minutes=5))
+    patch = outcome.status
+    assert not outcome.ready and not outcome.error.permanent
+    # the merge patch does not touch the last good values; it only marks them stale
+    assert set(patch) == {"stale", "observedGeneration", "conditions"} and patch["stale"] is True
+    assert cond(patch, "Ready")["reason"] == "DiscoveryUnavailable" and "retrying" in cond(patch, "Ready")["message"]
+    assert cond(patch, "Discovered")["status"] == "False"
+    assert cond(patch, "KeysAvailable")["status"] == "Unknown"
+    assert cond(patch, "Ready")["lastTransitionTime"] == "2026-11-26T12:05:00Z"
+    assert outcome.events == [("Warning", "DiscoveryUnavailable", cond(patch, "Ready")["message"])]
+    okta.recover()
+    back = run(spec_of(okta), {**good, **patch}, now=T0 + timedelta(minutes=6))
+    assert back.ready and back.status["stale"] is False and back.events[0][:2] == ("Normal", "Ready")
+
+
+def test_first_failure_is_not_stale(okta):
+    okta.fail(None)
+    outcome = run(spec_of(okta))
+    assert outcome.status["stale"] is False and "issuer" not in outcome.status
+
+
+def test_invalid_document_is_permanent(okta):
+    okta.document_overrides["issuer"] = "https://other.example"
+    outcome = run(spec_of(okta))
+    assert outcome.error.reason == "IssuerMismatch" and outcome.error.permanent
+    assert "fix the spec" in cond(outcome.status, "Ready")["message"]
+
+
+def test_key_failures_land_on_keys_available(okta):
+    outcome = run(spec_of(okta, allowedAlgorithms=["ES256"]))
+    assert cond(outcome.status, "Discovered")["status"] == "True"
+    keys = cond(outcome.status, "KeysAvailable")
+    assert (keys["status"], keys["reason"]) == ("False", "NoUsableKeys")
+    assert cond(outcome.status, "Ready")["reason"] == "NoUsableKeys"
+
+
+def test_static_configuration_is_not_fetched(okta):
+    okta.requests.clear()
+    outcome = run({"type": "OIDC", "issuer": "https://air.gapped", "jwks": okta.jwks(), "allowedAudiences": ["a"]})
+    assert outcome.ready and cond(outcome.status, "Discovered")["reason"] == "StaticConfiguration"
+    assert outcome.status["jwksURI"] is None and outcome.status["tokenEndpoint"] is None  # merge patch: removed
+    assert okta.requests == []
+
+
+def test_generation_is_observed(okta):
+    assert run(spec_of(okta), generation=7).status["observedGeneration"] == 7
+
+
+def test_operator_credentials_are_loaded_only_for_kubernetes():
+    loads = []
+    spec = {"type": "Kubernetes", "wellKnownURL": "https://k8s.example/.well-known/openid-configuration"}
+    reconcile(spec, None, 1, policy=LOCAL, load_credentials=lambda: loads.append(1), now=clock(T0))
+    assert loads == [1]
+    assert needs_operator_credentials(spec)
+    assert not needs_operator_credentials({**spec, "kubernetes": {"useOperatorCredentials": False}})
+    assert not needs_operator_credentials({"type": "Okta"})
+
+
+def test_transition_events_compare_status_and_reason():
+    error = DiscoveryError("BlockedAddress", "no", permanent=True)
+    down = desired_status({}, None, 1, None, error, T0)
+    assert transition_events(None, down) == [("Warning", "BlockedAddress", cond(down, "Ready")["message"])]
+    assert transition_events(down, down) == []
+    other = desired_status({}, down, 1, None, DiscoveryError("InvalidJWKS", "x", permanent=True, stage="keys"), T0)
+    assert [e[1] for e in transition_events(down, other)] == ["InvalidJWKS"]
