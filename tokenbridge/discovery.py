@@ -91,6 +91,16 @@ class KubeCredentials:
     ca_file: str | None = None
     client_cert: tuple[str, str] | None = None
     bearer_token: str | None = None
+    token_file: str | None = None  # in-cluster: re-read on every use, the kubelet rotates it
+
+    def token(self) -> str | None:
+        if self.token_file:
+            try:
+                with open(self.token_file) as f:
+                    return f.read().strip() or self.bearer_token
+            except OSError:
+                pass
+        return self.bearer_token
 
     @classmethod
     def from_client_configuration(cls, configuration: Any) -> "KubeCredentials":
@@ -106,13 +116,16 @@ class KubeCredentials:
         """In-cluster configuration when running in a pod, else the kubeconfig (``KUBECONFIG`` or ``~/.kube``)."""
         from kubernetes import client, config
 
+        from kubernetes.config.incluster_config import SERVICE_TOKEN_FILENAME
+
         configuration = client.Configuration()
         try:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
             config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
                                     client_configuration=configuration)
-        return cls.from_client_configuration(configuration)
+            return cls.from_client_configuration(configuration)
+        return dataclasses.replace(cls.from_client_configuration(configuration), token_file=SERVICE_TOKEN_FILENAME)
 
     def serves(self, url: str) -> bool:
         """Whether ``url`` points at this API server (so our credentials may be sent there)."""
@@ -207,7 +220,7 @@ def _get(url: str, spec: Mapping[str, Any], policy: FetchPolicy, credentials: Ku
             except FetchError as exc:
                 raise _from_fetch_error(exc, stage) from exc
             kwargs.update(ca_file=credentials.ca_file, client_cert=credentials.client_cert,
-                          bearer_token=credentials.bearer_token)
+                          bearer_token=credentials.token())
             trusted = True
         elif stage == STAGE_DISCOVERY:
             raise DiscoveryError(INVALID_SPEC, f"{url} is not the operator's API server ({credentials.host}); its "

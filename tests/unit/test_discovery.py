@@ -296,3 +296,14 @@ def test_implied_issuer():
 def test_urls_with_credentials_are_refused_without_echo():
     error = error_of({"type": "OIDC", "wellKnownURL": "https://u:hunter2@idp.example/.well-known/openid-configuration"})
     assert error.reason == "InvalidURL" and "hunter2" not in str(error)
+
+
+def test_in_cluster_token_is_reread_on_every_use(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    credentials = KubeCredentials("https://10.0.0.1:443", bearer_token="first", token_file=str(token_file))
+    assert credentials.token() == "first"
+    token_file.write_text("rotated")
+    assert credentials.token() == "rotated"
+    token_file.unlink()
+    assert credentials.token() == "first"
