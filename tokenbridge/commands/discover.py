@@ -70,9 +70,15 @@ TLS_HINT = "the certificate is not trusted: pass the IdP's CA with --ca-file (sp
 
 
 def guess_type(url: str) -> str:
-    """MicrosoftEntraID for Microsoft's login hosts (their issuer quirks depend on it), else OIDC."""
+    """The spec.type a URL's host suggests; Entra's issuer quirks depend on it, the others only name it."""
     host = (urlsplit(url).hostname or "").lower()
-    return api.IDP_ENTRA if host in ENTRA_HOSTS else api.IDP_OIDC
+    if host in ENTRA_HOSTS:
+        return api.IDP_ENTRA
+    if host.endswith((".okta.com", ".oktapreview.com", ".okta-emea.com")):
+        return api.IDP_OKTA
+    if host.endswith(".auth0.com"):
+        return api.IDP_AUTH0
+    return api.IDP_OIDC
 
 
 def key_type(key: Any) -> str:
@@ -114,8 +120,8 @@ def main(argv: list[str]) -> int:
     p = parser("tokenbridge discover", DESCRIPTION, EXAMPLES)
     p.add_argument("url", metavar="URL", help="the metadata URL (.../.well-known/openid-configuration)")
     p.add_argument("--type", choices=api.IDP_TYPES,
-                   help="spec.type; selects provider quirks (default: MicrosoftEntraID for Microsoft login hosts, "
-                        "else OIDC)")
+                   help="spec.type; selects provider quirks (default: guessed from the host: Microsoft login hosts "
+                        "MicrosoftEntraID, *.okta.com Okta, *.auth0.com Auth0, else OIDC)")
     p.add_argument("--ca-file", metavar="PEM", help="trust only this CA bundle (what spec.tls.caBundle would hold)")
     p.add_argument("--allow-private", action="store_true",
                    help="allow loopback and private (RFC 1918) addresses, as the operator's allow-list would")
