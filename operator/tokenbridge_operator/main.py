@@ -27,7 +27,7 @@ from .config import OperatorConfig
 from .handlers import application, identity_provider, signing_keys
 from .kube import Kube, connection_info
 
-TIMER_TICK = 2.0  # seconds; the granularity of refresh intervals, not an interval itself
+TIMER_TICK = 5.0  # seconds; the granularity of refresh intervals, not an interval itself
 # kopf's own bookkeeping annotations. Not plain tokenbridge.dev: kopf ignores every annotation under its storage
 # prefix when diffing, and tokenbridge.dev/rotate-secret must count as a change.
 KOPF_PREFIX = f"operator.{GROUP}"
@@ -35,9 +35,18 @@ KOPF_PREFIX = f"operator.{GROUP}"
 logger = logging.getLogger(__name__)
 
 
+class _QuietTicks(logging.Filter):
+    """Drop kopf's "Timer ... succeeded." line: every object logs it every tick, mostly for a tick with nothing due."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.getMessage().startswith("Timer '")
+                    and record.getMessage().endswith("' succeeded."))
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = OperatorConfig.from_env()
+    logging.getLogger("kopf.objects").addFilter(_QuietTicks())
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -21,8 +21,8 @@ def parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (default)")
     p.add_argument("--liveness", metavar="URL", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--peering", metavar="NAME", help="kopf peering name for several replicas (env TOKENBRIDGE_PEERING)")
-    p.add_argument("-v", "--verbose", action="store_true", help="info-level logs of every handler")
-    p.add_argument("-d", "--debug", action="store_true", help="debug logs")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs (as kopf's --verbose)")
+    p.add_argument("-d", "--debug", action="store_true", help="debug logs, also of the asyncio/HTTP libraries")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
 
