@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes.client import ApiException
 
 from tokenbridge.api import GROUP, PLURAL_APP, PLURAL_CLUSTER_IDP, PLURAL_IDP, VERSION
@@ -94,6 +95,9 @@ async def _check_signing_keys(memo: kopf.Memo) -> None:
         memo.signing_checked_at = rfc3339(application.utcnow())
     except ApiException as exc:
         logger.error("signing keys: Kubernetes API error %s %s; retrying in %gs", exc.status, exc.reason,
+                     memo.config.signing_check_interval)
+    except Exception as exc:  # the loop must outlive any single failure (API server down, ...)
+        logger.error("signing keys: %s: %s; retrying in %gs", type(exc).__name__, exc,
                      memo.config.signing_check_interval)
 
 
@@ -193,10 +197,11 @@ def _reconcile_app(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: i
             lookup_idp=memo.kube.get_idp, cluster_identity_providers=config.cluster_identity_providers,
             token_endpoint=config.token_endpoint,
             grace=config.secret_rotation_grace, now=application.utcnow())
-    except ApiException as exc:
+    except (ApiException, urllib3.exceptions.HTTPError) as exc:
         delay = config.backoff(retry)
         memo.next_check = time.monotonic() + delay
-        raise kopf.TemporaryError(f"Kubernetes API error {exc.status} {exc.reason}", delay=delay) from None
+        what = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else type(exc).__name__
+        raise kopf.TemporaryError(f"Kubernetes API error {what}", delay=delay) from None
     patch.status.update(outcome.status)
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=message)
