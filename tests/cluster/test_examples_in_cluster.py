@@ -94,3 +94,19 @@ def test_example_is_admitted_unchanged(control_plane, namespace, path):
     for doc, stored in zip(sent, admitted):
         body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
         assert missing(body, stored) == [], f"{path.name} {doc['kind']} was pruned or rewritten"
+
+
+@pytest.mark.cluster
+def test_tokenbridge_dev_manifests_are_admitted_unchanged(control_plane, namespace, tmp_path):
+    """What ``tokenbridge dev`` writes is valid for a cluster too (its YAML quotes the JWK's "y")."""
+    from tokenbridge.commands import dev
+
+    dev.prepare(tmp_path)
+    path = tmp_path / dev.MANIFEST_FILE
+    proc = control_plane.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager", "examples-test",
+                                 "-n", namespace, "-f", str(path), "-o", "json", check=False)
+    assert proc.returncode == 0, proc.stderr
+    admitted = json.loads(proc.stdout)["items"]
+    for doc, stored in zip(documents(path), admitted):
+        body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata", "stringData")}
+        assert missing(body, stored) == [], doc["kind"]

@@ -79,7 +79,8 @@ def test_dev_token_claims_ttl_and_extra_claims(tmp_path):
 
 def test_dev_token_refusals(tmp_path):
     missing = subprocess.run([TB, "dev", "token", "--dir", str(tmp_path / "none")], capture_output=True, text=True)
-    assert missing.returncode == 1 and "no dev issuer key" in missing.stderr and "tokenbridge dev --dir" in missing.stderr
+    assert missing.returncode == 1 and "no dev issuer key" in missing.stderr
+    assert "tokenbridge dev --dir" in missing.stderr
     bad_ttl = subprocess.run([TB, "dev", "token", "--ttl", "10 minutes"], capture_output=True, text=True)
     assert bad_ttl.returncode == 2 and "is not a duration" in bad_ttl.stderr
     bad_claim = subprocess.run([TB, "dev", "token", "--claim", "novalue"], capture_output=True, text=True)

@@ -285,7 +285,8 @@ def token(argv: list[str]) -> int:
         print(mint(args.dir, args.sub, args.aud or [SUBJECT_AUDIENCE], ttl, claims))
     except FileNotFoundError:
         dir_flag = "" if str(args.dir) == DEFAULT_DIR else f" --dir {args.dir}"
-        return fail(f"no dev issuer key in {args.dir}/", f"start 'tokenbridge dev{dir_flag}' first (it creates the key)")
+        return fail(f"no dev issuer key in {args.dir}/",
+                    f"start 'tokenbridge dev{dir_flag}' first (it creates the key)")
     except ValueError as exc:
         return fail(str(exc), "run 'tokenbridge dev --reset' to create a new key")
     return EXIT_OK

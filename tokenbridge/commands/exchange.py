@@ -220,7 +220,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify an https endpoint with")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the whole token response as JSON")
-    output.add_argument("--curl", action="store_true", help="print the equivalent curl command; send nothing")
+    output.add_argument("--curl", action="store_true", help="print the equivalent curl command instead of sending the request")
     p.add_argument("--show-secret", action="store_true", help="--curl: put the client secret inline")
     args = p.parse_args(argv)
 
