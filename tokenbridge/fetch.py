@@ -49,6 +49,8 @@ REDIRECTED = "Redirected"
 
 # Named separately so a message says what was hit; both are also link-local / unique-local anyway.
 METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
+# NAT64 (RFC 6052): the last 32 bits are the IPv4 address that is actually reached.
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -97,6 +99,8 @@ def blocked_because(address: IPAddress) -> str | None:
     """Why an address may not be fetched from without an allow-list entry, or None for a public address."""
     if isinstance(address, ipaddress.IPv6Address):
         mapped = address.ipv4_mapped or address.sixtofour
+        if address in NAT64_PREFIX:
+            mapped = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if mapped is not None:
             return blocked_because(mapped)
     if address in METADATA_ADDRESSES:
@@ -113,6 +117,7 @@ def blocked_because(address: IPAddress) -> str | None:
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (itself when it is an IP literal), in resolver order."""
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:

@@ -48,13 +48,14 @@ def test_policy_from_env():
 @pytest.mark.parametrize("address", [
     "127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "169.254.1.1", "100.64.0.1",
     "0.0.0.0", "224.0.0.1", "240.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254",
-    "::ffff:127.0.0.1", "::ffff:169.254.169.254", "ff02::1", "2002:7f00:1::",
+    "::ffff:127.0.0.1", "::ffff:169.254.169.254", "ff02::1", "2002:7f00:1::", "64:ff9b::a00:1",
+    "64:ff9b::a9fe:a9fe",
 ])
 def test_non_public_addresses_are_blocked(address):
     assert blocked_because(ipaddress.ip_address(address))
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "64:ff9b::808:808"])
 def test_public_addresses_pass(address):
     assert blocked_because(ipaddress.ip_address(address)) is None
 
