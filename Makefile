@@ -6,8 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 CLUSTER_DIR ?= .cache/cluster
-MANIFESTS ?= examples/standalone
-BIND ?= 127.0.0.1:8080
+PORT ?= 8080
 
 .PHONY: install binaries run test test-unit test-cluster cluster-up cluster-down clean generate
 
@@ -24,7 +23,7 @@ binaries:
 	bash tests/cluster/build.sh >/dev/null
 
 run: $(STAMP)
-	$(VENV)/bin/tokenbridge serve --manifests $(MANIFESTS) --bind $(BIND)
+	$(VENV)/bin/tokenbridge dev --port $(PORT)
 
 test: $(STAMP) binaries
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -45,7 +44,8 @@ clean: cluster-down
 	rm -rf $(VENV) .cache .pytest_cache
 
 # Regenerate what is generated from a source in this repository (CRDs from tokenbridge/api.py, the chart's CRD
-# copies and values schema); tests fail when a generated file is out of date.
+# copies and values schema, the CRD field reference); tests fail when a generated file is out of date.
 generate: $(STAMP)
 	$(PY) crds/generate.py
 	$(PY) charts/generate.py
+	$(PY) docs/generate_reference.py

@@ -116,7 +116,7 @@ def observed_generation() -> dict:
 
 # --------------------------------------------------------------------------------------------- IdP schema
 def jwk() -> dict:
-    b64 = "base64url-encoded "
+    b64 = "base64url-encoded"
     return obj(
         "One public JSON Web Key (RFC 7517). Only the public members below are declared, so a private member "
         "(d, p, q, k, ...) is refused by strict field validation (or pruned).",
@@ -131,8 +131,8 @@ def jwk() -> dict:
             "key_ops": {"type": "array", "maxItems": 8, "x-kubernetes-list-type": "set",
                         "description": "Permitted operations, e.g. [verify].",
                         "items": {"type": "string", "maxLength": 32}},
-            "n": string("RSA modulus, " + b64 + "big-endian.", 4096),
-            "e": string("RSA public exponent, " + b64 + "(usually AQAB).", 16),
+            "n": string("RSA modulus, " + b64 + ", big-endian.", 4096),
+            "e": string("RSA public exponent, " + b64 + " (usually AQAB).", 16),
             "crv": string("Curve of an EC or OKP key: P-256, P-384, P-521, Ed25519 or Ed448.", 16),
             "x": string("x coordinate (EC) or public key (OKP), " + b64 + ".", 256),
             "y": string("y coordinate of an EC key, " + b64 + ".", 256),
