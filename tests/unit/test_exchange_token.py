@@ -471,3 +471,14 @@ def test_idps_sharing_an_issuer_are_each_tried(idp, clock):
     result = exchange(make_client(source, clock), second.token())
     assert result.status_code == 200, result.text
     assert jwt.decode(result.json["access_token"], options={"verify_signature": False})["idp"] == "team-a/b"
+
+
+def test_hmac_stays_refused_even_when_an_idp_lists_it(idp, clock):
+    """Manifests are not checked by the CRD schema: an IdP listing HS256 still never accepts it."""
+    source = FixedSource(snapshot_of([idp_object("corp", idp.issuer, jwks=idp.jwks(),
+                                                 allowedAlgorithms=["HS256", "none", "RS256"])],
+                                     apps=[app_object("web", CLIENT, SECRET)], clock=clock))
+    client = make_client(source, clock)
+    token = jwt.encode(idp.claims(), "k" * 32, algorithm="HS256", headers={"kid": idp.kid})
+    assert_error(exchange(client, token), 400, "invalid_grant", "alg 'HS256' is not allowed")
+    assert exchange(client, idp.token()).status_code == 200
