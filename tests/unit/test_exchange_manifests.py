@@ -175,3 +175,25 @@ def test_idp_shapes_discovered_and_exchanged(tmp_path, kind, idp_type):
         if kind.startswith("entra"):  # the template matches only the tenant the token itself names
             forged = local.mint({"sub": "carol", "aud": "api://tokenbridge", "tid": "other-tenant"})
             assert exchange(client, forged).json["error"] == "invalid_grant"
+
+
+def test_configmap_volume_layout_is_read_once_and_swaps_are_seen(tmp_path, idp):
+    """kubelet's ConfigMap volume: files are symlinks into ..data, which is swapped atomically to a new directory."""
+    def publish(version: str, docs: list[dict]) -> None:
+        target = tmp_path / f"..{version}"
+        target.mkdir()
+        (target / "tokenbridge.yaml").write_text(yaml.safe_dump_all(docs))
+        (tmp_path / "..data_tmp").symlink_to(target.name)
+        (tmp_path / "..data_tmp").replace(tmp_path / "..data")
+
+    publish("v1", manifests({"issuer": idp.issuer, "jwks": idp.jwks()}))
+    (tmp_path / "tokenbridge.yaml").symlink_to("..data/tokenbridge.yaml")
+    source = ManifestSource(tmp_path, JwksCache(never_discover), never_discover,
+                            signing_keys=generate_keyset("ES256", time.time()))
+    assert source.reload_if_changed()
+    assert source.current().skipped == () and len(source.current().applications) == 1
+    client = make_client(source, clock=time.time)
+    assert exchange(client, fresh(idp)).status_code == 200
+    publish("v2", manifests({"issuer": idp.issuer, "jwks": idp.jwks()}, secret="rotated"))
+    assert source.reload_if_changed()
+    assert exchange(client, fresh(idp), secret="rotated").status_code == 200

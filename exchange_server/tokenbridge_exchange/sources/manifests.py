@@ -68,8 +68,11 @@ class ManifestSource:
         self._stop.set()
 
     def _files(self) -> list[Path]:
+        """Manifest files; hidden entries are skipped, so a mounted ConfigMap (its ``..data`` and timestamped
+        directories behind symlinks that are swapped atomically) is read once, through the symlinks."""
         if self._path.is_dir():
-            return sorted(p for p in self._path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+            return sorted(p for p in self._path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()
+                          and not any(part.startswith(".") for part in p.relative_to(self._path).parts))
         return [self._path]
 
     def _stat_signature(self) -> tuple:
