@@ -57,7 +57,7 @@ def server(tmp_path):
                 pass
             assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
             time.sleep(0.1)
-        yield base, idp, proc
+        yield base, idp
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -68,7 +68,7 @@ def server(tmp_path):
 
 
 def test_serve_manifests_with_two_workers(server):
-    base, idp, _ = server
+    base, idp = server
     metadata = httpx.get(base + "/.well-known/oauth-authorization-server").json()
     assert metadata["issuer"] == base and metadata["token_endpoint"] == base + "/oauth2/token"
     now = int(time.time())
