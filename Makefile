@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 CLUSTER_DIR ?= .cache/cluster
 PORT ?= 8080
 
-.PHONY: install binaries run test test-unit test-cluster cluster-up cluster-down clean generate
+.PHONY: install binaries run test test-unit test-cluster cluster-up cluster-down clean generate bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 required"; exit 1; }
@@ -49,3 +49,7 @@ generate: $(STAMP)
 	$(PY) crds/generate.py
 	$(PY) charts/generate.py
 	$(PY) docs/generate_reference.py
+
+# Benchmarks (bench/README.md): Tokenbridge against a bare Falcon+PyJWT floor and a real peer; report in bench/results/.
+bench: $(STAMP)
+	$(PY) bench/run.py
