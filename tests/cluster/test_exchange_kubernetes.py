@@ -196,6 +196,33 @@ def test_api_server_restart_does_not_fail_a_single_exchange(setup):
              "a change after the API server restart")
 
 
+def test_signing_key_secret_changes(setup):
+    """A new key set in the Secret signs within 2 s; an invalid Secret leaves the last good keys signing."""
+    s, cp = setup, setup["cp"]
+    subject = sa_token(s)
+
+    def kid_of(result: httpx.Response) -> str:
+        assert result.status_code == 200, result.text
+        return jwt_header(result.json()["access_token"])["kid"]
+
+    before = kid_of(exchange(s, subject))
+    cp.kubectl("patch", "secret", "signing-keys", "-n", s["ns"], "--type=merge",
+               "-p", json.dumps({"data": {"keys.json": base64.b64encode(b"not json").decode()}}))
+    time.sleep(1)
+    assert {kid_of(exchange(s, subject)) for _ in range(4)} == {before}
+    keyset = generate_keyset("ES256", time.time())
+    cp.kubectl("patch", "secret", "signing-keys", "-n", s["ns"], "--type=merge",
+               "-p", json.dumps({"data": keyset.to_secret_data()}))
+    wait_for(lambda: {kid_of(exchange(s, subject)) for _ in range(4)} == {keyset.keys[0].kid}, 2.0,
+             "the new signing key")
+    published = [k["kid"] for k in httpx.get(s["base"] + "/.well-known/jwks.json").json()["keys"]]
+    assert published == [keyset.keys[0].kid]
+
+
+def jwt_header(token: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+
+
 def use_identity_provider(s, name: str) -> None:
     s["cp"].kubectl("patch", "oauthapplication", "web", "-n", s["ns"], "--type=merge", "-p", json.dumps(
         {"spec": {"identityProviders": [{"kind": api.KIND_CLUSTER_IDP, "name": name}]}}))
