@@ -147,13 +147,18 @@ def _operator_credentials() -> KubeCredentials | None:
 @kopf.on.create(GROUP, VERSION, PLURAL_IDP)
 @kopf.on.update(GROUP, VERSION, PLURAL_IDP, field="spec")
 def identity_provider_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    _reconcile_idp(body, patch, memo, retry)
+    memo.change_retrying = False
+    try:
+        _reconcile_idp(body, patch, memo, retry)
+    except kopf.TemporaryError:
+        memo.change_retrying = True  # kopf retries this handler; the timer stays out of its way meanwhile
+        raise
 
 
 @kopf.timer(GROUP, VERSION, PLURAL_IDP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
 async def identity_provider_refresh(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int,
                                     **_: Any) -> None:
-    if time.monotonic() < memo.get("next_refresh", 0.0):
+    if memo.get("change_retrying") or time.monotonic() < memo.get("next_refresh", 0.0):
         return
     await asyncio.to_thread(_reconcile_idp, body, patch, memo, retry)
 
