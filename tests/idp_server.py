@@ -2,7 +2,8 @@
 
 Shared by the operator and exchange-server tests. The certificate comes from a ``trustme`` CA and names
 ``hostnames`` (default ``localhost`` and ``127.0.0.1``; URLs use the first); fetchers need ``.ca_pem`` (e.g. as
-``tls.caBundle``) and an allow-list containing ``127.0.0.0/8,::1/128`` to reach it. The server listens on 127.0.0.1. Usage::
+``tls.caBundle``) and an allow-list containing ``127.0.0.0/8,::1/128`` to reach it. The server listens on
+127.0.0.1. Usage::
 
     with LocalIdP(kind="okta") as idp:
         idp.well_known_url   # https://localhost:PORT/oauth2/default/.well-known/openid-configuration
@@ -108,7 +109,8 @@ class LocalIdP:
         server.socket = context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self._port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=f"LocalIdP-{self.kind}", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=f"LocalIdP-{self.kind}",
+                                        daemon=True)
         self._thread.start()
         return self
 

@@ -156,7 +156,8 @@ def check_url(url: str, policy: FetchPolicy) -> tuple[str, str, int, IPAddress]:
     for address in addresses:
         why = blocked_because(address)
         if why and not policy.allows_address(address):
-            raise FetchError(BLOCKED_ADDRESS, f"{host} resolves to {address}, {why}, which is not in the allowed networks")
+            raise FetchError(BLOCKED_ADDRESS,
+                             f"{host} resolves to {address}, {why}, which is not in the allowed networks")
     return scheme, host, port, addresses[0]
 
 

@@ -119,5 +119,6 @@ class OperatorConfig:
             cluster_identity_providers=_flag(environ, "TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS", True),
         )
         if config.signing_publish_lead >= config.signing_rotation_period:
-            raise ValueError("TOKENBRIDGE_SIGNING_PUBLISH_LEAD must be shorter than TOKENBRIDGE_SIGNING_ROTATION_PERIOD")
+            raise ValueError("TOKENBRIDGE_SIGNING_PUBLISH_LEAD must be shorter than "
+                             "TOKENBRIDGE_SIGNING_ROTATION_PERIOD")
         return config

@@ -222,8 +222,8 @@ def plan_credentials(app: Mapping[str, Any], status: Mapping[str, Any], secret: 
         "previousClientSecretHash": previous_hash,
         "previousClientSecretExpiresAt": previous_expiry,
     })
-    return CredentialsPlan(new_secret, secret is None, fields,
-                           (TRUE, CREDENTIALS_READY, f"client {client_id}; credentials in Secret {secret_name}"), events)
+    ready = (TRUE, CREDENTIALS_READY, f"client {client_id}; credentials in Secret {secret_name}")
+    return CredentialsPlan(new_secret, secret is None, fields, ready, events)
 
 
 # --- the reconciler --------------------------------------------------------------------------------------------
