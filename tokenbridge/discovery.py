@@ -50,6 +50,7 @@ NO_USABLE_KEYS = "NoUsableKeys"
 BLOCKED_ADDRESS = fetch.BLOCKED_ADDRESS
 INSECURE_URL = fetch.INSECURE_URL
 INVALID_URL = fetch.INVALID_URL
+INVALID_TLS_CONFIGURATION = fetch.INVALID_TLS_CONFIGURATION
 INVALID_SPEC = "InvalidSpec"
 CREDENTIALS_UNAVAILABLE = "CredentialsUnavailable"
 
@@ -151,7 +152,7 @@ def _from_fetch_error(exc: FetchError, stage: str) -> DiscoveryError:
     if exc.reason in _TEMPORARY_FETCH_REASONS:
         reason = DISCOVERY_UNAVAILABLE if stage == STAGE_DISCOVERY else JWKS_UNAVAILABLE
         return DiscoveryError(reason, exc.message, permanent=False, stage=stage)
-    if exc.reason in (fetch.BLOCKED_ADDRESS, fetch.INSECURE_URL, fetch.INVALID_URL):
+    if exc.reason in (fetch.BLOCKED_ADDRESS, fetch.INSECURE_URL, fetch.INVALID_URL, fetch.INVALID_TLS_CONFIGURATION):
         return DiscoveryError(exc.reason, exc.message, permanent=True, stage=stage)
     reason = INVALID_DISCOVERY_DOCUMENT if stage == STAGE_DISCOVERY else INVALID_JWKS
     return DiscoveryError(reason, exc.message, permanent=True, stage=stage)

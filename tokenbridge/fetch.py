@@ -42,6 +42,7 @@ INSECURE_URL = "InsecureURL"
 INVALID_URL = "InvalidURL"
 UNREACHABLE = "Unreachable"
 TLS_ERROR = "TLSError"
+INVALID_TLS_CONFIGURATION = "InvalidTLSConfiguration"
 HTTP_ERROR = "HTTPError"
 TOO_LARGE = "TooLarge"
 INVALID_JSON = "InvalidJSON"
@@ -199,7 +200,8 @@ def fetch_json(
     try:
         verify: ssl.SSLContext | bool = _ssl_context(ca_bundle, ca_file, client_cert) if scheme == "https" else False
     except (ssl.SSLError, OSError, ValueError) as exc:
-        raise FetchError(TLS_ERROR, f"cannot use the configured CA bundle or client certificate: {exc}") from exc
+        raise FetchError(INVALID_TLS_CONFIGURATION,
+                         f"cannot use the configured CA bundle or client certificate: {exc}") from exc
     try:
         with httpx.Client(verify=verify, trust_env=False, follow_redirects=False, timeout=timeout) as client:
             request = client.build_request("GET", pinned, headers=headers,

@@ -308,3 +308,8 @@ def test_in_cluster_token_is_reread_on_every_use(tmp_path):
     assert credentials.token() == "rotated"
     token_file.unlink()
     assert credentials.token() == "first"
+
+
+def test_unusable_ca_bundle_is_permanent(okta):
+    error = error_of(spec_for(okta, tls={"caBundle": "not a certificate"}))
+    assert error.reason == "InvalidTLSConfiguration" and error.permanent

@@ -207,3 +207,8 @@ def test_user_information_is_never_echoed():
     with pytest.raises(FetchError) as info:
         fetch_json("https://admin:hunter2@idp.example:99999/x", LOCAL)
     assert info.value.reason == "InvalidURL" and "hunter2" not in str(info.value)
+
+
+def test_unusable_ca_bundle_is_a_configuration_error(idp):
+    assert reason_of(idp.well_known_url, ca_bundle="-----BEGIN CERTIFICATE-----\nnope\n") == "InvalidTLSConfiguration"
+    assert idp.requests == []
