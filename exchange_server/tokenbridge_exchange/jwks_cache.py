@@ -53,7 +53,7 @@ class RemoteKeys:
         self._last_error = "keys not fetched yet"
         self._lock = threading.Lock()
         self._flight: threading.Event | None = None
-        self.fetches = 0  # attempts, for tests and metrics
+        self.fetches = 0  # fetch attempts so far
 
     def seed(self, keys: KeySet, fetched_at: float) -> None:
         """Keys obtained elsewhere (standalone discovery) so the first request needs no fetch."""
