@@ -5,7 +5,8 @@
 fetched. Every fetch goes through :func:`tokenbridge.fetch.fetch_json`.
 
 Issuer validation (OpenID Discovery §4.3): the document's ``issuer`` must be the issuer its URL implies
-(``tokenbridge.issuers.issuer_from_well_known``), except for these documented quirks:
+(``tokenbridge.issuers.issuer_from_well_known``, which also knows Okta's appended ``oauth-authorization-server``
+form), except for these documented quirks:
 
 - a trailing ``/`` on the document's issuer (Auth0: ``https://<tenant>.auth0.com/``) is accepted, because the
   well-known URL is built with the issuer's terminating slash removed; the effective issuer keeps the slash;
@@ -13,8 +14,6 @@ Issuer validation (OpenID Discovery §4.3): the document's ``issuer`` must be th
   ``{tenantid}`` template under ``<origin>/.../v2.0`` (multi-tenant ``common``/``organizations`` documents say
   ``{tenantid}``; a domain-name tenant answers with its GUID); a v1 document (``<origin>/<tenant>/...``) may name
   ``https://sts.windows.net/<tenant or {tenantid}>/``. The template is kept literally as the effective issuer;
-- Okta's ``/oauth2/<id>/.well-known/oauth-authorization-server`` (appended, not RFC 8414-inserted) implies
-  ``/oauth2/<id>``;
 - ``type: Kubernetes`` fetched with the operator's credentials: the document comes from our own, trusted API
   server, whose ``--service-account-issuer`` often differs from its URL, so its issuer is taken as is;
 - a spec ``issuer`` override is authoritative: the document's issuer is then not compared.
@@ -37,7 +36,7 @@ from urllib.parse import urlsplit
 from . import fetch
 from .api import DEFAULT_ALLOWED_ALGORITHMS, IDP_ENTRA, IDP_KUBERNETES
 from .fetch import FetchError, FetchPolicy, fetch_json
-from .issuers import OAUTH_WELL_KNOWN, TENANT_PLACEHOLDER, issuer_from_well_known
+from .issuers import TENANT_PLACEHOLDER, issuer_from_well_known as implied_issuer
 from .jwks import JWKSError, KeySet, parse_jwks
 
 # Reasons (DiscoveryError.reason), used verbatim as condition reasons.
@@ -156,13 +155,6 @@ def _from_fetch_error(exc: FetchError, stage: str) -> DiscoveryError:
         return DiscoveryError(exc.reason, exc.message, permanent=True, stage=stage)
     reason = INVALID_DISCOVERY_DOCUMENT if stage == STAGE_DISCOVERY else INVALID_JWKS
     return DiscoveryError(reason, exc.message, permanent=True, stage=stage)
-
-
-def implied_issuer(well_known_url: str) -> str:
-    """The issuer a metadata URL implies, with Okta's appended ``oauth-authorization-server`` form."""
-    if well_known_url.endswith(OAUTH_WELL_KNOWN):
-        return well_known_url[: -len(OAUTH_WELL_KNOWN)]
-    return issuer_from_well_known(well_known_url)
 
 
 def issuer_matches(idp_type: str, well_known_url: str, issuer: str) -> bool:

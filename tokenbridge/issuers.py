@@ -23,7 +23,11 @@ def is_template(issuer: str) -> bool:
 
 
 def issuer_from_well_known(url: str) -> str:
-    """The issuer a metadata URL implies: OIDC appends the well-known path, RFC 8414 inserts it after the host."""
+    """The issuer a metadata URL implies: OIDC appends the well-known path, RFC 8414 inserts it after the host.
+
+    Okta serves ``/oauth2/<id>/.well-known/oauth-authorization-server``: appended like OIDC, not inserted, and it
+    implies ``/oauth2/<id>``. Only an issuer without a path has both forms, and they agree on it.
+    """
     if url.endswith(OIDC_WELL_KNOWN):
         return url[: -len(OIDC_WELL_KNOWN)]
     scheme, sep, rest = url.partition("://")
@@ -31,6 +35,8 @@ def issuer_from_well_known(url: str) -> str:
     if sep and ("/" + path).startswith(OAUTH_WELL_KNOWN):
         suffix = ("/" + path)[len(OAUTH_WELL_KNOWN):]
         return f"{scheme}://{host}{suffix}"
+    if sep and url.endswith(OAUTH_WELL_KNOWN):
+        return url[: -len(OAUTH_WELL_KNOWN)]
     raise ValueError(f"{url!r} is not an OpenID ({OIDC_WELL_KNOWN}) or RFC 8414 ({OAUTH_WELL_KNOWN}) metadata URL")
 
 
