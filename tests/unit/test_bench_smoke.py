@@ -1,0 +1,97 @@
+"""The benchmark's own pieces work: generated configs give real exchanges, the floor app exchanges, the open-loop
+generator frames HTTP responses. No timing is asserted here (numbers live in bench/results/)."""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import falcon.testing
+import jwt
+
+from tokenbridge.signing import generate_keyset
+from tokenbridge_exchange.app import create_app
+from tokenbridge_exchange.config import ServerConfig
+from tokenbridge_exchange.jwks_cache import JwksCache
+from tokenbridge_exchange.sources.manifests import ManifestSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import configgen  # noqa: E402
+import floor_app  # noqa: E402
+import loadgen  # noqa: E402
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_generated_config_serves_exchanges_from_every_pooled_request(tmp_path):
+    config = configgen.generate(tmp_path, n_idps=4, n_apps=6, distinct_keys=2)
+    source = ManifestSource(tmp_path, JwksCache(lambda uri, spec: None), lambda spec: None,
+                            signing_keys=generate_keyset("ES256", time.time()))
+    source.start()
+    try:
+        snapshot = source.current()
+        assert len(snapshot.applications) == 6 and len(snapshot.providers) == 4 and not snapshot.skipped
+        client = falcon.testing.TestClient(create_app(ServerConfig(issuer="http://bench.test"), source))
+        pool = configgen.request_pool(config, size=8)
+        path = configgen.write_pool(pool, tmp_path / "pool.tsv")
+        assert configgen.read_pool(path) == pool
+        for auth, body in pool:
+            r = client.simulate_post("/oauth2/token", body=body, headers={**FORM, "Authorization": auth})
+            assert r.status_code == 200, r.text
+            assert jwt.get_unverified_header(r.json["access_token"])["alg"] == "ES256"
+        wrong = config.idps[[i for i in range(4) if i not in config.apps[0].idps][0]]  # an IdP app 0 does not trust
+        body = configgen.exchange_body(configgen.subject_token(wrong, "mallory"), config.apps[0].audience)
+        r = client.simulate_post("/oauth2/token", body=body, headers={
+            **FORM, "Authorization": configgen.basic_auth(config.apps[0].client_id, config.apps[0].client_secret)})
+        assert r.status_code == 400 and r.json["error"] == "invalid_grant"
+    finally:
+        source.stop()
+
+
+def test_floor_app_verifies_and_signs(tmp_path):
+    idp = configgen.IdP("ns", "idp", "https://floor-idp.test", "k1", configgen.rsa_key())
+    client = falcon.testing.TestClient(floor_app.create_app(configgen.public_jwk(idp.key, idp.kid), idp.issuer,
+                                                            configgen.SUBJECT_AUDIENCE))
+    r = client.simulate_post("/oauth2/token", headers=FORM,
+                             body=configgen.exchange_body(configgen.subject_token(idp, "alice"), "api://x"))
+    assert r.status_code == 200
+    claims = jwt.decode(r.json["access_token"], options={"verify_signature": False})
+    assert claims["sub"] == "alice" and claims["aud"] == "api://x"
+    r = client.simulate_post("/oauth2/token", headers=FORM, body=configgen.exchange_body(
+        configgen.subject_token(idp, "alice", audience="someone-else"), "api://x"))
+    assert r.status_code == 400
+
+
+def test_open_loop_generator_counts_keepalive_and_closed_responses():
+    """A tiny server answering with Content-Length, alternately keeping and closing the connection."""
+    async def scenario():
+        served = 0
+
+        async def handle(reader, writer):
+            nonlocal served
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                served += 1
+                close = served % 2 == 0
+                body = b'{"ok":true}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (
+                    len(body), b"Connection: close\r\n" if close else b"", body))
+                await writer.drain()
+                if close:
+                    writer.close()
+                    return
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        requests = loadgen.build_requests([("Basic eDp5", "a=b")], f"127.0.0.1:{port}", "/oauth2/token")
+        gen = loadgen.OpenLoop("127.0.0.1", port, requests, rate=200, duration=0.5, connections=4, warmup=0.1)
+        result = await gen.run()
+        server.close()
+        return result
+
+    result = asyncio.run(scenario())
+    assert result["ok"] == result["completed"] == 100
+    assert result["errors"] == 0 and result["missing"] == 0 and result["p99_ms"] is not None
