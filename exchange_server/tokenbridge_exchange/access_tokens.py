@@ -21,17 +21,22 @@ _ALGORITHMS = get_default_algorithms()
 
 
 def issue(signing_keys: SigningKeySet, *, issuer: str, subject: str, audiences: tuple[str, ...], client_id: str,
-          scopes: tuple[str, ...], now: float, expires_at: float, idp: str | None) -> str:
+          scopes: tuple[str, ...], now: float, expires_at: float, idp: str | None, jti: str | None = None,
+          extra_claims: dict[str, Any] | None = None) -> str:
+    """``extra_claims`` (claim mappings, ``act``) never override the claims set here."""
     key = signing_keys.active(now)
-    claims: dict[str, Any] = {
+    claims: dict[str, Any] = dict(extra_claims) if extra_claims else {}
+    claims.update({
         "iss": issuer,
         "sub": subject,
         "aud": audiences[0] if len(audiences) == 1 else list(audiences),
         "client_id": client_id,
         "iat": int(now),
         "exp": int(expires_at),
-        "jti": uuid.uuid4().hex,
-    }
+        "jti": jti or uuid.uuid4().hex,
+    })
+    claims.pop("scope", None)
+    claims.pop("idp", None)
     if scopes:
         claims["scope"] = " ".join(scopes)
     if idp is not None:

@@ -12,20 +12,26 @@ from .health import HealthResource, ReadyResource
 from .introspection import IntrospectionResource
 from .metadata import JWKSResource, MetadataResource
 from .metrics import Metrics, MetricsMiddleware, MetricsResource
+from .pipeline import Pipeline
+from .replay import ReplayCache
 from .sources import SnapshotSource
-from .token_endpoint import TokenResource
+from .token_endpoint import ExplainResource, TokenResource
 
 
 def create_app(config: ServerConfig, snapshot_source: SnapshotSource, *,
                clock: Callable[[], float] = time.time) -> falcon.App:
-    metrics = Metrics()
+    metrics = Metrics(snapshot_source)
+    # opened on first use: only identity providers with preventReplay ever touch it
+    replay = ReplayCache(config.replay_cache_path, max_entries=config.replay_cache_max_entries, clock=clock)
+    pipeline = Pipeline(config, replay)
     app = falcon.App(middleware=[MetricsMiddleware(metrics)], cors_enable=False)
     errors.install(app)
     metadata = MetadataResource(config)
     app.add_route("/.well-known/openid-configuration", metadata)
     app.add_route("/.well-known/oauth-authorization-server", metadata)
     app.add_route("/.well-known/jwks.json", JWKSResource(snapshot_source, clock))
-    app.add_route("/oauth2/token", TokenResource(config, snapshot_source, clock))
+    app.add_route("/oauth2/token", TokenResource(config, snapshot_source, clock, pipeline))
+    app.add_route("/oauth2/explain", ExplainResource(config, snapshot_source, clock, pipeline))
     app.add_route("/oauth2/introspect", IntrospectionResource(config, snapshot_source, clock))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(snapshot_source))

@@ -3,7 +3,8 @@
 Checks follow RFC 8725: size capped before decoding; ``alg`` must be one of the IdP's asymmetric algorithms (never
 ``none`` or HMAC, whatever the key says); ``crit`` is refused; ``jku``/``jwk``/``x5u``/``x5c`` are ignored (keys
 only ever come from the IdP's configured JWKS); then signature, ``iss``, ``aud``, ``exp``, ``nbf``, ``iat`` and
-``maxTokenAge``. Every refusal is :class:`InvalidGrant` with the specific reason.
+``maxTokenAge`` and the ``jti`` an IdP may require. Every refusal is :class:`InvalidGrant` with the specific reason;
+each check is one step of the pipeline that the token endpoint and ``explain`` share (:mod:`.trace`).
 """
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from jwt.algorithms import get_default_algorithms
 
 from .errors import InvalidGrant
 from .jwks_cache import KeysUnavailable
 from .snapshot import Application, IdentityProvider
+from .trace import NO_TRACE, Trace, step
 
 _ALGORITHMS = get_default_algorithms()
 
@@ -82,12 +84,21 @@ def providers_for(app: Application, token: UnverifiedJWT) -> tuple[IdentityProvi
     return found
 
 
-def _verify_signature(token: UnverifiedJWT, provider: IdentityProvider) -> None:
+# Each check takes (token, provider, now) and returns (None, what passed) or raises InvalidGrant with the reason.
+Check = Callable[[UnverifiedJWT, IdentityProvider, float], tuple[None, str]]
+
+
+def _alg(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
     alg = token.header.get("alg")
     if not isinstance(alg, str) or alg not in provider.allowed_algorithms:
         raise InvalidGrant(f"alg {alg!r} is not allowed by identity provider {provider.label}")
     if "crit" in token.header:
         raise InvalidGrant("JWT header parameters marked crit are not supported")
+    return None, f"{alg} is allowed by identity provider {provider.label}"
+
+
+def _signature(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
+    alg = token.header["alg"]
     kid = token.header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise InvalidGrant("the JWT kid header is not a string")
@@ -100,45 +111,91 @@ def _verify_signature(token: UnverifiedJWT, provider: IdentityProvider) -> None:
     algorithm = _ALGORITHMS[alg]
     for key in keys:
         if algorithm.verify(token.signing_input, key.key, token.signature):
-            return
+            return None, f"verified with key {key.kid!r} of identity provider {provider.label}"
     raise InvalidGrant(f"the signature does not verify with the keys of identity provider {provider.label}")
 
 
-def _check_claims(claims: dict[str, Any], provider: IdentityProvider, now: float) -> None:
-    skew = provider.clock_skew
-    aud = claims.get("aud")
+def _aud(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
+    aud = token.claims.get("aud")
     audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-    if not provider.allowed_audiences.intersection(a for a in audiences if isinstance(a, str)):
+    matched = sorted(provider.allowed_audiences.intersection(a for a in audiences if isinstance(a, str)))
+    if not matched:
         raise InvalidGrant(f"the token's aud {aud!r} contains none of the audiences identity provider "
                            f"{provider.label} allows")
-    exp = _number(claims, "exp")
+    return None, f"contains {matched[0]!r}, allowed by identity provider {provider.label}"
+
+
+def _exp(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
+    exp = _number(token.claims, "exp")
     if exp is None:
         raise InvalidGrant("the token has no exp claim")
-    if now >= exp + skew:
+    if now >= exp + provider.clock_skew:
         raise InvalidGrant("the token has expired")
-    nbf = _number(claims, "nbf")
-    if nbf is not None and now + skew < nbf:
+    return None, f"expires in {int(exp - now)}s (clock skew {int(provider.clock_skew)}s)"
+
+
+def _nbf(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
+    nbf = _number(token.claims, "nbf")
+    if nbf is None:
+        return None, "no nbf claim"
+    if now + provider.clock_skew < nbf:
         raise InvalidGrant("the token is not valid yet (nbf)")
-    iat = _number(claims, "iat")
-    if iat is not None and now + skew < iat:
+    return None, "valid already"
+
+
+def _iat(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
+    iat = _number(token.claims, "iat")
+    if iat is not None and now + provider.clock_skew < iat:
         raise InvalidGrant("the token was issued in the future (iat)")
-    if provider.max_token_age is not None:
-        if iat is None:
-            raise InvalidGrant(f"identity provider {provider.label} has a maxTokenAge and the token has no iat")
-        if now - iat > provider.max_token_age + skew:
-            raise InvalidGrant(f"the token is older than the maxTokenAge of identity provider {provider.label}")
-    sub = claims.get("sub")
+    if provider.max_token_age is None:
+        return None, "no iat claim" if iat is None else f"issued {int(now - iat)}s ago"
+    if iat is None:
+        raise InvalidGrant(f"identity provider {provider.label} has a maxTokenAge and the token has no iat")
+    if now - iat > provider.max_token_age + provider.clock_skew:
+        raise InvalidGrant(f"the token is older than the maxTokenAge of identity provider {provider.label}")
+    return None, f"issued {int(now - iat)}s ago, within the maxTokenAge of {int(provider.max_token_age)}s"
+
+
+def _sub(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
+    sub = token.claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise InvalidGrant("the token has no sub claim")
+    return None, "present"
 
 
-def validate(token: UnverifiedJWT, app: Application, now: float) -> tuple[IdentityProvider, dict[str, Any]]:
+def _jti(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
+    if not (provider.require_jti or provider.prevent_replay):
+        return None, f"identity provider {provider.label} neither requires nor tracks jti"
+    jti = token.claims.get("jti")
+    if jti is None and not provider.require_jti:
+        return None, "no jti claim (not required)"
+    if not isinstance(jti, str) or not jti:
+        raise InvalidGrant(f"identity provider {provider.label} requires a jti claim and the token has none"
+                           if jti is None else "the jti claim is not a non-empty string")
+    return None, "present"
+
+
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("alg", _alg), ("signature", _signature), ("aud", _aud), ("exp", _exp), ("nbf", _nbf), ("iat", _iat),
+    ("sub", _sub), ("jti", _jti),
+)
+
+
+def _issuer(app: Application, token: UnverifiedJWT) -> tuple[tuple[IdentityProvider, ...], str]:
+    found = providers_for(app, token)
+    labels = ", ".join(p.label for p in found)
+    return found, f"issuer {token.claims['iss']!r}: identity provider {labels}" + (
+        " (tried in turn)" if len(found) > 1 else "")
+
+
+def validate(token: UnverifiedJWT, app: Application, now: float, trace: Trace = NO_TRACE,
+             what: str = "subject_token") -> tuple[IdentityProvider, dict[str, Any]]:
     """The IdP that vouches for ``token`` and its verified claims, for an application's allowed IdPs."""
     errors: list[InvalidGrant] = []
-    for provider in providers_for(app, token):  # usually one; several only when IdPs share an issuer
+    for provider in step(trace, f"{what}.issuer", _issuer, app, token):  # usually one; more share an issuer
         try:
-            _verify_signature(token, provider)
-            _check_claims(token.claims, provider, now)
+            for name, check in CHECKS:
+                step(trace, f"{what}.{name}", check, token, provider, now)
         except InvalidGrant as exc:
             errors.append(exc)
             continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import unquote_plus
 
 from tokenbridge import api
@@ -47,8 +47,9 @@ def _secret_matches(app: Application | None, secret: str, now: float) -> bool:
 
 
 def authenticate(authorization: str | None, form: Mapping[str, list[str]], snapshot: Snapshot,
-                 now: float) -> Application:
-    """The authenticated application, or :class:`InvalidClient` / :class:`InvalidRequest`."""
+                 now: float, state: Any = None) -> Application:
+    """The authenticated application, or :class:`InvalidClient` / :class:`InvalidRequest`; ``state.client_id``
+    gets the presented client id (for the audit record) before the secret is checked."""
     form_id, form_secret = form.get("client_id", [None])[0], form.get("client_secret", [None])[0]
     if authorization:
         if form_secret is not None:
@@ -62,6 +63,8 @@ def authenticate(authorization: str | None, form: Mapping[str, list[str]], snaps
     else:
         raise InvalidClient("client authentication is required (client_secret_basic or client_secret_post)")
     basic = method == api.AUTH_METHOD_BASIC
+    if state is not None:
+        state.client_id = client_id[:256]
     app = snapshot.applications.get(client_id)
     matches = _secret_matches(app, secret, now)
     if app is None or not matches:

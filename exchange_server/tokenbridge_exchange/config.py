@@ -32,6 +32,10 @@ class ServerConfig:
     jwks_cooldown: float = 10.0  # at most one unknown-kid refresh per IdP this often
     jwks_max_staleness: float = 86400.0  # serve last good keys this long after the last good fetch
     manifests_poll_interval: float = 1.0
+    # no issued token outlives this (the operator keeps a retired signing key published this long)
+    max_token_lifetime: float = 86400.0
+    replay_cache_path: str | None = None  # SQLite file shared by the workers; None: a private one on first use
+    replay_cache_max_entries: int = 100_000
 
     @property
     def token_endpoint(self) -> str:
@@ -88,8 +92,11 @@ def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServerConfig:
         "cluster_identity_providers": env.get("TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS", "true").strip().lower()
         in ("true", "1", "yes"),
     }
-    for field, var in (("jwks_lifespan", "TOKENBRIDGE_JWKS_LIFESPAN"), ("jwks_max_staleness",
-                                                                       "TOKENBRIDGE_JWKS_MAX_STALENESS")):
-        if var in env:
+    for field, var in (("jwks_lifespan", "TOKENBRIDGE_JWKS_LIFESPAN"),
+                       ("jwks_max_staleness", "TOKENBRIDGE_JWKS_MAX_STALENESS"),
+                       ("max_token_lifetime", "TOKENBRIDGE_MAX_TOKEN_LIFETIME")):
+        if env.get(var):
             values[field] = parse_duration(env[var])
+    if env.get("TOKENBRIDGE_REPLAY_CACHE_MAX_ENTRIES"):
+        values["replay_cache_max_entries"] = int(env["TOKENBRIDGE_REPLAY_CACHE_MAX_ENTRIES"])
     return ServerConfig(**values)

@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping, Protocol
 
 from tokenbridge.jwks import KeySet, VerificationKey
 
+from . import telemetry
+
 log = logging.getLogger(__name__)
 
 # fetch(jwks_uri, spec) -> KeySet; raises on failure (FetchError, DiscoveryError, JWKSError, ...)
@@ -58,8 +60,15 @@ class RemoteKeys:
     def seed(self, keys: KeySet, fetched_at: float) -> None:
         """Keys obtained elsewhere (standalone discovery) so the first request needs no fetch."""
         with self._lock:
-            if fetched_at > self._fetched_at:
-                self._keys, self._fetched_at = keys, fetched_at
+            if fetched_at <= self._fetched_at:
+                return
+            self._keys, self._fetched_at = keys, fetched_at
+        telemetry.emit("jwks_fetch", idp=self.name, result="seeded", fetched_at=fetched_at)
+
+    @property
+    def fetched_at(self) -> float:
+        """When the keys in use were fetched (-inf: never)."""
+        return self._fetched_at
 
     def _usable(self, now: float) -> KeySet | None:
         if self._keys is not None and now - self._fetched_at <= self.max_staleness:
@@ -71,7 +80,9 @@ class RemoteKeys:
         found = keys.candidates(kid, alg) if keys is not None else []
         if found:
             return found
-        if self.refresh(min_interval=self.cooldown):
+        refreshed = self.refresh(min_interval=self.cooldown)
+        telemetry.emit("jwks_unknown_kid", idp=self.name, refreshed=refreshed)
+        if refreshed:
             keys = self._usable(self._clock())
             found = keys.candidates(kid, alg) if keys is not None else []
         if keys is None:
@@ -117,9 +128,11 @@ class RemoteKeys:
         except Exception as exc:  # any failure keeps the last good keys; the reason is what clients see
             self._last_error = str(exc) or type(exc).__name__
             log.warning("refreshing the keys of %s from %s failed: %s", self.name, self.jwks_uri, self._last_error)
+            telemetry.emit("jwks_fetch", idp=self.name, result="failure", fetched_at=None)
             return
         with self._lock:
             self._keys, self._fetched_at = keys, self._clock()
+        telemetry.emit("jwks_fetch", idp=self.name, result="success", fetched_at=self._fetched_at)
         log.info("fetched %d keys of %s from %s", len(keys), self.name, self.jwks_uri)
 
 

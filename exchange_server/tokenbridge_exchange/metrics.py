@@ -1,42 +1,164 @@
-"""Prometheus metrics at ``/metrics``: token endpoint requests by grant and outcome, and their latency.
+"""Prometheus metrics at ``/metrics`` and the audit record of every token request.
 
 Under gunicorn every worker counts for itself; ``tokenbridge serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
 directory before forking (prometheus_client reads it at import, so this module is only imported in workers) and a
-scrape then adds up all workers, whichever one answers it.
+scrape then adds up all workers, whichever one answers it. Gauges aggregate over the live workers: the oldest
+snapshot and the oldest JWKS any worker serves (``livemin``), the highest snapshot generation (``livemax``). Ages
+are computed when scraped, from those timestamps, for the identity providers the answering worker still serves.
+
+Metric families:
+
+- ``tokenbridge_token_requests_total{grant_type,outcome}`` and ``tokenbridge_token_request_seconds{grant_type}``
+- ``tokenbridge_exchanges_total{grant_type,outcome,idp,application,error}``: outcome ``issued``, ``refused`` (4xx)
+  or ``failed`` (5xx); ``application`` is ``namespace/name`` once the client authenticated, else empty
+- ``tokenbridge_replay_rejections_total{idp}``
+- ``tokenbridge_jwks_fetches_total{idp,result}`` (``success``, ``failure``, ``seeded`` by standalone discovery),
+  ``tokenbridge_jwks_unknown_kid_refreshes_total{idp,result}`` (``refreshed``, or ``cooldown`` when skipped),
+  ``tokenbridge_jwks_last_success_timestamp_seconds{idp}``, ``tokenbridge_jwks_cache_age_seconds{idp}``
+- ``tokenbridge_snapshot_generation``, ``tokenbridge_snapshot_timestamp_seconds``, ``tokenbridge_snapshot_age_seconds``
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
+from datetime import datetime, timezone
+from typing import Any, Iterable
 
 import falcon
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tokenbridge import api
 
+from . import telemetry
+from .jwks_cache import RemoteKeys
+from .pipeline import Exchange
+from .sources import SnapshotSource
+
 TOKEN_PATH = "/oauth2/token"
+audit_log = logging.getLogger("tokenbridge.audit")
 
 
 class Metrics:
     """The server's metrics in their own registry (one per app, so tests can build many apps)."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: SnapshotSource | None = None) -> None:
+        self._source = source
         self.registry = CollectorRegistry()
         self.requests = Counter("tokenbridge_token_requests", "Token endpoint requests by grant type and outcome "
                                 "(issued, or the OAuth error code)", ["grant_type", "outcome"], registry=None)
         self.latency = Histogram("tokenbridge_token_request_seconds", "Token endpoint latency by grant type",
                                  ["grant_type"], registry=None,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.exchanges = Counter("tokenbridge_exchanges", "Token requests by grant type, outcome (issued, refused, "
+                                 "failed), identity provider, application and OAuth error code",
+                                 ["grant_type", "outcome", "idp", "application", "error"], registry=None)
+        self.replay_rejections = Counter("tokenbridge_replay_rejections", "Tokens refused because their jti was "
+                                         "used before, by identity provider", ["idp"], registry=None)
+        self.jwks_fetches = Counter("tokenbridge_jwks_fetches", "JWKS fetches by identity provider and result",
+                                    ["idp", "result"], registry=None)
+        self.unknown_kid = Counter("tokenbridge_jwks_unknown_kid_refreshes", "Tokens with a kid the cached keys "
+                                   "lack: refreshed on the request path, or not (cooldown)", ["idp", "result"],
+                                   registry=None)
+        self.jwks_fetched_at = Gauge("tokenbridge_jwks_last_success_timestamp_seconds", "When the JWKS in use was "
+                                     "fetched (oldest over the workers)", ["idp"], registry=None,
+                                     multiprocess_mode="livemin")
+        self.generation = Gauge("tokenbridge_snapshot_generation", "Configuration snapshots built by this "
+                                "process (highest over the workers)", registry=None, multiprocess_mode="livemax")
+        self.snapshot_at = Gauge("tokenbridge_snapshot_timestamp_seconds", "When the configuration snapshot in use "
+                                 "was built (oldest over the workers)", registry=None, multiprocess_mode="livemin")
+        self._own = [self.requests, self.latency, self.exchanges, self.replay_rejections, self.jwks_fetches,
+                     self.unknown_kid, self.jwks_fetched_at, self.generation, self.snapshot_at]
+        self._collectors: list[Any] = self._own
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            MultiProcessCollector(self.registry)
-        else:
-            self.registry.register(self.requests)
-            self.registry.register(self.latency)
+            self._collectors = [MultiProcessCollector(None)]
+        self.registry.register(self)
+        current = self._snapshot()
+        if current is not None:  # built (and keys maybe fetched) before the app existed
+            self._on_event("snapshot", snapshot=current)
+            for provider in current.providers.values():
+                if isinstance(provider.keys, RemoteKeys) and provider.keys.fetched_at > 0:
+                    self.jwks_fetched_at.labels(provider.label).set(provider.keys.fetched_at)
+        telemetry.subscribe(self._on_event)
+
+    # --- collector ------------------------------------------------------------------------------------------
+    def describe(self) -> list:
+        return []  # collected at scrape only (registering must not collect the multiprocess files)
+
+    def collect(self) -> Iterable[Metric]:
+        now = time.time()
+        families = [family for collector in self._collectors for family in collector.collect()]
+        yield from families
+        values = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+        snapshot_at = values.get(("tokenbridge_snapshot_timestamp_seconds", ()))
+        if snapshot_at:
+            yield GaugeMetricFamily("tokenbridge_snapshot_age_seconds", "Age of the oldest configuration snapshot "
+                                    "a worker serves", value=max(0.0, now - snapshot_at))
+        ages = GaugeMetricFamily("tokenbridge_jwks_cache_age_seconds", "Age of the oldest JWKS a worker uses, by "
+                                 "identity provider (configured, remote keys only)", labels=["idp"])
+        snapshot = self._snapshot()
+        remote = {p.label for p in snapshot.providers.values() if isinstance(p.keys, RemoteKeys)} \
+            if snapshot is not None else set()
+        for (name, labels), value in sorted(values.items()):
+            if name == "tokenbridge_jwks_last_success_timestamp_seconds" and dict(labels).get("idp") in remote:
+                ages.add_metric([dict(labels)["idp"]], max(0.0, now - value))
+        yield ages
+
+    def _snapshot(self) -> Any:
+        try:
+            return self._source.current() if self._source is not None else None
+        except Exception:  # a broken source shows in the requests; the metrics still answer
+            return None
+
+    def _on_event(self, event: str, **fields: Any) -> None:
+        if event == "snapshot":
+            self.generation.set(fields["snapshot"].generation)
+            self.snapshot_at.set(fields["snapshot"].built_at)
+        elif event == "jwks_fetch":
+            self.jwks_fetches.labels(fields["idp"], fields["result"]).inc()
+            if fields["fetched_at"] is not None:
+                self.jwks_fetched_at.labels(fields["idp"]).set(fields["fetched_at"])
+        elif event == "jwks_unknown_kid":
+            self.unknown_kid.labels(fields["idp"], "refreshed" if fields["refreshed"] else "cooldown").inc()
+
+
+def _outcome(status: int) -> str:
+    return "issued" if status == 200 else "refused" if status < 500 else "failed"
+
+
+def audit(state: Exchange, status: int, error: str | None, description: str | None, remote_addr: str | None) -> None:
+    """One JSON line per token request on ``tokenbridge.audit``: who asked for what and what they got; never a
+    token or a secret (the issued token is named by its ``jti``, the subject token by its ``jti`` when it has one)."""
+    if not audit_log.isEnabledFor(logging.INFO):
+        return
+    record = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "event": "token_request",
+        "outcome": _outcome(status),
+        "status": status,
+        "grant_type": state.grant_type,
+        "client_id": state.client_id,
+        "application": state.app.label if state.app is not None else None,
+        "idp": state.idp,
+        "subject": state.subject,
+        "actor": state.actor,
+        "audience": list(state.audiences),
+        "scope": list(state.scopes),
+        "error": error,
+        "error_description": description,
+        "jti": state.jti,
+        "subject_jti": state.subject_jti,
+        "expires_at": int(state.expires_at) if state.jti and state.expires_at else None,
+        "remote_addr": remote_addr,
+    }
+    audit_log.info(json.dumps(record, separators=(",", ":"), default=str))
 
 
 class MetricsMiddleware:
-    """Counts every token endpoint response, refusals included (they pass through the error handler first)."""
+    """Counts and audits every token endpoint response, refusals included (they pass the error handler first)."""
 
     def __init__(self, metrics: Metrics):
         self._metrics = metrics
@@ -47,11 +169,20 @@ class MetricsMiddleware:
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         if req.path != TOKEN_PATH or req.method != "POST":
             return
-        grant = req.context.get("grant_type")
-        grant = grant if grant in api.GRANT_TYPES else "other"
-        outcome = "issued" if resp.status_code == 200 else (resp.media or {}).get("error", "server_error")
-        self._metrics.requests.labels(grant, outcome).inc()
-        self._metrics.latency.labels(grant).observe(time.perf_counter() - req.context.started)
+        elapsed = time.perf_counter() - req.context.started
+        state: Exchange = req.context.get("exchange") or Exchange()
+        grant = state.grant_type if state.grant_type in api.GRANT_TYPES else "other"
+        status = resp.status_code
+        media = resp.media if status != 200 and isinstance(resp.media, dict) else {}
+        error = media.get("error", "server_error") if status != 200 else None
+        metrics = self._metrics
+        metrics.requests.labels(grant, "issued" if status == 200 else error).inc()
+        metrics.latency.labels(grant).observe(elapsed)
+        metrics.exchanges.labels(grant, _outcome(status), state.idp or "",
+                                 state.app.label if state.app is not None else "", error or "").inc()
+        if state.replayed_idp is not None:
+            metrics.replay_rejections.labels(state.replayed_idp).inc()
+        audit(state, status, error, media.get("error_description"), req.remote_addr)
 
 
 class MetricsResource:

@@ -2,11 +2,18 @@
 
 A source (cluster watch or manifests on disk) hands :func:`build_snapshot` the resources as Kubernetes objects
 (spec + status); every lookup a request makes is then one dict access. A resource that cannot be used (not yet
-reconciled, invalid) is left out with a logged reason; it never breaks the rest of the snapshot.
+reconciled, invalid, a CEL policy that does not compile) is left out with a logged reason; it never breaks the
+rest of the snapshot, and the server never serves half a policy.
+
+Policies (:mod:`tokenbridge.policy`) are compiled here, once per configuration change: an unchanged expression
+keeps its compiled program across rebuilds.
 """
 from __future__ import annotations
 
+import itertools
+import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -16,8 +23,10 @@ from tokenbridge import api
 from tokenbridge.durations import parse_duration
 from tokenbridge.issuers import IssuerIndex
 from tokenbridge.jwks import parse_jwks
+from tokenbridge.policy import Policy, compile_policy
 from tokenbridge.signing import SigningKeySet
 
+from . import telemetry
 from .jwks_cache import JwksCache, KeySource, RemoteKeys, StaticKeys
 
 log = logging.getLogger(__name__)
@@ -25,6 +34,10 @@ log = logging.getLogger(__name__)
 Ref = tuple[str, str, str]  # (kind, namespace or "", name)
 DEFAULT_LIFETIME = 900.0
 DEFAULT_CLOCK_SKEW = 60.0
+NO_POLICY = Policy.EMPTY  # type: ignore[attr-defined]
+_generations = itertools.count(1)
+# compiled policies by (kind, owner, expressions): reused while they stay in the configuration
+_policies: dict[str, Policy] = {}
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,9 @@ class IdentityProvider:
     clock_skew: float
     max_token_age: float | None
     keys: KeySource
+    policy: Policy = NO_POLICY  # claimMappings and condition
+    require_jti: bool = False
+    prevent_replay: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,12 @@ class Application:
     audience_set: frozenset[str]
     scopes: frozenset[str]
     lifetime: float
+    policy: Policy = NO_POLICY  # condition
+    delegation: bool = False  # actor_token accepted (RFC 8693 §4.1)
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,12 @@ class Snapshot:
     providers: Mapping[Ref, IdentityProvider]
     signing_keys: SigningKeySet | None
     skipped: tuple[str, ...] = field(default=())
+    generation: int = 0  # per process, +1 per snapshot built
+    built_at: float = 0.0
+
+    def application(self, namespace: str, name: str) -> Application | None:
+        """An application by its namespace and name (``tokenbridge explain``; requests look up client ids)."""
+        return next((a for a in self.applications.values() if (a.namespace, a.name) == (namespace, name)), None)
 
     @property
     def ready(self) -> bool:
@@ -79,7 +107,22 @@ def _timestamp(text: Any) -> float | None:
     return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
 
 
-def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache) -> IdentityProvider:
+def _policy(spec: Mapping[str, Any], kind: str, owner: str, used: dict[str, Policy]) -> Policy:
+    """The compiled policy of a spec (PolicyError, a ValueError, when it does not compile)."""
+    fields = {k: spec[k] for k in ("claimMappings", "condition") if spec.get(k)}
+    if kind == api.KIND_APP:
+        fields.pop("claimMappings", None)
+    if not fields:
+        return NO_POLICY
+    key = json.dumps([kind, owner, fields], sort_keys=True)
+    policy = _policies.get(key) or used.get(key)
+    if policy is None:
+        policy = compile_policy(fields, kind=kind, owner=owner)
+    used[key] = policy
+    return policy
+
+
+def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache, used: dict[str, Policy]) -> IdentityProvider:
     namespace, name = _meta(obj)
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     label = f"{namespace}/{name}" if kind == api.KIND_IDP else name
@@ -100,15 +143,19 @@ def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache) -> IdentityPr
             raise ValueError("no jwksURI yet (neither spec.jwksURI nor a reconciled status.jwksURI)")
         keys = cache.remote(label, jwks_uri, spec)
     max_age = spec.get("maxTokenAge")
+    owner = "cluster identity provider" if kind == api.KIND_CLUSTER_IDP else "identity provider"
+    policy = _policy(spec, kind, f"{owner} {label}", used)
     return IdentityProvider(
         ref=(kind, namespace, name), label=label, issuer=issuer, allowed_audiences=audiences,
         allowed_algorithms=algorithms,
         clock_skew=parse_duration(spec["clockSkew"]) if spec.get("clockSkew") else DEFAULT_CLOCK_SKEW,
-        max_token_age=parse_duration(max_age) if max_age else None, keys=keys,
+        max_token_age=parse_duration(max_age) if max_age else None, keys=keys, policy=policy,
+        require_jti=bool(spec.get("requireJTI")), prevent_replay=bool(spec.get("preventReplay")),
     )
 
 
-def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvider]) -> Application:
+def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvider],
+                 used: dict[str, Policy]) -> Application:
     namespace, name = _meta(obj)
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     client_id, secret_hash = status.get("clientID"), status.get("clientSecretHash")
@@ -122,6 +169,7 @@ def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvide
             allowed.append(providers[key])
     lifetime = spec.get("accessTokenLifetime")
     audiences = tuple(dict.fromkeys(spec.get("audiences") or ()))
+    policy = _policy(spec, api.KIND_APP, f"application {namespace}/{name}", used)
     return Application(
         namespace=namespace, name=name, client_id=client_id, secret_hash=secret_hash,
         previous_secret_hash=status.get("previousClientSecretHash"),
@@ -132,6 +180,7 @@ def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvide
         audiences=audiences, audience_set=frozenset(audiences),
         scopes=frozenset(spec.get("scopes") or ()),
         lifetime=parse_duration(lifetime) if lifetime else DEFAULT_LIFETIME,
+        policy=policy, delegation=bool(spec.get("delegation")),
     )
 
 
@@ -144,13 +193,15 @@ def build_snapshot(
     cache: JwksCache,
 ) -> Snapshot:
     """Index the resources; the cache keeps (and afterwards only keeps) the remote key sets still in use."""
+    global _policies
     skipped: list[str] = []
+    used: dict[str, Policy] = {}
     providers: dict[Ref, IdentityProvider] = {}
     for kind, objects in ((api.KIND_IDP, identity_providers), (api.KIND_CLUSTER_IDP, cluster_identity_providers)):
         for obj in objects:
             namespace, name = _meta(obj)
             try:
-                provider = _provider(kind, obj, cache)
+                provider = _provider(kind, obj, cache, used)
             except Exception as exc:  # one bad resource must not take the others down
                 skipped.append(f"{kind} {namespace}/{name}: {exc}")
                 continue
@@ -159,7 +210,7 @@ def build_snapshot(
     for obj in applications:
         namespace, name = _meta(obj)
         try:
-            app = _application(obj, providers)
+            app = _application(obj, providers, used)
         except Exception as exc:
             skipped.append(f"{api.KIND_APP} {namespace}/{name}: {exc}")
             continue
@@ -170,6 +221,10 @@ def build_snapshot(
             continue
         apps[app.client_id] = app
     cache.retain([p.keys for p in providers.values() if isinstance(p.keys, RemoteKeys)])
+    _policies = used
     for reason in skipped:
         log.info("not serving %s", reason)
-    return Snapshot(MappingProxyType(apps), MappingProxyType(providers), signing_keys, tuple(skipped))
+    snapshot = Snapshot(MappingProxyType(apps), MappingProxyType(providers), signing_keys, tuple(skipped),
+                        generation=next(_generations), built_at=time.time())
+    telemetry.emit("snapshot", snapshot=snapshot)
+    return snapshot
