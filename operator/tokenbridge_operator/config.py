@@ -27,6 +27,8 @@ Variable                                   Default                     Meaning
                                                                        kopf's peering CRDs); unset = one replica
 ``TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS``  ``true``                    ``false``: do not watch ClusterIdentityProviders
                                                                        (namespace-scoped install without their RBAC)
+``TOKENBRIDGE_METRICS_PORT``               ``9090``                    Port of the Prometheus ``/metrics`` endpoint
+                                                                       (all interfaces); ``0`` disables it
 =========================================  ==========================  ==============================================
 """
 from __future__ import annotations
@@ -51,6 +53,15 @@ def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     return value == "true"
 
 
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    if not (value.isascii() and value.isdigit()) or int(value) > 65535:
+        raise ValueError(f"{name} must be a port number (0 disables), not {environ[name]!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     public_issuer: str | None = None
@@ -70,6 +81,7 @@ class OperatorConfig:
     request_timeout: float = 30.0
     peering: str | None = None
     cluster_identity_providers: bool = True
+    metrics_port: int = 9090
 
     @property
     def token_endpoint(self) -> str | None:
@@ -117,6 +129,7 @@ class OperatorConfig:
             request_timeout=duration("TOKENBRIDGE_REQUEST_TIMEOUT", defaults.request_timeout),
             peering=environ.get("TOKENBRIDGE_PEERING") or None,
             cluster_identity_providers=_flag(environ, "TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS", True),
+            metrics_port=_port(environ, "TOKENBRIDGE_METRICS_PORT", defaults.metrics_port),
         )
         if config.signing_publish_lead >= config.signing_rotation_period:
             raise ValueError("TOKENBRIDGE_SIGNING_PUBLISH_LEAD must be shorter than "

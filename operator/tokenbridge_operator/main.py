@@ -2,7 +2,8 @@
 
 Handlers here translate kopf's kwargs into explicit arguments for the reconcilers in ``handlers/``, apply what
 they return (``patch.status``, Events) and turn failures into ``kopf.TemporaryError`` (retried with backoff) or
-``kopf.PermanentError`` (until the spec changes; the periodic refresh still re-checks).
+``kopf.PermanentError`` (until the spec changes; the periodic refresh still re-checks). Each reconcile is counted
+by that result in ``metrics``, whose endpoint the startup handler starts.
 
 Periodic work runs on a short fixed ``TIMER_TICK``; each object's own interval (from ``OperatorConfig``, loaded
 at startup, never at import) decides whether a tick does anything. kopf timers put the finalizer
@@ -24,8 +25,10 @@ from tokenbridge.api import GROUP, PLURAL_APP, PLURAL_CLUSTER_IDP, PLURAL_IDP, V
 from tokenbridge.conditions import rfc3339
 from tokenbridge.discovery import KubeCredentials
 
+from . import metrics
 from .config import OperatorConfig
 from .handlers import application, identity_provider, signing_keys
+from .handlers.expressions import INVALID_EXPRESSION
 from .kube import Kube, connection_info
 
 TIMER_TICK = 5.0  # seconds; the granularity of refresh intervals, not an interval itself
@@ -69,6 +72,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.signing_checked_at = None
     await _check_signing_keys(memo)
     memo.signing_task = asyncio.create_task(_signing_keys_loop(memo))
+    try:
+        memo.metrics_server = metrics.serve(config.metrics_port) if config.metrics_port else None
+    except OSError as exc:  # a port in use stays in use: stop rather than run unobserved
+        raise kopf.PermanentError(f"TOKENBRIDGE_METRICS_PORT={config.metrics_port}: {exc}") from None
 
 
 @kopf.on.login()
@@ -77,8 +84,12 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.cleanup()
-async def stop_signing_keys_loop(memo: kopf.Memo, **_: Any) -> None:
+async def stop(memo: kopf.Memo, **_: Any) -> None:
     memo.signing_task.cancel()
+    server = memo.get("metrics_server")
+    if server is not None:  # frees the port for a restart within the same process (tests)
+        server.shutdown()
+        server.server_close()
 
 
 @kopf.on.probe(id="signingKeysCheckedAt")
@@ -90,8 +101,10 @@ def signing_keys_probe(memo: kopf.Memo, **_: Any) -> str | None:
 
 async def _check_signing_keys(memo: kopf.Memo) -> None:
     try:
-        await asyncio.to_thread(signing_keys.reconcile, memo.config, read_secret=memo.kube.read_secret,
-                                write_secret=memo.kube.write_secret, now=time.time())
+        now = time.time()
+        result = await asyncio.to_thread(signing_keys.reconcile, memo.config, read_secret=memo.kube.read_secret,
+                                         write_secret=memo.kube.write_secret, now=now)
+        metrics.signing_key_in_use(result.keyset.active(now).sign_from)
         memo.signing_checked_at = rfc3339(application.utcnow())
     except ApiException as exc:
         logger.error("signing keys: Kubernetes API error %s %s; retrying in %gs", exc.status, exc.reason,
@@ -113,20 +126,26 @@ def _idp_key(body: kopf.Body) -> tuple[str, str, str]:
     return (body["kind"], body["metadata"].get("namespace") or "", body["metadata"]["name"])
 
 
+@metrics.counted
 def _reconcile_idp(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int) -> None:
     config: OperatorConfig = memo.config
     status = dict(body.get("status") or {})
     outcome = identity_provider.reconcile(
-        body["spec"], status, body["metadata"].get("generation"), policy=config.fetch_policy,
+        body["spec"], status, body["metadata"].get("generation"), kind=body["kind"], policy=config.fetch_policy,
         load_credentials=_operator_credentials, now=application.utcnow)
     patch.status.update(outcome.status)
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=message)
     if outcome.ready != identity_provider.is_ready(status):
         memo.board.mark(_idp_key(body))
+    if outcome.invalid_expression is not None:
+        memo.next_refresh = time.monotonic() + config.idp_refresh_interval
+        raise kopf.PermanentError(f"{INVALID_EXPRESSION}: {outcome.invalid_expression}")
     if outcome.error is None:
+        metrics.IDP_KEYS.labels(*_idp_key(body)).set(outcome.status["keyCount"])
         memo.next_refresh = time.monotonic() + config.idp_refresh_interval
         return
+    metrics.DISCOVERY_FAILURES.labels(outcome.error.reason).inc()
     if outcome.error.permanent:
         memo.next_refresh = time.monotonic() + config.idp_refresh_interval
         raise kopf.PermanentError(f"{outcome.error.reason}: {outcome.error.message}")
@@ -166,6 +185,7 @@ async def identity_provider_refresh(body: kopf.Body, patch: kopf.Patch, memo: ko
 @kopf.on.delete(GROUP, VERSION, PLURAL_IDP, optional=True)
 def identity_provider_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.board.mark(_idp_key(body))
+    metrics.forget_identity_provider(*_idp_key(body))
 
 
 _serving_cluster_identity_providers: set[int] = set()
@@ -192,6 +212,7 @@ def serve_cluster_identity_providers(registry: kopf.OperatorRegistry | None = No
 
 # --- applications ----------------------------------------------------------------------------------------------
 
+@metrics.counted
 def _reconcile_app(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int) -> None:
     config: OperatorConfig = memo.config
     memo.checked_at = time.monotonic()
@@ -210,6 +231,9 @@ def _reconcile_app(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: i
     patch.status.update(outcome.status)
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=message)
+    if outcome.invalid_expression is not None:
+        memo.next_check = time.monotonic() + config.app_recheck_interval
+        raise kopf.PermanentError(f"{INVALID_EXPRESSION}: {outcome.invalid_expression}")
     next_check = time.monotonic() + config.app_recheck_interval
     if outcome.next_check is not None:
         grace_left = (outcome.next_check - application.utcnow()).total_seconds()

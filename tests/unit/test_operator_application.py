@@ -189,3 +189,52 @@ def test_unreadable_grace_expiry_ends_the_grace(expires):
                                     "previousClientSecretExpiresAt": expires}, None,
                             token_endpoint=None, grace=60, now=T0)
     assert plan.status["previousClientSecretHash"] is None
+
+
+# --- CEL condition -----------------------------------------------------------------------------------------------
+
+def with_condition(condition, **kwargs):
+    application = app(**kwargs)
+    application["spec"]["condition"] = condition
+    return application
+
+
+@pytest.mark.parametrize("condition, problem", [
+    ("request.client_id", "must evaluate to a bool"),
+    ("request.audience.exists(a, a ==", "is not valid CEL: syntax error"),
+])
+def test_invalid_condition_is_reported_before_anything_else(condition, problem):
+    secrets = FakeSecrets()
+    looked_up = []
+    outcome = run(with_condition(condition), secrets, lookup=lambda key: looked_up.append(key))
+    assert secrets.items == {} and secrets.writes == 0 and looked_up == []  # no Secret, no references
+    assert not outcome.ready and outcome.invalid_expression.startswith("spec.condition: ")
+    assert problem in outcome.invalid_expression
+    assert outcome.status["observedGeneration"] == 3 and "clientID" not in outcome.status
+    ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("False", "InvalidExpression", 3)
+    assert ready["message"] == outcome.invalid_expression
+    assert outcome.events == [("Warning", "InvalidExpression", ready["message"])]
+
+
+def test_invalid_condition_keeps_the_credentials_and_a_fix_makes_the_application_ready():
+    secrets = FakeSecrets()
+    first = run(app(), secrets)
+    bad = run(with_condition("'yes'", status=first.status), secrets)
+    assert secrets.writes == 1 and set(bad.status) == {"observedGeneration", "conditions"}  # merge patch
+    assert [e[:2] for e in bad.events] == [("Warning", "InvalidExpression")]
+    again = run(with_condition("'yes'", status={**first.status, **bad.status}), secrets)
+    assert again.events == []
+    fixed = run(with_condition("request.namespace == 'team'", status={**first.status, **bad.status}), secrets)
+    assert fixed.ready and fixed.invalid_expression is None and secrets.writes == 1
+    assert fixed.status["clientSecretHash"] == first.status["clientSecretHash"]
+    assert [e[:2] for e in fixed.events] == [("Normal", "Ready")]
+
+
+def test_a_valid_condition_changes_nothing():
+    plain, conditioned = FakeSecrets(), FakeSecrets()
+    without = run(app(), plain)
+    with_ = run(with_condition("request.namespace == 'team' && 'admins' in assertion.groups"), conditioned)
+    assert with_.ready and with_.invalid_expression is None
+    assert [e[:2] for e in with_.events] == [e[:2] for e in without.events]
+    assert set(with_.status) == set(without.status)

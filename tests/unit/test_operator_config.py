@@ -13,6 +13,7 @@ def test_defaults():
     assert config.token_endpoint is None
     assert (config.signing_secret_namespace, config.signing_secret_name) == ("tokenbridge", "tokenbridge-signing-keys")
     assert config.signing_algorithm == "ES256" and config.cluster_identity_providers is True
+    assert config.metrics_port == 9090
     assert config.fetch_policy.allowed_networks == () and not config.fetch_policy.allow_http
 
 
@@ -36,6 +37,7 @@ def test_every_variable_is_read():
         "TOKENBRIDGE_REQUEST_TIMEOUT": "10s",
         "TOKENBRIDGE_PEERING": "tokenbridge",
         "TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS": "false",
+        "TOKENBRIDGE_METRICS_PORT": "0",
     })
     assert config.token_endpoint == "https://tokens.example/oauth2/token"
     assert config.fetch_policy.allowed_networks == (ipaddress.ip_network("10.0.0.1/32"),)
@@ -48,6 +50,7 @@ def test_every_variable_is_read():
     assert (config.signing_secret_namespace, config.signing_secret_name, config.signing_algorithm) == (
         "ns", "keys", "EdDSA")
     assert config.peering == "tokenbridge" and config.cluster_identity_providers is False
+    assert config.metrics_port == 0
 
 
 @pytest.mark.parametrize("env, name", [
@@ -57,6 +60,9 @@ def test_every_variable_is_read():
     ({"TOKENBRIDGE_SIGNING_ROTATION_PERIOD": "1h", "TOKENBRIDGE_SIGNING_PUBLISH_LEAD": "2h"},
      "TOKENBRIDGE_SIGNING_PUBLISH_LEAD"),
     ({"TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS": "maybe"}, "TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS"),
+    ({"TOKENBRIDGE_METRICS_PORT": "http"}, "TOKENBRIDGE_METRICS_PORT"),
+    ({"TOKENBRIDGE_METRICS_PORT": "65536"}, "TOKENBRIDGE_METRICS_PORT"),
+    ({"TOKENBRIDGE_METRICS_PORT": "-1"}, "TOKENBRIDGE_METRICS_PORT"),
 ])
 def test_malformed_values_name_the_variable(env, name):
     with pytest.raises(ValueError, match=name):

@@ -41,8 +41,9 @@ def spec_of(idp, **extra):
             "allowedAudiences": ["a"], **extra}
 
 
-def run(spec, status=None, generation=1, now=T0):
-    return reconcile(spec, status, generation, policy=LOCAL, load_credentials=lambda: None, now=clock(now))
+def run(spec, status=None, generation=1, now=T0, kind="IdentityProvider"):
+    return reconcile(spec, status, generation, kind=kind, policy=LOCAL, load_credentials=lambda: None,
+                     now=clock(now))
 
 
 def test_success_sets_effective_values_conditions_and_one_event(okta):
@@ -122,7 +123,8 @@ def test_generation_is_observed(okta):
 def test_operator_credentials_are_loaded_only_for_kubernetes():
     loads = []
     spec = {"type": "Kubernetes", "wellKnownURL": "https://k8s.example/.well-known/openid-configuration"}
-    reconcile(spec, None, 1, policy=LOCAL, load_credentials=lambda: loads.append(1), now=clock(T0))
+    reconcile(spec, None, 1, kind="IdentityProvider", policy=LOCAL, load_credentials=lambda: loads.append(1),
+              now=clock(T0))
     assert loads == [1]
     assert needs_operator_credentials(spec)
     assert not needs_operator_credentials({**spec, "kubernetes": {"useOperatorCredentials": False}})
@@ -136,3 +138,58 @@ def test_transition_events_compare_status_and_reason():
     assert transition_events(down, down) == []
     other = desired_status({}, down, 1, None, DiscoveryError("InvalidJWKS", "x", permanent=True, stage="keys"), T0)
     assert [e[1] for e in transition_events(down, other)] == ["InvalidJWKS"]
+
+
+# --- CEL expressions --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["IdentityProvider", "ClusterIdentityProvider"])
+@pytest.mark.parametrize("policy, field, problem", [
+    ({"condition": "assertion.sub +"}, "spec.condition", "is not valid CEL: syntax error"),
+    ({"condition": "assertion.email"}, "spec.condition", "must evaluate to a bool"),
+    ({"claimMappings": {"iss": "'x'"}}, "spec.claimMappings['iss']", "set by Tokenbridge itself"),
+    ({"claimMappings": {"team": "assertion.groups[0] + 1"}}, "spec.claimMappings['team']", "cannot be evaluated"),
+])
+def test_invalid_expression_is_reported_without_discovery(okta, kind, policy, field, problem):
+    okta.requests.clear()
+    outcome = run(spec_of(okta, **policy), generation=4, kind=kind)
+    assert not outcome.ready and outcome.error is None and okta.requests == []  # compiled before anything else
+    assert outcome.invalid_expression.startswith(f"{field}: ") and problem in outcome.invalid_expression
+    ready = cond(outcome.status, "Ready")
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("False", "InvalidExpression", 4)
+    assert ready["message"] == outcome.invalid_expression
+    assert outcome.status["observedGeneration"] == 4 and outcome.status["stale"] is False
+    assert [c["type"] for c in outcome.status["conditions"]] == ["Ready"]
+    assert outcome.events == [("Warning", "InvalidExpression", ready["message"])]
+
+
+@pytest.mark.parametrize("condition", ["assertion.name == 'hunter2' + ", "int(assertion.name) == 1",
+                                       "assertion.name + 1 == 2"])
+def test_invalid_expression_echoes_neither_the_expression_nor_claim_values(okta, condition):
+    outcome = run(spec_of(okta, condition=condition))
+    assert outcome.invalid_expression and "hunter2" not in repr(outcome)
+    assert not any(value in repr(outcome) for value in ("Sample User", "sample-subject", "user@example.com"))
+
+
+def test_invalid_expression_keeps_the_last_discovery_marked_stale_then_a_fix_is_ready(okta):
+    good = run(spec_of(okta)).status
+    bad = run(spec_of(okta, condition="assertion.sub +"), good, generation=2, now=T0 + timedelta(minutes=1))
+    assert set(bad.status) == {"stale", "observedGeneration", "conditions"} and bad.status["stale"] is True
+    assert cond(bad.status, "Discovered") == cond(good, "Discovered")  # not re-checked: still generation 1
+    assert [e[:2] for e in bad.events] == [("Warning", "InvalidExpression")]
+    again = run(spec_of(okta, condition="assertion.sub +"), {**good, **bad.status}, generation=2,
+                now=T0 + timedelta(minutes=2))
+    assert again.events == []  # a refresh of the same problem: no second Event
+    fixed = run(spec_of(okta, condition="assertion.sub != ''"), {**good, **bad.status}, generation=3,
+                now=T0 + timedelta(minutes=3))
+    assert fixed.ready and fixed.invalid_expression is None and fixed.status["stale"] is False
+    assert cond(fixed.status, "Ready")["reason"] == "Ready" and [e[:2] for e in fixed.events] == [("Normal", "Ready")]
+
+
+def test_valid_expressions_change_nothing(okta):
+    plain = run(spec_of(okta))
+    with_policy = run(spec_of(okta, condition="assertion.sub != '' && request.namespace == 'team'",
+                              claimMappings={"sub": "'okta:' + assertion.sub", "groups": "assertion.groups"}))
+    assert with_policy.ready and with_policy.invalid_expression is None
+    assert with_policy.events == plain.events
+    assert {k: v for k, v in with_policy.status.items() if k != "discoveredAt"} == {
+        k: v for k, v in plain.status.items() if k != "discoveredAt"}

@@ -4,7 +4,9 @@ The Secret is the source of truth for the credentials; status publishes ``client
 exchange server. Re-running (restart, resume, an unrelated edit) finds a Secret owned by this application and
 changes nothing. ``tokenbridge.dev/rotate-secret`` with a value not seen before makes a new secret; the value acted
 on is remembered on the Secret (annotation ``tokenbridge.dev/rotated-for``) and the previous hash stays valid for
-the grace period. The secret itself is never logged, put in status or in an Event.
+the grace period. The secret itself is never logged, put in status or in an Event. An application whose
+``condition`` does not compile is left alone (no Secret read or written) and is ``InvalidExpression`` until its spec
+changes.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from tokenbridge.api import (
 from tokenbridge.client_secrets import generate_client_id, generate_client_secret, hash_client_secret
 from tokenbridge.conditions import FALSE, TRUE, get_condition, rfc3339, set_condition
 
+from .expressions import INVALID_EXPRESSION, invalid_expression
 from .identity_provider import is_ready
 
 ANNOTATION_ROTATED_FOR = f"{GROUP}/rotated-for"
@@ -234,6 +237,7 @@ class Outcome:
     events: list[tuple[str, str, str]]
     ready: bool
     next_check: datetime | None  # when a grace window ends and the status must change
+    invalid_expression: str | None = None  # the field and the problem; nothing else was done
 
 
 def desired_status(status: Mapping[str, Any] | None, generation: int | None, credentials: CredentialsPlan,
@@ -266,6 +270,12 @@ def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mappi
               token_endpoint: str | None, grace: float, now: datetime) -> Outcome:
     """One pass over an application (``app`` = metadata, spec, status). Kubernetes errors propagate."""
     meta, spec, status = app["metadata"], app["spec"], app.get("status") or {}
+    problem = invalid_expression(spec, KIND_APP)
+    if problem is not None:
+        conditions = set_condition(status.get("conditions"), COND_READY, FALSE, INVALID_EXPRESSION, problem,
+                                   meta.get("generation"), now)
+        new = {"observedGeneration": meta.get("generation"), "conditions": conditions}
+        return Outcome(new, ready_events(status, new), False, None, problem)
     secret = read_secret(meta["namespace"], spec["credentials"]["secretName"])
     plan = plan_credentials(app, status, secret, token_endpoint=token_endpoint, grace=grace, now=now)
     if plan.secret is not None:

@@ -3,7 +3,8 @@
 One idempotent reconciler serves create, update, resume and the periodic refresh. It never talks to the Kubernetes
 API itself: it returns the status patch, the Events to post and the failure (if any), and ``main`` applies them, so
 that a failure still records why. A failed refresh keeps the last good ``issuer``/``jwksURI``/``tokenEndpoint``/
-``keyCount``/``discoveredAt`` and marks them ``stale`` instead of wiping them.
+``keyCount``/``discoveredAt`` and marks them ``stale`` instead of wiping them. A spec whose CEL expressions do not
+compile is not discovered at all: it is ``InvalidExpression`` until the spec changes.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from tokenbridge.discovery import (
     STAGE_KEYS, DiscoveryError, KubeCredentials, ProviderMetadata, discover,
 )
 from tokenbridge.fetch import FetchPolicy
+
+from .expressions import INVALID_EXPRESSION, invalid_expression
 
 # Condition reasons of success; failures use the DiscoveryError reasons (tokenbridge.discovery) verbatim.
 READY = "Ready"
@@ -34,10 +37,11 @@ class Outcome:
     status: dict[str, Any]  # merge patch for .status
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     error: DiscoveryError | None = None
+    invalid_expression: str | None = None  # the field and the problem; discovery was not attempted
 
     @property
     def ready(self) -> bool:
-        return self.error is None
+        return self.error is None and self.invalid_expression is None
 
 
 def _keys_message(metadata: ProviderMetadata) -> str:
@@ -93,6 +97,14 @@ def desired_status(spec: Mapping[str, Any], old: Mapping[str, Any] | None, gener
     }
 
 
+def invalid_expression_status(old: Mapping[str, Any] | None, generation: int | None, problem: str,
+                              now: datetime) -> dict[str, Any]:
+    """Ready=False, InvalidExpression; Discovered and KeysAvailable keep describing the last discovery."""
+    old = old or {}
+    conditions = set_condition(old.get("conditions"), COND_READY, FALSE, INVALID_EXPRESSION, problem, generation, now)
+    return {"stale": bool(old.get("issuer")), "observedGeneration": generation, "conditions": conditions}
+
+
 def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """One Event when Ready changes status or reason (including the first reconcile), none on a plain refresh."""
     before = get_condition((old or {}).get("conditions"), COND_READY)
@@ -108,10 +120,14 @@ def needs_operator_credentials(spec: Mapping[str, Any]) -> bool:
     return spec.get("type") == IDP_KUBERNETES and (spec.get("kubernetes") or {}).get("useOperatorCredentials", True)
 
 
-def reconcile(spec: Mapping[str, Any], status: Mapping[str, Any] | None, generation: int | None, *,
+def reconcile(spec: Mapping[str, Any], status: Mapping[str, Any] | None, generation: int | None, *, kind: str,
               policy: FetchPolicy, load_credentials: Callable[[], KubeCredentials | None],
               now: Callable[[], datetime]) -> Outcome:
-    """Discover the provider described by ``spec`` and say what its status and Events become."""
+    """Discover the provider described by ``spec`` (of ``kind``) and say what its status and Events become."""
+    problem = invalid_expression(spec, kind)
+    if problem is not None:
+        new = invalid_expression_status(status, generation, problem, now())
+        return Outcome(new, transition_events(status, new), invalid_expression=problem)
     credentials = load_credentials() if needs_operator_credentials(spec) else None
     try:
         metadata, error = discover(spec, policy, credentials=credentials), None
