@@ -224,12 +224,29 @@ def idp_spec(kind: str) -> dict:
                 default=False),
             "claimMappings": {
                 "type": "object",
-                "description": "Reserved, not yet enforced: map of claim name to a CEL expression computing it.",
+                "description": "Claims of issued tokens computed from the subject token: claim name -> CEL "
+                               "expression over assertion (the validated subject token's claims), e.g. sub: "
+                               "\"'okta:' + assertion.sub\" or groups: assertion.groups. sub replaces the "
+                               "subject (default: the subject token's sub); iss, aud, exp, iat, nbf, jti, "
+                               "client_id, scope, act, idp, cnf, may_act and typ cannot be mapped. A mapping that "
+                               "cannot be computed for a token (a claim it reads is missing) refuses the request. "
+                               "Compiled when the resource changes: an expression that does not compile keeps "
+                               "the identity provider out of service (Ready=False, reason InvalidExpression).",
                 "maxProperties": 32,
                 "additionalProperties": {"type": "string", "maxLength": 4096},
             },
-            "condition": string("Reserved, not yet enforced: CEL expression a subject token must satisfy.", 4096),
-            "requireJTI": boolean("Reserved, not yet enforced: require a jti claim in subject tokens."),
+            "condition": string(
+                "CEL expression that must be true for a token of this identity provider to be accepted, over "
+                "assertion (the validated token's claims) and request (client_id, audience and scope as lists, "
+                "namespace of the application, grant_type), e.g. "
+                "\"assertion['kubernetes.io'].serviceaccount.name == 'ci' && 'read' in request.scope\". False, or "
+                "not evaluable for the token, refuses with invalid_grant naming this identity provider.", 4096),
+            "requireJTI": boolean("Refuse tokens without a jti claim. Defaults to false."),
+            "preventReplay": boolean(
+                "Accept each token (iss, jti) only once, until it expires (exp plus clockSkew): a second use is "
+                "refused with invalid_grant. The replay cache is per server process tree, so replicas of the "
+                "server do not see each other's uses. Combine with requireJTI to refuse tokens without jti. "
+                "Defaults to false."),
         },
         required=["type", "allowedAudiences"],
         **{"x-kubernetes-validations": [
@@ -314,9 +331,17 @@ def app_spec() -> dict:
                     **{"x-kubernetes-validations": [
                         {"rule": "self == oldSelf", "message": "credentials.secretName is immutable"}]}),
             }, required=["secretName"]),
-            "condition": string("Reserved, not yet enforced: CEL expression a request must satisfy.", 4096),
-            "delegation": boolean("Reserved, not yet enforced: allow delegation (an actor_token) in token "
-                                  "exchange."),
+            "condition": string(
+                "CEL expression that must be true for this client to get a token, over assertion (the validated "
+                "subject token's claims) and request (client_id, audience and scope as lists, namespace, "
+                "grant_type), e.g. \"assertion.sub.endsWith(':alice') && request.scope.all(s, s != 'admin')\". "
+                "For client_credentials assertion is empty, so a condition reading it refuses. False refuses with "
+                "invalid_grant naming this application.", 4096),
+            "delegation": boolean(
+                "Allow delegation in token exchange (RFC 8693 §4.1): an actor_token from any of this client's "
+                "identity providers, validated like a subject token; the issued token carries act {sub, iss} "
+                "(nested when the actor token has act), and a may_act claim in the subject token must name the "
+                "actor. Defaults to false."),
         },
         required=["grantTypes", "credentials"],
         **{"x-kubernetes-validations": [

@@ -190,6 +190,8 @@ class Pipeline:
         state.scopes = step(trace, "scope", requested_scopes, form, app)
         if grant_type == api.GRANT_CLIENT_CREDENTIALS:  # RFC 6749 §4.4: no external IdP; the client is the subject
             state.subject = app.client_id
+            if app.policy.condition is not None:  # no subject token: assertion is empty (fails closed on it)
+                step(trace, "condition", _condition, app.policy, {}, self._request(state, app))
             self._lifetime(state, now, (), trace)
             return
         if grant_type == api.GRANT_TOKEN_EXCHANGE:  # RFC 8693 §2.1

@@ -1,8 +1,10 @@
 """``tokenbridge serve``: the exchange server under gunicorn, configured in code (no gunicorn config file).
 
 The master parses the configuration and, for standalone mode, generates the fallback signing key once, before
-forking, so every worker signs with the same key. Each worker then builds its own snapshot source and JWKS cache
-(threads and connections do not survive a fork).
+forking, so every worker signs with the same key, and the private directory of the replay cache every worker
+shares (:mod:`.replay`). Each worker then builds its own snapshot source and JWKS cache (threads and connections do
+not survive a fork). Audit records (logger ``tokenbridge.audit``) go to stdout as bare JSON lines; everything else
+is logged to stderr.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import falcon
 from gunicorn.app.base import BaseApplication
@@ -68,8 +71,10 @@ def wait_until_ready(source: SnapshotSource, timeout: float) -> None:
 
 
 class Server(BaseApplication):
-    def __init__(self, config: ServerConfig, signing_keys: SigningKeySet | None, metrics_dir: str | None):
+    def __init__(self, config: ServerConfig, signing_keys: SigningKeySet | None, metrics_dir: str | None,
+                 replay_dir: str | None = None):
         self._config, self._signing_keys, self._metrics_dir = config, signing_keys, metrics_dir
+        self._replay_dir = replay_dir
         super().__init__()
 
     def load_config(self) -> None:
@@ -89,8 +94,9 @@ class Server(BaseApplication):
             "limit_request_line": 8190,
             "limit_request_field_size": 16384,
         }
-        if self._metrics_dir:  # the master removes the directory it created; workers never do
-            settings["on_exit"] = lambda arbiter: shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        created = [d for d in (self._metrics_dir, self._replay_dir) if d]
+        if created:  # the master removes the directories it created; workers never do
+            settings["on_exit"] = lambda arbiter: [shutil.rmtree(d, ignore_errors=True) for d in created]
         for key, value in settings.items():
             self.cfg.set(key, value)
 
@@ -107,10 +113,19 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     signing_keys = None if config.kubernetes else generate_keyset(config.signing_algorithm, time.time())
+    audit = logging.getLogger("tokenbridge.audit")  # one bare JSON line per token request, on stdout
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    audit.addHandler(handler)
+    audit.propagate = False
+    replay_dir = None
+    if config.replay_cache_path is None:  # shared by every worker of this process tree (mode 0700)
+        replay_dir = tempfile.mkdtemp(prefix="tokenbridge-replay-")
+        config = replace(config, replay_cache_path=os.path.join(replay_dir, "replay.sqlite3"))
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before any worker imports prometheus_client
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tokenbridge-metrics-")
     log.info("serving %s as issuer %s on %s", "the cluster's configuration" if config.kubernetes
              else config.manifests, config.issuer, config.bind)
-    Server(config, signing_keys, metrics_dir).run()
+    Server(config, signing_keys, metrics_dir, replay_dir).run()
     return 0

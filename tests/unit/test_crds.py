@@ -225,7 +225,7 @@ def test_conditions_have_the_cert_manager_shape(kind):
 # ------------------------------------------------------------------------------------------ contract
 IDP_SPEC_FIELDS = {"type", "description", "wellKnownURL", "issuer", "jwksURI", "tokenEndpoint", "jwks",
                    "allowedAudiences", "allowedAlgorithms", "clockSkew", "maxTokenAge", "tls", "kubernetes",
-                   "allowInsecureHTTP", "claimMappings", "condition", "requireJTI"}
+                   "allowInsecureHTTP", "claimMappings", "condition", "requireJTI", "preventReplay"}
 IDP_STATUS_FIELDS = {"issuer", "tokenEndpoint", "jwksURI", "discoveredAt", "keyCount", "stale",
                      "observedGeneration", "conditions"}
 APP_SPEC_FIELDS = {"description", "grantTypes", "identityProviders", "audiences", "scopes", "accessTokenLifetime",
@@ -319,16 +319,20 @@ def test_durations_use_the_parser_pattern_and_defaults_parse():
             assert parse_duration(node["default"]) > 0
 
 
-def test_reserved_fields_are_present_and_marked():
-    reserved = [spec(k)["properties"][f] for k in IDP_KINDS for f in ("claimMappings", "condition", "requireJTI")]
-    reserved += [spec(api.KIND_APP)["properties"][f] for f in ("condition", "delegation")]
-    for node in reserved:
-        assert node["description"].startswith("Reserved, not yet enforced")
+def test_policy_fields_are_described_and_bounded():
+    fields = [spec(k)["properties"][f] for k in IDP_KINDS
+              for f in ("claimMappings", "condition", "requireJTI", "preventReplay")]
+    fields += [spec(api.KIND_APP)["properties"][f] for f in ("condition", "delegation")]
+    for node in fields:
+        assert "reserved" not in node["description"].lower()
     for k in IDP_KINDS:
         cm = spec(k)["properties"]["claimMappings"]
         assert cm["type"] == "object" and cm["additionalProperties"]["type"] == "string" and cm["maxProperties"]
+        assert cm["additionalProperties"]["maxLength"] == spec(k)["properties"]["condition"]["maxLength"] == 4096
         assert spec(k)["properties"]["requireJTI"]["type"] == "boolean"
+        assert spec(k)["properties"]["preventReplay"]["type"] == "boolean"
     assert spec(api.KIND_APP)["properties"]["delegation"]["type"] == "boolean"
+    assert spec(api.KIND_APP)["properties"]["condition"]["maxLength"] == 4096
 
 
 @pytest.mark.parametrize("kind", IDP_KINDS)
