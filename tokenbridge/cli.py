@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "operator": ("tokenbridge_operator.run", "run the Kubernetes operator that reconciles Tokenbridge resources"),
     "discover": ("tokenbridge.commands.discover", "show what the operator would discover from a well-known URL"),
     "exchange": ("tokenbridge.commands.exchange", "exchange a token at a token endpoint (or print the curl command)"),
+    "explain": ("tokenbridge.commands.explain", "show step by step what the token endpoint would decide for a token"),
     "decode": ("tokenbridge.commands.decode", "show a JWT's header and claims (NOT verified)"),
     "dev": ("tokenbridge.commands.dev", "DEVELOPMENT ONLY: a local server and issuer, ready to exchange in a minute"),
 }

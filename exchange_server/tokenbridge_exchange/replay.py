@@ -6,9 +6,9 @@ before forking: every gunicorn worker (and thread) of one server process tree sh
 ``INSERT`` that fails on the ``PRIMARY KEY (iss, jti)``, atomically across processes. Each replica of a
 Deployment has its own cache: a token replayed against another replica is not detected (see the README).
 
-Memory and disk stay bounded: expired rows are purged at most every ``purge_interval`` seconds, and once the
-table holds ``max_entries`` live rows new tokens are refused (``temporarily_unavailable``) rather than accepted
-unchecked; the cache fails closed.
+Memory and disk stay bounded: expired rows are purged every ``purge_interval`` seconds (and at once, at most once a
+second, when the cache is full), and while the table holds ``max_entries`` unexpired rows new tokens of those IdPs
+are refused (``temporarily_unavailable``) rather than accepted unchecked: the cache fails closed.
 """
 from __future__ import annotations
 
@@ -68,19 +68,23 @@ class ReplayCache:
             conn.execute("CREATE TABLE IF NOT EXISTS seen (iss TEXT NOT NULL, jti TEXT NOT NULL, "
                          "until REAL NOT NULL, PRIMARY KEY (iss, jti)) WITHOUT ROWID")
             conn.execute("CREATE INDEX IF NOT EXISTS seen_until ON seen (until)")
+            # the number of rows, kept in step by every writer (counting them is O(n), this is O(1))
+            conn.execute("CREATE TABLE IF NOT EXISTS size (k INTEGER PRIMARY KEY CHECK (k = 0), n INTEGER NOT NULL)")
+            conn.execute("INSERT OR IGNORE INTO size (k, n) VALUES (0, 0)")
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
-    def _maybe_purge(self, conn: sqlite3.Connection, now: float) -> None:
-        if now - self._purged_at < self._purge_interval and not self._full:
-            return
+    def _purge(self, conn: sqlite3.Connection, now: float) -> None:
+        """Delete the expired rows and recount (the count may drift up when an expired row was overwritten)."""
         self._purged_at = now
-        conn.execute("DELETE FROM seen WHERE until < ?", (now,))
-        (count,) = conn.execute("SELECT count(*) FROM seen").fetchone()
-        if count >= self.max_entries and not self._full:
-            log.error("the replay cache holds %d unexpired tokens (its limit); refusing tokens of IdPs with "
-                      "preventReplay until some expire", count)
-        self._full = count >= self.max_entries
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM seen WHERE until < ?", (now,))
+            conn.execute("UPDATE size SET n = (SELECT count(*) FROM seen)")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def seen(self, iss: str, jti: str) -> bool:
         """Whether ``(iss, jti)`` was used and has not expired yet; consumes nothing (explain)."""
@@ -97,22 +101,37 @@ class ReplayCache:
         now = self._clock()
         with self._lock:
             conn = self._connection()
-            self._maybe_purge(conn, now)
-            if self._full:
-                raise CacheFull(f"the replay cache holds {self.max_entries} unexpired tokens")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for iss, jti, until in keys:
-                    # a row that expired but was not purged yet no longer counts as a use: it is overwritten
-                    cursor = conn.execute(
-                        "INSERT INTO seen (iss, jti, until) VALUES (?, ?, ?) ON CONFLICT (iss, jti) "
-                        "DO UPDATE SET until = excluded.until WHERE seen.until < ?", (iss, jti, until, now))
-                    if cursor.rowcount != 1:
-                        raise Replayed(iss, jti)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            if now - self._purged_at >= self._purge_interval:
+                self._purge(conn, now)
+            for attempt in (1, 2):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    (size,) = conn.execute("SELECT n FROM size").fetchone()
+                    if size + len(keys) > self.max_entries:
+                        conn.execute("ROLLBACK")
+                        if attempt == 1 and now - self._purged_at >= 1.0:  # purge now, at most once a second
+                            self._purge(conn, now)
+                            continue
+                        if not self._full:
+                            log.error("the replay cache holds %d unexpired tokens, its limit; refusing tokens of "
+                                      "identity providers with preventReplay until some expire", size)
+                        self._full = True
+                        raise CacheFull(f"the replay cache holds {self.max_entries} unexpired tokens")
+                    self._full = False
+                    for iss, jti, until in keys:
+                        # a row that expired but was not purged yet no longer counts as a use: it is overwritten
+                        cursor = conn.execute(
+                            "INSERT INTO seen (iss, jti, until) VALUES (?, ?, ?) ON CONFLICT (iss, jti) "
+                            "DO UPDATE SET until = excluded.until WHERE seen.until < ?", (iss, jti, until, now))
+                        if cursor.rowcount != 1:
+                            raise Replayed(iss, jti)
+                    conn.execute("UPDATE size SET n = n + ?", (len(keys),))
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return
 
     def close(self) -> None:
         with self._lock:

@@ -143,3 +143,25 @@ def make_client(source, clock=None, **config: Any) -> StrictClient:
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
+
+
+FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def post_form(client, path: str, form: dict[str, Any], auth: tuple[str, str] | None = None):
+    """POST a form (None values left out, lists repeated) with client_secret_basic ``auth``."""
+    from urllib.parse import urlencode
+    body = urlencode({k: v for k, v in form.items() if v is not None}, doseq=True)
+    return client.simulate_post(path, body=body, headers={**FORM_HEADERS, **(basic(*auth) if auth else {})})
+
+
+def expect_error(result, status: int, error: str, text: str = "") -> dict:
+    assert result.status_code == status, result.text
+    assert result.json["error"] == error, result.json
+    assert text in result.json["error_description"], result.json
+    return result.json
+
+
+def claims_of(result) -> dict[str, Any]:
+    assert result.status_code == 200, result.text
+    return jwt.decode(result.json["access_token"], options={"verify_signature": False})

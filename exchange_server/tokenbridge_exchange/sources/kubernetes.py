@@ -146,6 +146,24 @@ class KubernetesSource:
             self._stop.wait(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
+    def load_once(self) -> Snapshot:
+        """List the resources once, no watch, and build a snapshot without signing keys (``tokenbridge explain``
+        issues nothing). ClusterIdentityProviders the credentials may not list are left out."""
+        for plural in self._watched:
+            if plural == SECRETS:
+                continue
+            try:
+                self._list(plural)
+            except ApiException as exc:
+                if plural != api.PLURAL_CLUSTER_IDP or exc.status != 403:
+                    raise
+                log.warning("not allowed to list %s; leaving them out", plural)
+        with self._lock:
+            stores = {plural: list(objects.values()) for plural, objects in self._stores.items()}
+        return build_snapshot(identity_providers=stores[api.PLURAL_IDP],
+                              cluster_identity_providers=stores[api.PLURAL_CLUSTER_IDP],
+                              applications=stores[api.PLURAL_APP], signing_keys=None, cache=self._cache)
+
     # --- snapshot -------------------------------------------------------------------------------------------
     def _rebuild_loop(self) -> None:
         for listed in self._listed.values():  # a first snapshot only once everything has been listed

@@ -45,10 +45,11 @@ def _secret_values(secret: Mapping[str, Any]) -> dict[str, str]:
 class ManifestSource:
     def __init__(self, path: str | Path, cache: JwksCache, discover: Discover, *,
                  signing_keys: SigningKeySet | None = None, poll_interval: float = 1.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, credentials_optional: bool = False):
         self._path = Path(path)
         self._cache, self._discover, self._fallback_keys = cache, discover, signing_keys
         self._poll_interval, self._clock = poll_interval, clock
+        self._credentials_optional = credentials_optional  # explain: an application without its Secret is kept
         self._snapshot: Snapshot | None = None
         self._signature: tuple | None = None
         self._discovered: dict[str, tuple[float, ProviderMetadata | Exception]] = {}
@@ -100,6 +101,10 @@ class ManifestSource:
         finally:
             self._signature = signature
         return True
+
+    def load(self) -> Snapshot:
+        """Read the manifests once (``tokenbridge explain``); raises on an invalid file."""
+        return self._load()
 
     def _poll(self) -> None:
         while not self._stop.wait(self._poll_interval):
@@ -182,6 +187,9 @@ class ManifestSource:
         name = ((doc.get("spec") or {}).get("credentials") or {}).get("secretName")
         values = secrets.get((namespace, name))
         if not values or not values.get("client_id") or not values.get("client_secret"):
+            if self._credentials_optional:  # nothing authenticates against it; it only has to be found by name
+                name = doc["metadata"].get("name")
+                return {**doc, "status": {"clientID": f"{namespace}/{name}", "clientSecretHash": "sha256:" + "0" * 64}}
             return doc  # left out by the snapshot, with the reason logged
         status = {"clientID": values["client_id"], "clientSecretHash": hash_client_secret(values["client_secret"])}
         return {**doc, "status": status}
