@@ -10,12 +10,15 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import time
 import uuid
 from datetime import datetime, timezone
 
+import httpx
 import pytest
 from kopf.testing import KopfRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from idp_server import LocalIdP
 from tokenbridge_operator.main import serve_cluster_identity_providers
@@ -36,6 +39,7 @@ ENV = {
     "TOKENBRIDGE_SIGNING_PUBLISH_LEAD": "2s",
     "TOKENBRIDGE_MAX_TOKEN_LIFETIME": "30s",
     "TOKENBRIDGE_SIGNING_CHECK_INTERVAL": "1s",
+    "TOKENBRIDGE_METRICS_PORT": "0",  # off, except where a test sets a free port
 }
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -374,3 +378,121 @@ def test_signing_keys_rotate_and_old_keys_stay_published(cluster):
     assert rotated.active(now).kid in published
     assert all(k["kid"] for k in rotated.jwks(now)["keys"])
     assert not any("d" in k for k in rotated.jwks(now)["keys"]), "no private key material is published"
+
+
+# --- CEL expressions -------------------------------------------------------------------------------------------
+
+def test_invalid_identity_provider_expression_until_the_spec_is_fixed(cluster, namespace):
+    with LocalIdP("okta") as server, operator():
+        apply(cluster, idp("cel", namespace, server, "Okta", condition="assertion.sub +"))
+        obj = wait_ready(cluster, "identityprovider", "cel", namespace, "False", "InvalidExpression")
+        message = condition(obj, "Ready")["message"]
+        assert message.startswith("spec.condition: ") and "syntax error" in message
+        assert obj["status"]["observedGeneration"] == 1 and condition(obj, "Ready")["observedGeneration"] == 1
+        wait_for("an InvalidExpression warning event", lambda: ("Warning", "InvalidExpression") in [
+            e[:2] for e in events(cluster, "cel", namespace)])
+        time.sleep(4)  # a refresh interval (3s): still not discovered, still one Event
+        assert server.requests == [], "a spec with an invalid expression is not discovered"
+        assert [e[1] for e in events(cluster, "cel", namespace)].count("InvalidExpression") == 1
+
+        apply(cluster, idp("cel", namespace, server, "Okta", condition="assertion.sub != ''",
+                           claimMappings={"sub": "'okta:' + assertion.sub"}))
+        obj = wait_ready(cluster, "identityprovider", "cel", namespace)
+        assert obj["status"]["observedGeneration"] == 2 and obj["status"]["issuer"] == server.issuer
+        wait_for("a Ready event", lambda: ("Normal", "Ready") in [e[:2] for e in events(cluster, "cel", namespace)])
+
+
+def test_invalid_cluster_identity_provider_claim_mapping(cluster):
+    name = f"cel-{uuid.uuid4().hex[:6]}"
+    try:
+        with LocalIdP("okta") as server, operator():
+            apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "ClusterIdentityProvider",
+                            "metadata": {"name": name},
+                            "spec": {"type": "Okta", "wellKnownURL": server.well_known_url,
+                                     "tls": {"caBundle": server.ca_pem}, "allowedAudiences": ["a"],
+                                     "claimMappings": {"iss": "'https://forged.example'"}}})
+            obj = wait_ready(cluster, "clusteridentityprovider", name, None, "False", "InvalidExpression")
+    finally:
+        cluster.kubectl("delete", "clusteridentityprovider", name, "--wait=false", check=False)
+        cluster.kubectl("patch", "clusteridentityprovider", name, "--type=merge", "-p",
+                        '{"metadata":{"finalizers":null}}', check=False)
+    assert condition(obj, "Ready")["message"].startswith("spec.claimMappings['iss']: ")
+
+
+def test_invalid_application_condition_until_the_spec_is_fixed(cluster, namespace):
+    with operator():
+        apply(cluster, app("cond", namespace, "cond-credentials", condition="request.client_id"))
+        obj = wait_ready(cluster, "oauthapplication", "cond", namespace, "False", "InvalidExpression")
+        message = condition(obj, "Ready")["message"]
+        assert message.startswith("spec.condition: ") and "must evaluate to a bool" in message
+        assert obj["status"]["observedGeneration"] == 1 and "clientID" not in obj["status"]
+        assert get(cluster, "secret", "cond-credentials", namespace) is None, "nothing is done before it compiles"
+        wait_for("an InvalidExpression warning event", lambda: ("Warning", "InvalidExpression") in [
+            e[:2] for e in events(cluster, "cond", namespace)])
+
+        apply(cluster, app("cond", namespace, "cond-credentials", condition=f"request.namespace == '{namespace}'"))
+        obj = wait_ready(cluster, "oauthapplication", "cond", namespace)
+    assert obj["status"]["observedGeneration"] == 2
+    assert secret_values(cluster, "cond-credentials", namespace)["client_id"] == obj["status"]["clientID"]
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port):
+    """Every sample of the operator's /metrics endpoint as {(name, sorted label items): value}."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def reconciliations(samples, kind, result):
+    return samples[("tokenbridge_operator_reconciliations_total", (("kind", kind), ("result", result)))]
+
+
+def test_metrics_endpoint_counts_reconciliations(cluster, namespace, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("TOKENBRIDGE_METRICS_PORT", str(port))
+    with LocalIdP("okta") as server, operator():
+        before = wait_for("the metrics endpoint", lambda: _try_scrape(port))
+        apply(cluster, idp("good", namespace, server, "Okta"))
+        apply(cluster, idp("bad", namespace, server, "Okta", condition="assertion.sub +"))
+        apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider",
+                        "metadata": {"name": "blocked", "namespace": namespace},
+                        "spec": {"type": "OIDC", "wellKnownURL": "https://10.0.0.1/.well-known/openid-configuration",
+                                 "allowedAudiences": ["a"]}})
+        apply(cluster, app("ok", namespace, "ok-credentials"))
+        apply(cluster, app("typo", namespace, "typo-credentials", condition="'yes'"))
+        wait_ready(cluster, "identityprovider", "good", namespace)
+        wait_ready(cluster, "identityprovider", "bad", namespace, "False", "InvalidExpression")
+        wait_ready(cluster, "identityprovider", "blocked", namespace, "False", "BlockedAddress")
+        wait_ready(cluster, "oauthapplication", "ok", namespace)
+        wait_ready(cluster, "oauthapplication", "typo", namespace, "False", "InvalidExpression")
+        after = scrape(port)
+
+    def delta(kind, result):
+        return reconciliations(after, kind, result) - reconciliations(before, kind, result)
+
+    assert delta("IdentityProvider", "success") >= 1
+    assert delta("IdentityProvider", "permanent_error") >= 2  # the invalid expression and the blocked address
+    assert delta("OAuthApplication", "success") >= 1 and delta("OAuthApplication", "permanent_error") >= 1
+    failures = ("tokenbridge_operator_discovery_failures_total", (("reason", "BlockedAddress"),))
+    assert after[failures] - before.get(failures, 0.0) >= 1
+    keys = ("tokenbridge_operator_identity_provider_keys",
+            (("kind", "IdentityProvider"), ("name", "good"), ("namespace", namespace)))
+    assert after[keys] == 1
+    assert 0 <= after[("tokenbridge_operator_signing_key_age_seconds", ())] < 60
+    with pytest.raises(httpx.ConnectError):  # stopped with the operator
+        scrape(port)
+
+
+def _try_scrape(port):
+    try:
+        return scrape(port)
+    except httpx.ConnectError:
+        return None
