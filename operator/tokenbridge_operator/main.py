@@ -70,12 +70,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.kube = Kube.load(config.request_timeout)
     memo.board = application.ReadinessBoard()
     memo.signing_checked_at = None
-    await _check_signing_keys(memo)
-    memo.signing_task = asyncio.create_task(_signing_keys_loop(memo))
     try:
         memo.metrics_server = metrics.serve(config.metrics_port) if config.metrics_port else None
     except OSError as exc:  # a port in use stays in use: stop rather than run unobserved
         raise kopf.PermanentError(f"TOKENBRIDGE_METRICS_PORT={config.metrics_port}: {exc}") from None
+    await _check_signing_keys(memo)
+    memo.signing_task = asyncio.create_task(_signing_keys_loop(memo))
 
 
 @kopf.on.login()

@@ -496,3 +496,16 @@ def _try_scrape(port):
         return scrape(port)
     except httpx.ConnectError:
         return None
+
+
+def test_a_metrics_port_in_use_stops_the_operator(cluster, monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("TOKENBRIDGE_METRICS_PORT", str(port))
+        with KopfRunner(["run", "--all-namespaces", "--standalone", "--log-format=json",
+                         "-m", "tokenbridge_operator.main"], timeout=60, reraise=False) as runner:
+            result = runner.future.result(timeout=30)  # exits by itself; a TimeoutError if it kept running
+    assert result.exit_code != 0
+    assert f"TOKENBRIDGE_METRICS_PORT={port}" in runner.output
