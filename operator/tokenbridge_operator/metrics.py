@@ -20,7 +20,7 @@ import functools
 import math
 import time
 from http.server import HTTPServer
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import kopf
 from prometheus_client import Counter, Gauge, start_http_server
@@ -48,26 +48,21 @@ for _kind in (KIND_IDP, KIND_CLUSTER_IDP, KIND_APP):  # every series exists from
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@contextlib.contextmanager
-def reconciliation(kind: str) -> Iterator[None]:
-    """Count one reconcile of ``kind`` by how it ends: kopf retries every exception but PermanentError."""
-    try:
-        yield
-    except kopf.PermanentError:
-        RECONCILIATIONS.labels(kind, PERMANENT_ERROR).inc()
-        raise
-    except Exception:
-        RECONCILIATIONS.labels(kind, TEMPORARY_ERROR).inc()
-        raise
-    RECONCILIATIONS.labels(kind, SUCCESS).inc()
-
-
 def counted(reconcile: F) -> F:
-    """``reconciliation`` around a function whose first argument is the object's body."""
+    """Count each call by how kopf takes its end: it retries every exception but PermanentError. The first
+    argument is the object's body."""
     @functools.wraps(reconcile)
     def wrapper(body: Any, *args: Any, **kwargs: Any) -> Any:
-        with reconciliation(body["kind"]):
-            return reconcile(body, *args, **kwargs)
+        try:
+            result = reconcile(body, *args, **kwargs)
+        except kopf.PermanentError:
+            RECONCILIATIONS.labels(body["kind"], PERMANENT_ERROR).inc()
+            raise
+        except Exception:
+            RECONCILIATIONS.labels(body["kind"], TEMPORARY_ERROR).inc()
+            raise
+        RECONCILIATIONS.labels(body["kind"], SUCCESS).inc()
+        return result
     return wrapper  # type: ignore[return-value]
 
 

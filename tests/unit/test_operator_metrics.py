@@ -156,8 +156,7 @@ def test_application_results_are_counted(posted):
     assert {r: reconciliations("OAuthApplication", r) - before[r] for r in before} == {
         "success": 1, "temporary_error": 1, "permanent_error": 1}
     assert ("typo", {"type": "Warning", "reason": "InvalidExpression",
-                     "message": "spec.condition: must evaluate to a bool, not StringType; fix the spec "
-                                "(not retried until it changes)"}) in posted
+                     "message": "spec.condition: must evaluate to a bool, not StringType (fix the spec)"}) in posted
 
 
 def test_signing_key_age_is_measured_at_scrape_time():

@@ -18,5 +18,5 @@ def invalid_expression(spec: Mapping[str, Any], kind: str) -> str | None:
     try:
         compile_policy(spec, kind=kind)
     except PolicyError as exc:
-        return f"{exc.field}: {exc.message}; fix the spec (not retried until it changes)"
+        return f"{exc.field}: {exc.message} (fix the spec)"
     return None
