@@ -1,6 +1,7 @@
 """``tokenbridge serve --manifests`` for real: gunicorn with two workers on a loopback port, over HTTP."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ from tokenbridge import api
 from tokenbridge_exchange import config as server_config
 from test_exchange_helpers import TestIdP
 
+ONCE_ISSUER = "https://once.example.test"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -31,9 +34,13 @@ def server(tmp_path):
     docs = [
         {"apiVersion": api.API_VERSION, "kind": api.KIND_CLUSTER_IDP, "metadata": {"name": "corp"},
          "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]}},
+        {"apiVersion": api.API_VERSION, "kind": api.KIND_CLUSTER_IDP, "metadata": {"name": "once"},
+         "spec": {"type": "OIDC", "issuer": ONCE_ISSUER, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"],
+                  "requireJTI": True, "preventReplay": True}},
         {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": "web", "namespace": "default"},
          "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE],
-                  "identityProviders": [{"kind": api.KIND_CLUSTER_IDP, "name": "corp"}],
+                  "identityProviders": [{"kind": api.KIND_CLUSTER_IDP, "name": "corp"},
+                                        {"kind": api.KIND_CLUSTER_IDP, "name": "once"}],
                   "audiences": ["https://api.example.test"], "credentials": {"secretName": "web-creds"}}},
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-creds"},
          "stringData": {"client_id": "web", "client_secret": "pw"}},
@@ -57,7 +64,7 @@ def server(tmp_path):
                 pass
             assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
             time.sleep(0.1)
-        yield base, idp
+        yield base, idp, tmp_path / "server.log"
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -67,13 +74,9 @@ def server(tmp_path):
         log.close()
 
 
-def test_serve_manifests_with_two_workers(server):
-    base, idp = server
-    metadata = httpx.get(base + "/.well-known/oauth-authorization-server").json()
-    assert metadata["issuer"] == base and metadata["token_endpoint"] == base + "/oauth2/token"
-    now = int(time.time())
-    subject = idp.token(aud="api://tb", iat=now, exp=now + 300)
-    connections: dict[int, httpx.Client] = {}  # worker pid -> a kept-alive connection that worker accepted
+def worker_connections(base: str) -> dict[int, httpx.Client]:
+    """Worker pid -> a kept-alive connection that worker accepted, for both workers."""
+    connections: dict[int, httpx.Client] = {}
     deadline = time.monotonic() + 20
     while len(connections) < 2:
         assert time.monotonic() < deadline, f"only workers {list(connections)} answered"
@@ -83,6 +86,16 @@ def test_serve_manifests_with_two_workers(server):
             http.close()
         else:
             connections[pid] = http
+    return connections
+
+
+def test_serve_manifests_with_two_workers(server):
+    base, idp, _ = server
+    metadata = httpx.get(base + "/.well-known/oauth-authorization-server").json()
+    assert metadata["issuer"] == base and metadata["token_endpoint"] == base + "/oauth2/token"
+    now = int(time.time())
+    subject = idp.token(aud="api://tb", iat=now, exp=now + 300)
+    connections = worker_connections(base)
     kids = set()
     try:
         for http in connections.values():
@@ -112,6 +125,37 @@ def test_serve_manifests_with_two_workers(server):
                   and 'outcome="issued"' in line]
         assert issued and float(issued[0].rsplit(" ", 1)[1]) == 6, scrape
         assert 'grant_type="other",outcome="invalid_client"} 1.0' in scrape
+        assert (f'tokenbridge_exchanges_total{{application="default/web",error="",grant_type='
+                f'"{api.GRANT_TOKEN_EXCHANGE}",idp="corp",outcome="issued"}} 6.0') in scrape
+        assert "tokenbridge_snapshot_generation 1.0" in scrape and "tokenbridge_snapshot_age_seconds " in scrape
+
+
+def test_replay_is_refused_by_the_other_worker_and_audited(server):
+    base, idp, log_path = server
+    now = int(time.time())
+    token = idp.token(iss=ONCE_ISSUER, aud="api://tb", iat=now, exp=now + 300, jti="jti-" + str(now))
+    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
+            "subject_token_type": api.TOKEN_TYPE_JWT}
+    first, second = worker_connections(base).values()
+    try:
+        assert first.post("/oauth2/token", auth=("web", "pw"), data=form).status_code == 200
+        replayed = second.post("/oauth2/token", auth=("web", "pw"), data=form)
+        assert replayed.status_code == 400 and "replayed jti" in replayed.json()["error_description"]
+        explained = second.post("/oauth2/explain", auth=("web", "pw"), data=form).json()
+        assert explained["decision"] == "refused" and explained["steps"][-1]["step"] == "replay"
+    finally:
+        first.close()
+        second.close()
+    scrape = httpx.get(base + "/metrics", headers={"Connection": "close"}).text
+    assert 'tokenbridge_replay_rejections_total{idp="once"} 1.0' in scrape
+    deadline = time.monotonic() + 5
+    while True:  # audit lines are bare JSON on stdout (the log file here), one per token request
+        audit = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith('{"time"')]
+        if len(audit) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [(a["outcome"], a["idp"]) for a in audit] == [("issued", "once"), ("refused", "once")]
+    assert token.split(".")[2] not in log_path.read_text()
 
 
 def test_config_needs_a_source(capsys, tmp_path):
