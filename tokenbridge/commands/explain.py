@@ -122,7 +122,8 @@ def render(report: dict[str, Any]) -> str:
     if report["decision"] == "issue":
         t = report["token"]
         lines.append(f"decision: a token would be issued: sub {t['sub']!r}, aud {', '.join(t['aud'])}, "
-                     f"scope {t['scope'] or '(none)'!r}, expires in {t['expires_in']}s, claims {', '.join(t['claims'])}")
+                     f"scope {t['scope'] or '(none)'!r}, expires in {t['expires_in']}s, "
+                     f"claims {', '.join(t['claims'])}")
     else:
         lines.append(f"decision: refused: {report['error']}: {report['error_description']}")
     return "\n".join(lines)
