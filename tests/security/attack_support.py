@@ -55,7 +55,8 @@ def _segment(part: Any) -> str:
     return b64url(json.dumps(part, separators=(",", ":")))
 
 
-def jws(header: Any, payload: Any, key: Any = None, alg: str | None = None, signature: bytes | str | None = None) -> str:
+def jws(header: Any, payload: Any, key: Any = None, alg: str | None = None,
+        signature: bytes | str | None = None) -> str:
     """A compact JWS. ``header``/``payload``: dict (JSON-encoded), bytes (base64url-encoded) or str (used as the
     segment verbatim). The signature is ``signature`` (bytes are encoded, str used verbatim) or made with ``key``
     under ``alg`` (default: the header's alg) over the exact signing input, so any header passes through."""

@@ -85,7 +85,8 @@ def test_issuer_of_an_idp_the_client_may_not_use(client, world):
 
 # --- audience ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("aud", ["api://tokenbridge", ["api://tokenbridge"], ["https://other.test", "api://tokenbridge"],
+@pytest.mark.parametrize("aud", ["api://tokenbridge", ["api://tokenbridge"],
+                                 ["https://other.test", "api://tokenbridge"],
                                  ["api://tokenbridge", 5, None, ["x"]]])
 def test_audience_containing_an_allowed_value_is_accepted(client, world, aud):
     assert_accepted(exchange(client, world.corp.token(aud=aud)))

@@ -109,7 +109,8 @@ def requests(draw, world, base):
         None]), st.text(alphabet=PRINTABLE, max_size=40)))
     if content_type is not None:
         headers["Content-Type"] = content_type
-    auth_id = draw(st.one_of(st.sampled_from([CLIENT, POST_CLIENT, B_CLIENT, "nobody"]), st.text(PRINTABLE, max_size=20)))
+    auth_id = draw(st.one_of(st.sampled_from([CLIENT, POST_CLIENT, B_CLIENT, "nobody"]),
+                             st.text(PRINTABLE, max_size=20)))
     auth_secret = draw(st.one_of(st.sampled_from([SECRET, POST_SECRET, B_SECRET, "guess", ""]),
                                  st.text(PRINTABLE, max_size=20)))
     authorization = draw(st.one_of(

@@ -295,7 +295,8 @@ EDDSA_CASES = {
     "truncated": lambda sig: sig[:63],
     "extra-byte": lambda sig: sig + b"\x00",
     "S=L": lambda sig: sig[:32] + ED25519_L.to_bytes(32, "little"),
-    "S=S+L": lambda sig: sig[:32] + ((int.from_bytes(sig[32:], "little") + ED25519_L) % 2 ** 256).to_bytes(32, "little"),
+    "S=S+L": lambda sig: sig[:32] + ((int.from_bytes(sig[32:], "little") + ED25519_L) % 2 ** 256).to_bytes(
+        32, "little"),
     "R=0": lambda sig: bytes(32) + sig[32:],
     "bit-flip": lambda sig: sig[:-1] + bytes([sig[-1] ^ 1]),
 }
@@ -346,7 +347,8 @@ def _structure_cases(world):
         "2-parts": f"{h}.{p}",
         "2-parts-trailing-dot": f"{h}.{p}.",
         "4-parts": f"{h}.{p}.{s}.{s}",
-        "5-parts-jwe": f"{jwe_header}.{b64url(b'k' * 256)}.{b64url(b'iv' * 6)}.{b64url(b'ct' * 20)}.{b64url(b'tag' * 5)}",
+        "5-parts-jwe": ".".join([jwe_header, b64url(b"k" * 256), b64url(b"iv" * 6), b64url(b"ct" * 20),
+                                 b64url(b"tag" * 5)]),
         "6-parts": ".".join([h, p, s, h, p, s]),
         "dots-only": "..",
         "leading-dot": f".{h}.{p}",
