@@ -3,7 +3,8 @@
 Only identity providers with ``preventReplay: true`` use it, so a server without such an IdP never opens it.
 It is a small SQLite database (WAL mode) in a private directory that ``tokenbridge serve`` creates in the master
 before forking: every gunicorn worker (and thread) of one server process tree shares it, and a second use is the
-``INSERT`` that fails on the ``PRIMARY KEY (iss, jti)``, atomically across processes. Each replica of a
+``INSERT`` that fails on the primary key (a 128-bit hash of ``iss`` and ``jti``, so every row has the same small
+size), atomically across processes. Each replica of a
 Deployment has its own cache: a token replayed against another replica is not detected (see the README).
 
 Memory and disk stay bounded: expired rows are purged every ``purge_interval`` seconds (and at once, at most once a
@@ -12,6 +13,7 @@ are refused (``temporarily_unavailable``) rather than accepted unchecked: the ca
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -27,6 +29,11 @@ PURGE_INTERVAL = 10.0
 DB_NAME = "replay.sqlite3"
 
 Key = tuple[str, str, float]  # (iss, jti, accepted until: exp + clock skew)
+
+
+def _id(iss: str, jti: str) -> bytes:
+    """A fixed-size row key, however long the issuer and jti: 128 bits of BLAKE2b over both."""
+    return hashlib.blake2b(f"{iss}\0{jti}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class Replayed(Exception):
@@ -65,8 +72,7 @@ class ReplayCache:
             conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=OFF")  # a crash may lose entries; the directory is temporary anyway
-            conn.execute("CREATE TABLE IF NOT EXISTS seen (iss TEXT NOT NULL, jti TEXT NOT NULL, "
-                         "until REAL NOT NULL, PRIMARY KEY (iss, jti)) WITHOUT ROWID")
+            conn.execute("CREATE TABLE IF NOT EXISTS seen (id BLOB PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID")
             conn.execute("CREATE INDEX IF NOT EXISTS seen_until ON seen (until)")
             # the number of rows, kept in step by every writer (counting them is O(n), this is O(1))
             conn.execute("CREATE TABLE IF NOT EXISTS size (k INTEGER PRIMARY KEY CHECK (k = 0), n INTEGER NOT NULL)")
@@ -89,8 +95,7 @@ class ReplayCache:
     def seen(self, iss: str, jti: str) -> bool:
         """Whether ``(iss, jti)`` was used and has not expired yet; consumes nothing (explain)."""
         with self._lock:
-            row = self._connection().execute("SELECT until FROM seen WHERE iss = ? AND jti = ?",
-                                             (iss, jti)).fetchone()
+            row = self._connection().execute("SELECT until FROM seen WHERE id = ?", (_id(iss, jti),)).fetchone()
         return row is not None and row[0] >= self._clock()
 
     def consume(self, keys: Iterable[Key]) -> None:
@@ -121,8 +126,8 @@ class ReplayCache:
                     for iss, jti, until in keys:
                         # a row that expired but was not purged yet no longer counts as a use: it is overwritten
                         cursor = conn.execute(
-                            "INSERT INTO seen (iss, jti, until) VALUES (?, ?, ?) ON CONFLICT (iss, jti) "
-                            "DO UPDATE SET until = excluded.until WHERE seen.until < ?", (iss, jti, until, now))
+                            "INSERT INTO seen (id, until) VALUES (?, ?) ON CONFLICT (id) "
+                            "DO UPDATE SET until = excluded.until WHERE seen.until < ?", (_id(iss, jti), until, now))
                         if cursor.rowcount != 1:
                             raise Replayed(iss, jti)
                     conn.execute("UPDATE size SET n = n + ?", (len(keys),))
