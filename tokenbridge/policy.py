@@ -65,7 +65,8 @@ class PolicyDenied(Exception):
 
 
 def _missing_member(error: CELEvalError) -> bool:
-    return len(error.args) > 1 and error.args[1] is KeyError
+    """The token lacks what the expression reads (a claim, a map key, a list element): data, not a bug."""
+    return len(error.args) > 1 and error.args[1] in (KeyError, IndexError)
 
 
 def _from_cel(value: Any) -> Any:

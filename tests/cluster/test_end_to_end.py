@@ -100,7 +100,7 @@ def stack(control_plane, tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     env = {"KUBECONFIG": str(cp.kubeconfig), "TOKENBRIDGE_PUBLIC_ISSUER": base,
            "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns, "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys",
-           "TOKENBRIDGE_SECRET_ROTATION_GRACE": "10m"}
+           "TOKENBRIDGE_SECRET_ROTATION_GRACE": "10m", "TOKENBRIDGE_METRICS_PORT": str(free_port())}
     operator = start(["operator", "--kubeconfig", str(cp.kubeconfig), "--namespace", ns], env, logs / "operator.log")
     server = start(["serve", "--kubernetes", "--kubeconfig", str(cp.kubeconfig), "--bind", f"127.0.0.1:{port}",
                     "--workers", "2"], env, logs / "server.log")

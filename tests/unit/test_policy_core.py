@@ -47,6 +47,13 @@ def test_refusals_never_echo_token_contents():
         assert "mallory" not in info.value.message and "secret-value" not in info.value.message
 
 
+def test_expressions_reading_data_the_sample_lacks_still_compile():
+    policy = idp_policy(condition="assertion.groups[1] == 'x' && assertion.custom.team == 'a'")
+    policy.check({"groups": ["a", "x"], "custom": {"team": "a"}}, REQUEST)
+    with pytest.raises(PolicyDenied, match="missing"):
+        policy.check({"groups": ["a"]}, REQUEST)
+
+
 def test_missing_claim_refuses_instead_of_crashing():
     policy = idp_policy(condition="assertion.email.endsWith('@example.com')",
                         claimMappings={"mail": "assertion.email"})
