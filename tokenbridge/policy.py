@@ -65,8 +65,14 @@ class PolicyDenied(Exception):
 
 
 def _missing_member(error: CELEvalError) -> bool:
-    """The token lacks what the expression reads (a claim, a map key, a list element): data, not a bug."""
-    return len(error.args) > 1 and error.args[1] in (KeyError, IndexError)
+    """The token lacks what the expression reads (a claim, a map key, a list element): data, not a bug.
+
+    cel-python reports ``a && b`` with both sides missing as an overload error *on error operands*; that too is
+    only missing data.
+    """
+    if len(error.args) > 1 and error.args[1] in (KeyError, IndexError):
+        return True
+    return "CELEvalError" in str(error.args[0] if error.args else "")
 
 
 def _from_cel(value: Any) -> Any:
