@@ -202,6 +202,7 @@ def values_schema() -> dict:
             idpRefreshInterval=duration("Re-discovery interval."),
             appRecheckInterval=duration("Re-validation interval of application references."),
             secretRotationGrace=duration("Validity of a rotated client secret."),
+            metricsPort=integer("Port of the operator's Prometheus /metrics; 0 disables.", 0, 65535),
             **pod_settings(),
         ),
         server=obj(
@@ -252,6 +253,8 @@ def values_schema() -> dict:
             "Optional NetworkPolicies.",
             enabled=boolean("Create NetworkPolicies."),
             serverIngressFrom=array(ref("networkPolicyPeer"), "Who may reach the server; empty: anyone."),
+            operatorMetricsFrom=array(ref("networkPolicyPeer"),
+                                      "Who may scrape the operator's metrics port; empty: anyone."),
             egressPorts=array(integer("TCP port", 1, 65535), "TCP ports both may connect to."),
             extraEgress=array(obj(to=array(ref("networkPolicyPeer")), ports=array(ref("networkPolicyPort"))),
                               "Extra egress rules."),

@@ -60,6 +60,8 @@ FULL_VALUES = {
         "enabled": True,
         "serverIngressFrom": [{"namespaceSelector": {"matchLabels": {
             "kubernetes.io/metadata.name": "ingress-nginx"}}}],
+        "operatorMetricsFrom": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "monitoring"}}}],
         "extraEgress": [{"to": [{"ipBlock": {"cidr": "192.168.10.0/24"}}], "ports": [{"port": 8443}]}],
     },
 }
@@ -394,6 +396,7 @@ def test_operator_environment_parses(default_docs, full_docs):
 
 def test_operator_arguments_parse(default_docs, namespace_docs):
     """`tokenbridge operator` flags as the operator's own parser reads them, and the kopf command they become."""
+    from tokenbridge_operator.config import OperatorConfig
     from tokenbridge_operator.run import kopf_args, parser
 
     for docs, scope in ((default_docs, ["--all-namespaces"]), (namespace_docs, [f"--namespace={NS}"])):
@@ -404,7 +407,9 @@ def test_operator_arguments_parse(default_docs, namespace_docs):
         assert [a for a in argv if a.startswith(("--all-namespaces", "--namespace"))] == scope
         assert argv[argv.index("--liveness") + 1] == "http://0.0.0.0:8081/healthz"
         assert "--standalone" in argv
-        assert c["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"}]
+        assert c["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"},
+                              {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+        assert OperatorConfig.from_env(env_of(operator)).metrics_port == 9090
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
@@ -579,7 +584,9 @@ def test_optional_kinds(full_docs):
 
 def test_network_policies(full_docs):
     operator = one(full_docs, "NetworkPolicy", f"{PREFIX}-operator")
-    assert operator["spec"]["policyTypes"] == ["Ingress", "Egress"] and operator["spec"]["ingress"] == []
+    assert operator["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert operator["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9090}],
+                                           "from": FULL_VALUES["networkPolicy"]["operatorMetricsFrom"]}]
     assert operator["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
     server = one(full_docs, "NetworkPolicy", f"{PREFIX}-server")
     (ingress,) = server["spec"]["ingress"]
@@ -590,6 +597,13 @@ def test_network_policies(full_docs):
         ports = [(p["protocol"], p["port"]) for rule in egress for p in rule["ports"] if "protocol" in p]
         assert ("UDP", 53) in ports and ("TCP", 443) in ports and ("TCP", 6443) in ports
         assert egress[-1] == FULL_VALUES["networkPolicy"]["extraEgress"][0]
+
+
+def test_operator_metrics_can_be_turned_off(helm, tmp):
+    docs = render(helm, tmp, {**FULL_VALUES, "operator": {"metricsPort": 0}})
+    operator = one(docs, "Deployment", f"{PREFIX}-operator")
+    assert [p["name"] for p in container(operator)["ports"]] == ["health"]
+    assert one(docs, "NetworkPolicy", f"{PREFIX}-operator")["spec"]["ingress"] == []
 
 
 def test_optional_kinds_off_by_default(default_docs):
