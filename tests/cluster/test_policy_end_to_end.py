@@ -178,3 +178,26 @@ def test_delegation_with_an_actor_from_a_second_issuer(stack, robot_key):
     assert refused.status_code == 400
     assert refused.json()["error_description"] == \
         f"the condition of identity provider {stack.ns}/robots refused the request"
+
+
+def test_explain_cli_against_the_cluster(stack):
+    """``tokenbridge explain --kubeconfig``: the server's pipeline in-process on what the operator reconciled."""
+    import subprocess
+
+    from test_end_to_end import TOKENBRIDGE
+
+    def explain(sa: str) -> subprocess.CompletedProcess:
+        return subprocess.run([TOKENBRIDGE, "explain", "--kubeconfig", str(stack.cp.kubeconfig), "--app", "web",
+                               "-n", stack.ns, "--token", "-", "--audience", API, "--scope", "read", "--json"],
+                              input=stack.sa_token(sa, AUDIENCE), capture_output=True, text=True, timeout=60)
+
+    accepted = explain("alice")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    report = json.loads(accepted.stdout)
+    assert report["decision"] == "issue" and report["token"]["sub"] == f"k8s:{stack.ns}:alice"
+    assert {s["step"]: s["result"] for s in report["steps"]}["replay"] == "skip"
+    refused = explain("bob")
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["steps"][-1] == {
+        "step": "subject_token.condition", "result": "fail",
+        "detail": f"the condition of identity provider {stack.ns}/cluster-sa refused the request"}
