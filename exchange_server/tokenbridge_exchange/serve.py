@@ -70,6 +70,13 @@ def wait_until_ready(source: SnapshotSource, timeout: float) -> None:
     log.warning("no configuration loaded after %.0fs; serving 503 until it is", timeout)
 
 
+def worker_exited(server, worker) -> None:
+    """gunicorn ``child_exit`` (in the master): a dead worker's live gauges (snapshot, JWKS age) stop counting."""
+    from prometheus_client import multiprocess  # the workers forked already; they import it themselves
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 class Server(BaseApplication):
     def __init__(self, config: ServerConfig, signing_keys: SigningKeySet | None, metrics_dir: str | None,
                  replay_dir: str | None = None):
@@ -94,6 +101,8 @@ class Server(BaseApplication):
             "limit_request_line": 8190,
             "limit_request_field_size": 16384,
         }
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            settings["child_exit"] = worker_exited
         created = [d for d in (self._metrics_dir, self._replay_dir) if d]
         if created:  # the master removes the directories it created; workers never do
             settings["on_exit"] = lambda arbiter: [shutil.rmtree(d, ignore_errors=True) for d in created]
