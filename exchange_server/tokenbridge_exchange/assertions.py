@@ -145,15 +145,22 @@ def _nbf(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[
 
 def _iat(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
     iat = _number(token.claims, "iat")
-    if iat is not None and now + provider.clock_skew < iat:
+    if iat is None:
+        return None, "no iat claim"
+    if now + provider.clock_skew < iat:
         raise InvalidGrant("the token was issued in the future (iat)")
+    return None, f"issued {int(now - iat)}s ago"
+
+
+def _max_age(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
     if provider.max_token_age is None:
-        return None, "no iat claim" if iat is None else f"issued {int(now - iat)}s ago"
+        return None, f"identity provider {provider.label} sets none"
+    iat = _number(token.claims, "iat")
     if iat is None:
         raise InvalidGrant(f"identity provider {provider.label} has a maxTokenAge and the token has no iat")
     if now - iat > provider.max_token_age + provider.clock_skew:
         raise InvalidGrant(f"the token is older than the maxTokenAge of identity provider {provider.label}")
-    return None, f"issued {int(now - iat)}s ago, within the maxTokenAge of {int(provider.max_token_age)}s"
+    return None, f"within the maxTokenAge of {int(provider.max_token_age)}s"
 
 
 def _sub(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
@@ -177,7 +184,7 @@ def _jti(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[
 
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("alg", _alg), ("signature", _signature), ("aud", _aud), ("exp", _exp), ("nbf", _nbf), ("iat", _iat),
-    ("sub", _sub), ("jti", _jti),
+    ("maxTokenAge", _max_age), ("sub", _sub), ("jti", _jti),
 )
 
 

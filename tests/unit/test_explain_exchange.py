@@ -57,7 +57,8 @@ def test_an_accepted_token_step_by_step(client, idp):
     got = steps(report)
     assert [s["result"] for s in report["steps"]] == ["pass"] * len(report["steps"])
     assert list(got)[:5] == ["client", "grant_type", "audience", "scope", "subject_token_type"]
-    for name in ("format", "issuer", "alg", "signature", "aud", "exp", "nbf", "iat", "sub", "jti", "condition"):
+    for name in ("format", "issuer", "alg", "signature", "aud", "exp", "nbf", "iat", "maxTokenAge", "sub", "jti",
+                 "condition"):
         assert f"subject_token.{name}" in got, name
     assert "identity provider team-a/corp" in got["subject_token.issuer"][1]
     assert got["client"][1].startswith("authenticated as application team-a/web")
