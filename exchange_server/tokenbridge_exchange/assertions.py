@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -41,9 +42,13 @@ def _b64decode(segment: str, what: str) -> bytes:
         raise InvalidGrant(f"the JWT {what} is not base64url: {exc}") from None
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # RFC 8259 has no NaN or Infinity; Python's json accepts them
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(_b64decode(segment, what))
+        value = json.loads(_b64decode(segment, what), parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError):
         raise InvalidGrant(f"the JWT {what} is not JSON") from None
     if not isinstance(value, dict):
@@ -70,7 +75,13 @@ def _number(claims: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidGrant(f"the {name} claim is not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise InvalidGrant(f"the {name} claim is not a finite number") from None
+    if not math.isfinite(number):  # 1e400 parses as inf
+        raise InvalidGrant(f"the {name} claim is not a finite number")
+    return number
 
 
 def providers_for(app: Application, token: UnverifiedJWT) -> tuple[IdentityProvider, ...]:

@@ -482,3 +482,18 @@ def test_hmac_stays_refused_even_when_an_idp_lists_it(idp, clock):
     token = jwt.encode(idp.claims(), "k" * 32, algorithm="HS256", headers={"kid": idp.kid})
     assert_error(exchange(client, token), 400, "invalid_grant", "alg 'HS256' is not allowed")
     assert exchange(client, idp.token()).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400])
+def test_non_finite_or_huge_time_claims_are_refused(client, idp, name, raw):
+    """NaN/Infinity are not JSON; 1e400 and a 401-digit integer are not NumericDates: refused, never a 500."""
+    claims = json.dumps(idp.claims())[:-1] + f', "{name}x": 0}}'
+    claims = claims.replace(f'"{name}": ', f'"{name}_orig": ').replace(f'"{name}x": 0', f'"{name}": {raw}')
+    header = b64url(json.dumps({"alg": "RS256", "kid": idp.kid}))
+    payload = b64url(claims)
+    key = idp.keys[idp.kid]
+    signature = jwt.get_algorithm_by_name("RS256").sign(f"{header}.{payload}".encode(), key)
+    result = exchange(client, f"{header}.{payload}.{b64url(signature)}")
+    text = "not JSON" if raw.lstrip("-") in ("NaN", "Infinity") else f"the {name} claim is not a finite number"
+    assert_error(result, 400, "invalid_grant", text)
