@@ -82,17 +82,27 @@ def hydra_binary(build: bool) -> tuple[str | None, str]:
     return str(binary), "built now"
 
 
-def wait_quiet(results: dict, limit: float = 600.0) -> None:
-    """Other engineers' test suites have timing checks: never load the machine while pytest runs."""
-    waited = 0.0
-    while subprocess.run(["pgrep", "-f", "pytest"], capture_output=True).returncode == 0 and waited < limit:
-        if waited == 0:
-            log("pytest is running on this machine: waiting (polling every 30 s, up to 10 min)")
+WAIT_BUDGET = 600.0  # s per run: past it, measurements go on and are flagged instead of waiting again
+
+
+def tests_running() -> bool:
+    return subprocess.run(["pgrep", "-f", "pytest"], capture_output=True).returncode == 0
+
+
+def wait_quiet(results: dict) -> None:
+    """Other engineers' test suites have timing checks: don't load the machine while a pytest runs. Polls every
+    30 s, up to 10 minutes in all per benchmark run; after that, runs go ahead and are counted as disturbed."""
+    waited = results.get("waited_for_tests_s", 0)
+    announced = False
+    while tests_running() and waited < WAIT_BUDGET:
+        if not announced:
+            log("pytest is running on this machine: waiting (polling every 30 s)")
+            announced = True
         time.sleep(30)
         waited += 30
-    if waited:
-        results.setdefault("waited_for_tests_s", 0)
-        results["waited_for_tests_s"] += waited
+    results["waited_for_tests_s"] = waited
+    if tests_running():
+        results["runs_while_tests_ran"] = results.get("runs_while_tests_ran", 0) + 1
 
 
 def machine() -> dict[str, Any]:
@@ -287,6 +297,7 @@ def sanity(target: Target) -> dict[str, Any]:
 
 def wrk(target: Target, duration: float, results: dict, connections: int = CONNECTIONS) -> dict[str, Any]:
     wait_quiet(results)
+    disturbed = tests_running()
     proc = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s",
                            "-s", str(BENCH / "wrk_pool.lua"), target.base],
                           capture_output=True, text=True, env={**os.environ, "POOL": str(target.pool_file),
@@ -295,6 +306,7 @@ def wrk(target: Target, duration: float, results: dict, connections: int = CONNE
     if proc.returncode != 0 or not line:
         raise RuntimeError(f"wrk failed against {target.key}: {proc.stdout}\n{proc.stderr}")
     out = json.loads(line[-1])
+    out["tests_running"] = disturbed
     seconds = out["duration_us"] / 1e6
     out["rps"] = out["requests"] / seconds
     out["ok_rps"] = (out["requests"] - out["non2xx"]) / seconds
@@ -308,7 +320,9 @@ def open_loop(target: Target, rate: float, duration: float, results: dict) -> di
     wait_quiet(results)
     pool = configgen.read_pool(target.pool_file)
     cpu0 = time.process_time()
+    disturbed = tests_running()
     out = loadgen.run_open_loop(target.token_url, pool, rate, duration, connections=64, warmup=1.0)
+    out["tests_running"] = disturbed
     out["generator_cpu_s"] = time.process_time() - cpu0
     return out
 
@@ -332,14 +346,15 @@ def memory(target: Target) -> dict[str, Any]:
 
 
 def profile(target: Target, work: Path, duration: float, results: dict) -> dict[str, Any]:
-    """py-spy (sampling, all worker threads, idle excluded) during a closed-loop run; collapsed stacks summarised."""
+    """py-spy (sampling, all worker threads, idle excluded) during a closed-loop run; collapsed stacks summarised.
+    Blocking mode (py-spy pauses the process per sample): --nonblocking gave torn, impossible stacks here."""
     pyspy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     if not Path(pyspy).exists() and not shutil.which("py-spy"):
         return {"error": "py-spy not installed (pip install -e '.[bench]')"}
     out = work / f"{target.key}.pyspy.txt"
     wait_quiet(results)
     spy = subprocess.Popen([pyspy, "record", "--pid", str(target.proc.pid), "--subprocesses", "--duration",
-                            f"{duration + 1:g}", "--rate", "250", "--nonblocking", "--format", "raw", "--output",
+                            f"{duration + 1:g}", "--rate", "200", "--format", "raw", "--output",
                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)
     run = wrk(target, duration, results)
@@ -349,61 +364,64 @@ def profile(target: Target, work: Path, duration: float, results: dict) -> dict[
     return {"wrk_under_profiler": run, **summarise_stacks(out)}
 
 
-# Frames worth naming in the report: (label, predicate on "function (file)").
+# Frames worth naming in the report: (label, predicate on py-spy's "Class.function (package/file.py)").
+HANDLE = "gunicorn handle_request (the whole request, response write included)"
 PROFILE_GROUPS = [
-    ("gunicorn + socket I/O (outside the app)", lambda f: False),
-    ("falcon request/response plumbing", None),
-    ("client authentication", lambda f: f.startswith("authenticate (") and "client_auth" in f),
-    ("form parsing", lambda f: f.startswith("read_form (")),
-    ("subject token parse (base64+json)", lambda f: f.startswith("parse (") and "assertions" in f),
-    ("subject token signature verify (RS256)", lambda f: f.startswith("_verify_signature (")),
-    ("subject token claim checks", lambda f: f.startswith("_check_claims (")),
-    ("issuer lookup", lambda f: f.startswith("providers_for (")),
-    ("access token issue (all)", lambda f: f.startswith("issue (") and "access_tokens" in f),
-    ("  of which jwt.encode", lambda f: f.startswith("encode (") and "api_jwt" in f),
-    ("  of which ECDSA/RSA/EdDSA sign", lambda f: f.startswith("sign (") and "algorithms" in f),
-    ("  of which uuid4", lambda f: f.startswith("uuid4 (")),
-    ("metrics middleware (prometheus multiprocess)", lambda f: "metrics.py" in f and "process_response" in f),
-    ("  of which Counter.inc", lambda f: f.startswith("inc (") and "prometheus_client" in f),
-    ("  of which Histogram.observe", lambda f: f.startswith("observe (") and "prometheus_client" in f),
-    ("response JSON (resp.media)", lambda f: "media" in f and "falcon" in f and "serialize" in f),
-    ("floor: jwt.decode", lambda f: f.startswith("decode (") and "api_jwt" in f),
-    ("TokenResource.on_post / FloorToken.on_post (whole handler)", lambda f: f.startswith("on_post (")),
-    ("falcon App.__call__ (whole request in the app)", lambda f: f.startswith("__call__ (") and "falcon/app" in f),
+    (HANDLE, lambda f: ".handle_request (" in f and "gunicorn/" in f),
+    ("falcon App.__call__ (routing, middleware, handler, serialisation)", lambda f: f.startswith("App.__call__ (falcon/")),
+    ("the resource's on_post (whole handler)", lambda f: ".on_post (" in f),
+    ("RS256 verify of the subject token (RSAAlgorithm.verify)", lambda f: f.startswith("RSAAlgorithm.verify (")),
+    ("signing the issued token (*Algorithm.sign)", lambda f: ".sign (jwt/algorithms" in f),
+    ("PyJWT encode (claims JSON, base64, signing)", lambda f: f.startswith("PyJWT.encode (")),
+    ("PyJWT decode (floor only)", lambda f: f.startswith("PyJWT.decode (")),
+    ("prometheus_client (metrics)", lambda f: "prometheus_client/" in f),
+    ("logging (audit records and logs)", lambda f: f.startswith(("Logger.", "Handler.", "StreamHandler."))
+     and "logging/" in f),
+    ("uuid4", lambda f: f.startswith("uuid4 (uuid")),
+    ("json (stdlib)", lambda f: "(json/" in f),
+    ("response write to the socket", lambda f: f.startswith(("write (gunicorn/util", "sendall ("))),
 ]
 
 
+def _frame_key(frame: str) -> str:
+    """"Class.fn (pkg/file.py:123)" -> "Class.fn (pkg/file.py)"."""
+    name, _, loc = frame.partition(" (")
+    return f"{name} ({loc.rsplit(':', 1)[0]})" if loc else name
+
+
 def summarise_stacks(path: Path) -> dict[str, Any]:
-    """Inclusive share of samples per group and the top self-time frames, from py-spy's collapsed stacks."""
+    """Inclusive share of samples per group, the server's own functions by inclusive share, and the top
+    self-time frames, from py-spy's collapsed stacks ("frame;frame;... count")."""
     total = 0
     inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
     self_time: dict[str, int] = {}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [f.strip() for f in stack.split(";")]
-        frames = [f for f in frames if not f.startswith("process ")]  # --subprocesses prefixes the pid
+        frames = [_frame_key(f.strip()) for f in stack.split(";") if not f.startswith("process ")]
+        if not frames:
+            continue
         total += n
-        seen = set()
         for label, pred in PROFILE_GROUPS:
-            if pred is None:
-                continue
-            if any(pred(f) for f in frames) and label not in seen:
+            if any(pred(f) for f in frames):
                 inclusive[label] = inclusive.get(label, 0) + n
-                seen.add(label)
-        if frames:
-            leaf = frames[-1]
-            leaf = leaf.split(":")[0] + ")" if ":" in leaf else leaf  # drop line numbers
-            self_time[leaf] = self_time.get(leaf, 0) + n
-    app = inclusive.get("falcon App.__call__ (whole request in the app)", 0)
-    groups = {label: round(100 * n / total, 1) for label, n in inclusive.items()} if total else {}
-    if total:
-        groups["gunicorn + socket I/O (outside the app)"] = round(100 * (total - app) / total, 1)
-    top = sorted(self_time.items(), key=lambda kv: -kv[1])[:15]
+        for f in set(frames):
+            if ("tokenbridge_exchange/" in f or "tokenbridge/" in f) and not f.startswith(("main (", "<module> (")):
+                own[f] = own.get(f, 0) + n
+        self_time[frames[-1]] = self_time.get(frames[-1], 0) + n
+    if not total:
+        return {"samples": 0}
+    groups = {label: round(100 * inclusive.get(label, 0) / total, 1) for label, _ in PROFILE_GROUPS}
+    groups["outside handle_request (accept, poll, keep-alive, request parsing)"] = round(
+        100 * (total - inclusive.get(HANDLE, 0)) / total, 1)
+    top_own = sorted(own.items(), key=lambda kv: -kv[1])[:14]
+    top_self = sorted(self_time.items(), key=lambda kv: -kv[1])[:12]
     return {"samples": total, "inclusive_pct": groups,
-            "top_self_pct": [(name, round(100 * n / total, 1)) for name, n in top] if total else []}
+            "own_inclusive_pct": [(k, round(100 * v / total, 1)) for k, v in top_own],
+            "top_self_pct": [(k, round(100 * v / total, 1)) for k, v in top_self]}
 
 
 def med(values: list[float]) -> float | None:
@@ -460,7 +478,7 @@ def main(argv: list[str]) -> int:
     import configgen
     plan = {"rounds": 1 if quick else 3, "peak_s": 3 if quick else 8, "warmup_s": 2 if quick else 3,
             "open_rounds": 1 if quick else 2, "open_s": 3 if quick else 8, "variant_rounds": 1 if quick else 2,
-            "variant_s": 3 if quick else 6, "profile_s": 6 if quick else 10, "pool": 500}
+            "variant_s": 2 if quick else 6, "profile_s": 5 if quick else 10, "pool": 500}
     results: dict[str, Any] = {"quick": quick, "plan": plan, "machine": machine(), "source": source_state(),
                                "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     hydra, hydra_how = (None, "skipped (--no-peer)") if args.no_peer else hydra_binary(build=not quick)
@@ -557,7 +575,12 @@ def main(argv: list[str]) -> int:
                     ("tokenbridge-sync", dict(worker_class="sync"))]
         floor_sync = None
         for key, kw in variants:
-            v = start_tokenbridge(work, config.manifest_path.parent, tb_pool, **kw)
+            try:
+                v = start_tokenbridge(work, config.manifest_path.parent, tb_pool, **kw)
+            except Exception as exc:  # a variant failing must not lose the rest of the run
+                log(f"{key} failed to start: {exc}")
+                results.setdefault("variant_errors", {})[key] = str(exc)[-1500:]
+                continue
             targets[key] = v
             v.notes["sanity"] = sanity(v)
             wrk(v, plan["warmup_s"], results)
@@ -573,7 +596,7 @@ def main(argv: list[str]) -> int:
                 f"(baseline beside it {results['peak'][key]['baseline_median_rps']:.0f}/s)")
             targets.pop(key).stop()
         if not quick:
-            floor_sync = start_floor(work, floor_pool_file, "sync")
+            floor_sync = start_floor(work, floor_pool_file, "sync")  # only its peak: how much sync costs the floor
             targets["floor-sync"] = floor_sync
             wrk(floor_sync, plan["warmup_s"], results)
             runs = [wrk(floor_sync, plan["variant_s"], results) for _ in range(plan["variant_rounds"])]
@@ -593,16 +616,17 @@ def main(argv: list[str]) -> int:
             t.stop()
         keep = out_dir / "logs"
         keep.mkdir(exist_ok=True)
-        for f in work.glob("*.log"):
+        for f in [*work.glob("*.log"), *work.glob("*.pyspy.txt")]:
             shutil.copy(f, keep / f.name)
         shutil.rmtree(work, ignore_errors=True)
 
     if not args.no_scale:
         log("scale benchmark (bench/scale.py)")
         wait_quiet(results)
-        scale_args = [PY, str(BENCH / "scale.py"), "--json", str(out_dir / "scale.json")]
+        scale_args = [PY, str(BENCH / "scale.py"), "--json", str(out_dir / "scale.json"), "--max-wait",
+                      str(max(0, WAIT_BUDGET - results.get("waited_for_tests_s", 0)))]
         if quick:
-            scale_args += ["--idps", "1000", "--apps", "10000"]
+            scale_args += ["--idps", "1000", "--apps", "10000", "--no-server", "--requests", "500"]
         proc = subprocess.run(scale_args, capture_output=True, text=True, timeout=600)
         sys.stdout.write(proc.stdout[-3000:])
         if proc.returncode == 0 and (out_dir / "scale.json").exists():
@@ -610,6 +634,8 @@ def main(argv: list[str]) -> int:
         else:
             results["scale"] = {"error": (proc.stderr or proc.stdout)[-2000:]}
 
+    if os.environ.get("TOKENBRIDGE_BENCH_COMMITTED", "").startswith(tempfile.gettempdir()):
+        shutil.rmtree(os.environ["TOKENBRIDGE_BENCH_COMMITTED"], ignore_errors=True)
     results["elapsed_s"] = round(time.monotonic() - t_start)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     import report
