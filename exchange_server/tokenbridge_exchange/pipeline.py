@@ -202,7 +202,8 @@ class Pipeline:
             subject = self._validated(required(form, "assertion"), "assertion", app, now, trace)
         state.idp = subject.provider.label
         state.subject = subject.claims["sub"]
-        state.subject_jti = subject.claims.get("jti")
+        jti = subject.claims.get("jti")
+        state.subject_jti = jti[:256] if isinstance(jti, str) else None
         validated = [subject]
         actor = None
         if grant_type == api.GRANT_TOKEN_EXCHANGE and ("actor_token" in form or "actor_token_type" in form):

@@ -47,7 +47,8 @@ def stack(control_plane, tmp_path_factory, robot_key):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"KUBECONFIG": str(cp.kubeconfig), "TOKENBRIDGE_PUBLIC_ISSUER": base,
-           "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns, "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys"}
+           "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns, "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys",
+           "TOKENBRIDGE_METRICS_PORT": "0"}  # the operator's metrics are not under test here (0: off)
     operator = start(["operator", "--kubeconfig", str(cp.kubeconfig), "--namespace", ns], env, logs / "operator.log")
     server = start(["serve", "--kubernetes", "--kubeconfig", str(cp.kubeconfig), "--bind", f"127.0.0.1:{port}",
                     "--workers", "2"], env, logs / "server.log")
