@@ -429,6 +429,10 @@ def test_server_arguments_and_environment_parse(default_docs, full_docs):
     config = load(container(one(full_docs, "Deployment", f"{PREFIX}-server"))["args"][1:],
                   env_of(one(full_docs, "Deployment", f"{PREFIX}-server")))
     assert (config.jwks_lifespan, config.jwks_max_staleness) == (600, 12 * 3600)
+    # the server's cap on issued tokens is the operator's retention of retired signing keys: one value
+    from tokenbridge_operator.config import OperatorConfig
+    operator = OperatorConfig.from_env(env_of(one(full_docs, "Deployment", f"{PREFIX}-operator")))
+    assert config.max_token_lifetime == operator.max_token_lifetime == 12 * 3600
 
 
 def test_namespace_scope_environment(namespace_docs, helm, tmp):

@@ -90,6 +90,9 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.fetch.allowInsecureHTTP | quote }}
 - name: TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS
   value: {{ include "tokenbridge.clusterIdentityProviders" . | quote }}
+# The server caps issued tokens at it; the operator keeps a retired signing key published that long.
+- name: TOKENBRIDGE_MAX_TOKEN_LIFETIME
+  value: {{ .Values.signing.maxTokenLifetime | quote }}
 {{- end }}
 
 {{/* Pod security context: non-root, RuntimeDefault seccomp. */}}
