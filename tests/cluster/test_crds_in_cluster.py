@@ -328,4 +328,4 @@ def test_explain_shows_field_descriptions(kc):
     out = kc("explain", "oauthapp.spec.credentials.secretName").stdout
     assert "Immutable" in out
     out = kc("explain", "idp.spec.claimMappings").stdout
-    assert "Reserved, not yet enforced" in out
+    assert "InvalidExpression" in out  # the policy fields document how a bad expression shows
