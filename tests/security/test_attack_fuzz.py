@@ -14,8 +14,8 @@ Four generators, one invariant: never a 5xx; every refusal is a JSON body with a
 Plus the positive control: the base token all mutations start from is accepted, so the refusals are not vacuous.
 
 The value spaces exclude what the xfail cases in the other modules already prove broken (deep nesting, duplicate
-member names, non-UTF-8 JSON, ``b64``), so the fuzz keeps looking for new failures; run with TOKENBRIDGE_FUZZ_KNOWN_FINDINGS=1 (and make it the default once those fixes
-land) to fuzz those spaces too.
+member names, non-UTF-8 JSON, ``b64``), so the fuzz keeps looking for new failures; run with
+TOKENBRIDGE_FUZZ_KNOWN_FINDINGS=1 (and make it the default once those fixes land) to fuzz ``b64`` too.
 """
 from __future__ import annotations
 
@@ -327,6 +327,29 @@ def test_fuzz_resigned_header_and_claims(client, world):
 
     run()
     assert outcomes["accepted"] > 0 and outcomes["refused"] > 0, outcomes  # both sides were exercised
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_explain_agrees_with_the_token_endpoint(client, world):
+    """Differential: /oauth2/explain (consume=False) decides exactly what /oauth2/token then does, with the same
+    error code, for the re-signed variants; explain never crashes where the token endpoint does not."""
+    @settings(FUZZ, max_examples=400)
+    @given(signed_variants(world))
+    def run(variant):
+        header, claims = variant
+        form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": jws(header, claims, world.corp.key, "RS256"),
+                "subject_token_type": api.TOKEN_TYPE_JWT}
+        explained = client.simulate_post("/oauth2/explain", body=encode(form),
+                                         headers={**FORM, **basic(CLIENT, SECRET)})
+        assert explained.status_code == 200, explained.text[:500]
+        report = json.loads(explained.text)
+        body = check(post(client, form, {**FORM, **basic(CLIENT, SECRET)}))
+        if report["decision"] == "issue":
+            assert "access_token" in body, (report, body)
+        else:
+            assert report["decision"] == "refused" and report["error"] == body.get("error"), (report, body)
+
+    run()
 
 
 # --- 4. random JWT-looking strings ---------------------------------------------------------------------------
