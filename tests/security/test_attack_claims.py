@@ -20,8 +20,8 @@ ENTRA_ISS = f"https://login.microsoftonline.com/{TENANT}/v2.0"
 
 FINDING_CLIENT_ID_SQUAT = pytest.mark.xfail(strict=True, reason=(
     "FINDING: two applications publishing the same client id: the first listed keeps it, so whoever is listed "
-    "first (any namespace) authenticates as that client id; fix: snapshot.build_snapshot serves neither "
-    "(fail closed) or the oldest by creationTimestamp"))
+    "first (any namespace) authenticates as that client id; fix: snapshot.build_snapshot keeps the application "
+    "with the oldest metadata.creationTimestamp (serves neither when that cannot decide)"))
 
 
 # --- issuer look-alikes --------------------------------------------------------------------------------------
@@ -244,12 +244,17 @@ def test_references_outside_the_namespace_resolve_to_nothing(source, world):
 @pytest.mark.parametrize("order", ["victim-first", pytest.param("squatter-first", marks=FINDING_CLIENT_ID_SQUAT)])
 def test_client_id_squatting_across_namespaces(world, order):
     """team-b publishes team-a's (not secret) client id with its own secret. Whichever order the source lists
-    them in, the squatter's secret must not authenticate as that client id."""
+    them in, the squatter's secret must not authenticate as that client id, and the application that had it first
+    keeps it."""
     victim = app_object("web", CLIENT, SECRET, providers=[{"name": "corp"}])
     squatter = app_object("squatter", CLIENT, "squatter-secret", namespace="team-b", providers=[{"name": "corp"}])
+    victim["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"  # the squatter came later
+    squatter["metadata"]["creationTimestamp"] = "2026-06-01T00:00:00Z"
     apps = [victim, squatter] if order == "victim-first" else [squatter, victim]
     client = client_for(world.source(apps=apps))
     assert_refused(exchange(client, world.team_b.token(), auth=basic(CLIENT, "squatter-secret")), "invalid_client")
+    # ... and the squatter cannot lock the older, rightful owner out either
+    assert_accepted(exchange(client, world.corp.token(), auth=basic(CLIENT, SECRET)))
 
 
 

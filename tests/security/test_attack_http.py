@@ -26,7 +26,7 @@ FINDING_METHOD_CODE = pytest.mark.xfail(strict=True, reason=(
 
 FINDING_SCOPE_SEPARATOR = pytest.mark.xfail(strict=True, reason=(
     "FINDING (low): scope is split on any Unicode whitespace (str.split()), so 'read\\u00a0write' or "
-    "'read\\twrite' is read as two valid scopes; fix: token_endpoint.requested_scopes splits on ' ' only and "
+    "'read\\twrite' is read as two valid scopes; fix: pipeline.requested_scopes splits on ' ' only and "
     "refuses scope tokens outside RFC 6749 §3.3's NQCHAR set as invalid_scope"))
 
 

@@ -36,7 +36,7 @@ FINDING_ENCODING = pytest.mark.xfail(strict=True, reason=(
     "auto-detects encodings of bytes; fix: assertions._json_object decodes strictly as UTF-8 first"))
 FINDING_B64_FALSE = pytest.mark.xfail(strict=True, reason=(
     "FINDING: a JWS header with b64=false (RFC 7797) outside crit is ignored and the token accepted; fix: "
-    "assertions._verify_signature refuses any b64 header member other than true"))
+    "assertions._alg refuses any b64 header member other than true"))
 FINDING_BASE64_ALPHABET = pytest.mark.xfail(strict=True, reason=(
     "FINDING: segments in the standard base64 alphabet (+ /) or with non-zero trailing bits are accepted as "
     "base64url, so one signature has several accepted encodings; fix: assertions._b64decode checks the "
