@@ -76,23 +76,36 @@ FIELDS = ["grant_type", "subject_token", "subject_token_type", "requested_token_
           "resource", "scope", "client_id", "client_secret", "actor_token", "actor_token_type"]
 
 
+def weighted(draw, choices):
+    """Draw from (weight, strategy) pairs: most requests are plausible so they reach the grant logic."""
+    index = draw(st.sampled_from([i for i, (weight, _) in enumerate(choices) for _ in range(weight)]))
+    return draw(choices[index][1])
+
+
 @st.composite
 def requests(draw, world, base):
     interesting = st.sampled_from([
         api.GRANT_TOKEN_EXCHANGE, api.GRANT_JWT_BEARER, api.GRANT_CLIENT_CREDENTIALS, "password", "",
         api.TOKEN_TYPE_JWT, api.TOKEN_TYPE_ID_TOKEN, api.TOKEN_TYPE_ACCESS_TOKEN, "urn:x", base,
-        world.attacker_rsa.token(), world.team_b.token(), "https://api.example.test", "https://other.example.test",
-        "read", "write", "read write", "admin", CLIENT, POST_CLIENT, B_CLIENT, SECRET, POST_SECRET, "x" * 300,
+        world.attacker_rsa.token(), world.team_b.token(), world.corp.token(aud="nope"), world.corp.token(exp=1),
+        "https://api.example.test", "https://other.example.test", "read", "write", "read write", "admin",
+        CLIENT, POST_CLIENT, B_CLIENT, SECRET, POST_SECRET, "x" * 300,
     ])
-    value = st.one_of(interesting, st.text(max_size=40), st.text(alphabet=B64URL + ".", max_size=200))
-    name = st.one_of(st.sampled_from(FIELDS), st.text(max_size=12))
-    pairs = draw(st.lists(st.tuples(name, value), max_size=14))
-    if draw(st.booleans()):  # most requests: a plausible skeleton the fuzz then perturbs
-        skeleton = [("grant_type", draw(interesting)), ("subject_token_type", api.TOKEN_TYPE_JWT),
-                    ("subject_token", draw(interesting))]
-        pairs = skeleton + pairs
-        pairs = draw(st.permutations(pairs))
-    body_kind = draw(st.sampled_from(["form", "form", "form", "raw-text", "raw-bytes", "json"]))
+    value = st.one_of(interesting, interesting, st.text(max_size=40), st.text(alphabet=B64URL + ".", max_size=200))
+    name = st.one_of(st.sampled_from(FIELDS), st.sampled_from(FIELDS), st.text(max_size=12))
+    extra = draw(st.lists(st.tuples(name, value), max_size=draw(st.sampled_from([0, 0, 2, 4, 14]))))
+    grant = draw(st.sampled_from([api.GRANT_TOKEN_EXCHANGE] * 4 + [api.GRANT_JWT_BEARER] * 2
+                                 + [api.GRANT_CLIENT_CREDENTIALS, "password"]))
+    token = draw(st.one_of(st.just(base), interesting, st.text(alphabet=B64URL + ".", max_size=400)))
+    skeleton = {api.GRANT_TOKEN_EXCHANGE: [("subject_token", token), ("subject_token_type", api.TOKEN_TYPE_JWT)],
+                api.GRANT_JWT_BEARER: [("assertion", token)]}.get(grant, [])
+    pairs = [("grant_type", grant)] + skeleton if draw(st.integers(0, 4)) else []
+    if draw(st.integers(0, 3)):  # mostly no repeated names (a repeat is refused before anything else is read)
+        seen = {k for k, _ in pairs}
+        extra = [(k, v) for k, v in extra if not (k in seen or seen.add(k))]
+    pairs += extra
+    pairs = draw(st.permutations(pairs))
+    body_kind = draw(st.sampled_from(["form"] * 7 + ["raw-text", "raw-bytes", "json"]))
     if body_kind == "form":
         body: Any = encode(pairs)
     elif body_kind == "raw-text":
@@ -102,22 +115,25 @@ def requests(draw, world, base):
     else:
         body = json.dumps(dict(pairs))
     headers: dict[str, str] = {}
-    content_type = draw(st.one_of(st.sampled_from([
-        "application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=utf-8",
-        "APPLICATION/X-WWW-FORM-URLENCODED", "application/json", "multipart/form-data; boundary=x", "text/plain",
-        None]), st.text(alphabet=PRINTABLE, max_size=40)))
+    content_type = weighted(draw, [
+        (6, st.just("application/x-www-form-urlencoded")),
+        (2, st.sampled_from(["application/x-www-form-urlencoded; charset=utf-8", "APPLICATION/X-WWW-FORM-URLENCODED",
+                             "application/json", "multipart/form-data; boundary=x", "text/plain", None])),
+        (1, st.text(alphabet=PRINTABLE, max_size=40)),
+    ])
     if content_type is not None:
         headers["Content-Type"] = content_type
     auth_id = draw(st.one_of(st.sampled_from([CLIENT, POST_CLIENT, B_CLIENT, "nobody"]),
                              st.text(PRINTABLE, max_size=20)))
     auth_secret = draw(st.one_of(st.sampled_from([SECRET, POST_SECRET, B_SECRET, "guess", ""]),
                                  st.text(PRINTABLE, max_size=20)))
-    authorization = draw(st.one_of(
-        st.none(),
-        st.just(basic(auth_id, auth_secret)["Authorization"]),
-        st.builds(lambda s: "Basic " + s, st.text(alphabet=B64URL + "+/=", max_size=40)),
-        st.text(alphabet=PRINTABLE, max_size=60),
-    ))
+    authorization = weighted(draw, [
+        (5, st.just(basic(CLIENT, SECRET)["Authorization"])),
+        (2, st.just(basic(auth_id, auth_secret)["Authorization"])),
+        (1, st.none()),
+        (1, st.builds(lambda s: "Basic " + s, st.text(alphabet=B64URL + "+/=", max_size=40))),
+        (1, st.text(alphabet=PRINTABLE, max_size=60)),
+    ])
     if authorization:
         headers["Authorization"] = authorization
     return body, headers, pairs
