@@ -86,7 +86,7 @@ class ControlPlane:
     """Start/stop the three processes; helpers to talk to the API server as the admin user."""
 
     def __init__(self, workdir: Path, bin_dir: Path):
-        self.dir = workdir
+        self.dir = workdir.resolve()  # kubeconfigs name files by absolute path
         self.bin = bin_dir
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
@@ -288,9 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"control plane in {args.dir} stopped")
         return 0
     _down(args.dir)
-    cp = ControlPlane(args.dir, build_binaries()).start()
-    if CRDS.is_dir() and any(CRDS.glob("*.yaml")):
+    cp = ControlPlane(args.dir, build_binaries())
+    try:
+        cp.start()
         cp.install_crds()
+    except BaseException:
+        cp.stop()
+        raise
     print(f"control plane up: {cp.server} (ServiceAccount issuer {cp.issuer})\n"
           f"export KUBECONFIG={cp.kubeconfig}\n"
           f"kubectl: {cp.bin / 'kubectl'}\nstop with: make cluster-down")

@@ -55,3 +55,29 @@ def test_token_request_verifies_against_issuer_discovery(control_plane):
     assert claims["kubernetes.io"]["namespace"] == "idp-check"
     with pytest.raises(jwt.InvalidAudienceError):
         jwt.decode(token, key.key, algorithms=[header["alg"]], audience="someone-else")
+
+
+def test_make_cluster_up_and_down_script(tmp_path, control_plane):
+    """`make cluster-up`/`cluster-down` run this script with a relative --dir; it must leave nothing running."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("controlplane.py")
+    up = subprocess.run([sys.executable, str(script), "up", "--dir", "cp"], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=240)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        kubeconfig = tmp_path / "cp" / "admin.kubeconfig"
+        assert f"export KUBECONFIG={kubeconfig}" in up.stdout
+        out = subprocess.run([str(control_plane.bin / "kubectl"), "--kubeconfig", str(kubeconfig), "get", "crd",
+                              "-o", "name"], capture_output=True, text=True, timeout=60)
+        assert "oauthapplications.tokenbridge.dev" in out.stdout, out.stderr
+        pids = [int((tmp_path / "cp" / f"{name}.pid").read_text())
+                for name in ("etcd", "kube-apiserver", "kube-controller-manager")]
+    finally:
+        down = subprocess.run([sys.executable, str(script), "down", "--dir", "cp"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
