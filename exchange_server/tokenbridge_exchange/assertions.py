@@ -1,7 +1,9 @@
 """Validating an external JWT (RFC 8693 subject token, RFC 7523 assertion) against the IdP its ``iss`` names.
 
-Checks follow RFC 8725: size capped before decoding; ``alg`` must be one of the IdP's asymmetric algorithms (never
-``none`` or HMAC, whatever the key says); ``crit`` is refused; ``jku``/``jwk``/``x5u``/``x5c`` are ignored (keys
+Checks follow RFC 8725: size capped before decoding; segments must be canonical base64url of UTF-8 JSON objects
+with no repeated member names, nested at most :data:`MAX_JSON_DEPTH` deep (checked before parsing, so no hostile
+nesting reaches the recursive parser); ``alg`` must be one of the IdP's asymmetric algorithms (never
+``none`` or HMAC, whatever the key says); ``crit`` is refused, and so is ``b64`` other than true (RFC 7797); ``jku``/``jwk``/``x5u``/``x5c`` are ignored (keys
 only ever come from the IdP's configured JWKS); then signature, ``iss``, ``aud``, ``exp``, ``nbf``, ``iat`` and
 ``maxTokenAge`` and the ``jti`` an IdP may require. Every refusal is :class:`InvalidGrant` with the specific reason;
 each check is one step of the pipeline that the token endpoint and ``explain`` share (:mod:`.trace`).
@@ -12,6 +14,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -33,23 +36,70 @@ class UnverifiedJWT:
     signature: bytes
 
 
+MAX_JSON_DEPTH = 64  # arrays/objects within each other; real tokens nest a few levels
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+class _Duplicate(ValueError):
+    pass
+
+
 def _b64decode(segment: str, what: str) -> bytes:
+    """RFC 7515 §2 base64url: unpadded, the URL-safe alphabet only, zero trailing bits; so each byte string has
+    exactly one accepted spelling (re-encoding the decoded bytes must give the segment back)."""
     if "=" in segment:
         raise InvalidGrant(f"the JWT {what} is not unpadded base64url")
     try:
-        return base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
+        data = base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidGrant(f"the JWT {what} is not base64url: {exc}") from None
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment.encode("ascii"):
+        raise InvalidGrant(f"the JWT {what} is not canonical base64url (characters outside the base64url alphabet "
+                           "or non-zero trailing bits)")
+    return data
 
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")  # RFC 8259 has no NaN or Infinity; Python's json accepts them
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _Duplicate("repeated member name")
+    return obj
+
+
+def too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON ``text`` nests arrays/objects more than ``limit`` deep (brackets inside strings do not count).
+    Almost every token has fewer brackets than the limit in total and costs two ``str.count``; only the rest get the
+    one-pass scan. Unbalanced or unterminated input may count too deep: it is not JSON anyway."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(_b64decode(segment, what), parse_constant=_not_json)
-    except (ValueError, UnicodeDecodeError):
+        text = _b64decode(segment, what).decode("utf-8")  # strict: json.loads(bytes) would guess UTF-16/32
+    except UnicodeDecodeError:
+        raise InvalidGrant(f"the JWT {what} is not UTF-8") from None
+    if too_deep(text):
+        raise InvalidGrant(f"the JWT {what} nests JSON more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        value = json.loads(text, parse_constant=_not_json, object_pairs_hook=_unique_members)
+    except _Duplicate:
+        raise InvalidGrant(f"the JWT {what} repeats a JSON member name") from None
+    except (ValueError, RecursionError):  # RecursionError: cannot happen below the depth cap; never a 500
         raise InvalidGrant(f"the JWT {what} is not JSON") from None
     if not isinstance(value, dict):
         raise InvalidGrant(f"the JWT {what} is not a JSON object")
@@ -103,9 +153,20 @@ def _alg(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[
     alg = token.header.get("alg")
     if not isinstance(alg, str) or alg not in provider.allowed_algorithms:
         raise InvalidGrant(f"alg {alg!r} is not allowed by identity provider {provider.label}")
-    if "crit" in token.header:
-        raise InvalidGrant("JWT header parameters marked crit are not supported")
+    reason = unsupported_header(token.header)
+    if reason:
+        raise InvalidGrant(reason)
     return None, f"{alg} is allowed by identity provider {provider.label}"
+
+
+def unsupported_header(header: dict[str, Any]) -> str | None:
+    """Why a JWS header asks for processing we do not do (``crit``; ``b64`` other than true, RFC 7797: an unencoded
+    payload is never a JWT, and b64 outside crit is malformed), else None."""
+    if "crit" in header:
+        return "JWT header parameters marked crit are not supported"
+    if "b64" in header and header["b64"] is not True:
+        return "the JWT header's b64 member is not true (RFC 7797 unencoded payloads are not supported)"
+    return None
 
 
 def _signature(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
