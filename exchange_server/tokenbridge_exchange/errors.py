@@ -69,8 +69,9 @@ class TemporarilyUnavailable(OAuthError):
         super().__init__(description, headers={"Retry-After": "1"})
 
 
-# falcon's own errors (routing, media) by status; anything else 4xx is a malformed request.
-_FALCON_ERRORS = {404: "not_found", 405: "method_not_allowed"}
+# falcon's own errors (routing, media) by status; anything else 4xx is a malformed request. A wrong method on an
+# OAuth endpoint is invalid_request (RFC 6749 §5.2 has no other code for it), still with status 405 and Allow.
+_FALCON_ERRORS = {404: "not_found", 405: "invalid_request"}
 
 
 def handle_error(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
@@ -80,8 +81,9 @@ def handle_error(req: falcon.Request, resp: falcon.Response, ex: Exception, para
     elif isinstance(ex, falcon.HTTPError):
         status = ex.status_code
         error = _FALCON_ERRORS.get(status, "invalid_request" if status < 500 else "server_error")
-        description = ex.description or ex.title
         headers = dict(ex.headers or {})
+        description = ex.description or (f"method {req.method} is not allowed; use {headers['Allow']}"
+                                         if status == 405 and headers.get("Allow") else ex.title)
     else:
         log.exception("unexpected error in %s %s", req.method, req.path)
         status, error, description, headers = 500, "server_error", "internal error", {}

@@ -20,10 +20,6 @@ FINDING_ROTATION_WORK = pytest.mark.xfail(strict=True, reason=(
     "FINDING (informational): a wrong secret for a client in its rotation grace window is hashed twice, an unknown "
     "client's once; fix: client_auth._secret_matches always does the same comparisons (current and previous, "
     "against _NO_HASH where absent) and combines them without short-circuiting"))
-FINDING_METHOD_CODE = pytest.mark.xfail(strict=True, reason=(
-    "FINDING: a non-POST method on the token endpoint answers error=method_not_allowed, not an RFC 6749 §5.2 "
-    "code; fix: errors._FALCON_ERRORS maps 405 to invalid_request (keeping status 405 and Allow)"))
-
 FINDING_SCOPE_SEPARATOR = pytest.mark.xfail(strict=True, reason=(
     "FINDING (low): scope is split on any Unicode whitespace (str.split()), so 'read\\u00a0write' or "
     "'read\\twrite' is read as two valid scopes; fix: pipeline.requested_scopes splits on ' ' only and "
@@ -320,7 +316,6 @@ def test_other_methods_on_the_token_endpoint_are_refused(client, world, method):
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
-@FINDING_METHOD_CODE
 def test_other_methods_answer_an_oauth_error_code(client, world, method):
     assert_refused(_other_method(client, world, method), "invalid_request", status=405)
 

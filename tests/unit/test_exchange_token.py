@@ -325,7 +325,7 @@ def test_body_not_utf8(client):
 
 def test_method_not_allowed_and_not_found_are_json(client):
     result = client.simulate_get("/oauth2/token")
-    assert_error(result, 405, "method_not_allowed")
+    assert_error(result, 405, "invalid_request", "method GET is not allowed")  # RFC 6749 §5.2 has no other code
     assert "POST" in result.headers["Allow"]
     assert_error(client.simulate_get("/nowhere"), 404, "not_found")
 
