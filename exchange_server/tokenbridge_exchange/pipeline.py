@@ -8,6 +8,7 @@ and the replay cache is written last, once everything else has passed, so a refu
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 SUBJECT_TOKEN_TYPES = frozenset({api.TOKEN_TYPE_JWT, api.TOKEN_TYPE_ID_TOKEN, api.TOKEN_TYPE_ACCESS_TOKEN})
 ISSUED_TOKEN_TYPES = frozenset({api.TOKEN_TYPE_ACCESS_TOKEN, api.TOKEN_TYPE_JWT})
 MAX_ACT_DEPTH = 8
+# RFC 6749 §3.3: scope = scope-token *( SP scope-token ), scope-token = 1*NQCHAR (%x21 / %x23-5B / %x5D-7E)
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 
 Form = dict[str, list[str]]
 
@@ -83,12 +86,16 @@ def requested_audiences(form: Form, app: Application) -> tuple[tuple[str, ...], 
 
 
 def requested_scopes(form: Form, app: Application) -> tuple[tuple[str, ...], str]:
-    """The requested scopes (RFC 6749 §3.3), all within the application's; none requested means all of them."""
+    """The requested scopes (RFC 6749 §3.3: NQCHAR tokens separated by single spaces), all within the
+    application's; none requested means all of them."""
     scope = single(form, "scope")
     if scope is None:
         scopes = tuple(sorted(app.scopes))
         return scopes, (" ".join(scopes) or "none") + " (the client's default)"
-    requested = tuple(dict.fromkeys(scope.split()))
+    if not _SCOPE.fullmatch(scope):  # not str.split(): other whitespace is no separator, and no scope token's
+        raise InvalidScope(f"scope {scope[:200]!r} is not scope tokens (printable ASCII other than \" and \\) "
+                           "separated by single spaces (RFC 6749 §3.3)")
+    requested = tuple(dict.fromkeys(scope.split(" ")))
     unknown = [s for s in requested if s not in app.scopes]
     if unknown:
         raise InvalidScope(f"scope {' '.join(unknown)!r} is not allowed for this client")
