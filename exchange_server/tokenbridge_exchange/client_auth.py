@@ -2,17 +2,19 @@
 
 ``client_secret_basic`` and ``client_secret_post`` against the hash the operator publishes in the application's
 status; the previous secret stays valid until its grace window ends. A client uses exactly one method, the one
-it is registered for. Unknown clients cost the same hash comparison as known ones.
+it is registered for. Every attempt costs the same: the presented secret is hashed once and compared in constant
+time with two hashes (current and previous, a placeholder where there is none), whether the client exists, is
+rotating or not, so timing tells nothing about either.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 from typing import Any, Mapping
 from urllib.parse import unquote_plus
 
-from tokenbridge import api
-from tokenbridge.client_secrets import verify_client_secret
+from tokenbridge import api, client_secrets
 
 from .errors import InvalidClient, InvalidRequest
 from .snapshot import Application, Snapshot
@@ -35,15 +37,23 @@ def _basic_credentials(header: str) -> tuple[str, str]:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
+def _usable(secret_hash: Any) -> bool:
+    """A published hash we can compare with (compare_digest takes ASCII strings only)."""
+    return isinstance(secret_hash, str) and secret_hash.isascii() and secret_hash.startswith(client_secrets.HASH_PREFIX)
+
+
 def _secret_matches(app: Application | None, secret: str, now: float) -> bool:
-    if app is None:
-        verify_client_secret(secret, _NO_HASH)  # same work as for a real client
-        return False
-    if verify_client_secret(secret, app.secret_hash):
-        return True
-    expires = app.previous_secret_expires_at
-    return bool(app.previous_secret_hash and expires is not None and now < expires
-                and verify_client_secret(secret, app.previous_secret_hash))
+    """Always one hash and two constant-time comparisons, combined without short-circuiting."""
+    presented = client_secrets.hash_client_secret(secret)
+    current = app.secret_hash if app is not None and _usable(app.secret_hash) else None
+    previous = None
+    if app is not None and _usable(app.previous_secret_hash):
+        expires = app.previous_secret_expires_at
+        in_grace = expires is not None and now < expires
+        previous = app.previous_secret_hash if in_grace else None
+    current_ok = hmac.compare_digest(presented, current or _NO_HASH)
+    previous_ok = hmac.compare_digest(presented, previous or _NO_HASH)
+    return (current_ok & (current is not None)) | (previous_ok & (previous is not None))
 
 
 def authenticate(authorization: str | None, form: Mapping[str, list[str]], snapshot: Snapshot,

@@ -16,11 +16,6 @@ from attack_support import (CLIENT, FORM, POST_CLIENT, POST_SECRET, SECRET, app_
                             basic, encode, exchange, post)
 from tokenbridge import api
 
-FINDING_ROTATION_WORK = pytest.mark.xfail(strict=True, reason=(
-    "FINDING (informational): a wrong secret for a client in its rotation grace window is hashed twice, an unknown "
-    "client's once; fix: client_auth._secret_matches always does the same comparisons (current and previous, "
-    "against _NO_HASH where absent) and combines them without short-circuiting"))
-
 
 def exchange_form(world, **overrides):
     form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": world.corp.token(),
@@ -79,7 +74,8 @@ def test_no_client_enumeration(client, world, method):
 @pytest.mark.parametrize("client_id, secret", [(CLIENT, "guess"), ("tb-does-not-exist", "guess"), (CLIENT, SECRET)])
 def test_secrets_are_compared_with_compare_digest_at_equal_cost(client, world, monkeypatch, client_id, secret):
     """The code path: every attempt, for a known client or not, hashes the presented secret once and compares
-    it with hmac.compare_digest (constant time) once; no other comparison of secrets happens."""
+    it with hmac.compare_digest (constant time) exactly twice (current and previous secret, a placeholder hash
+    where there is none); no other comparison of secrets happens."""
     digests, compares = [], []
     real_hash, real_compare = client_secrets.hash_client_secret, hmac.compare_digest
 
@@ -100,29 +96,35 @@ def test_secrets_are_compared_with_compare_digest_at_equal_cost(client, world, m
         assert_refused(result, "invalid_client")
     assert digests == [secret]
     secret_compares = [c for c in compares if any(str(x).startswith(client_secrets.HASH_PREFIX) for x in c)]
-    assert secret_compares and secret_compares[0][0] == real_hash(secret)
-    assert len(secret_compares) == 1, secret_compares
+    assert all(presented == real_hash(secret) for presented, _ in secret_compares), secret_compares
+    assert len(secret_compares) == 2, secret_compares
 
 
-@FINDING_ROTATION_WORK
 def test_client_in_rotation_costs_the_same_as_an_unknown_client(world, monkeypatch):
-    """During a secret rotation's grace window a wrong secret for that client is hashed twice (current, then
-    previous) while an unknown client costs one hash: a (tiny) timing difference that tells a guesser the client
-    exists and is rotating. Every attempt should do the same work."""
-    rotating = app_object("web", CLIENT, SECRET, providers=[{"name": "corp"}],
-                          status={"previousClientSecretHash": client_secrets.hash_client_secret("old-secret"),
-                                  "previousClientSecretExpiresAt": "2027-01-18T08:00:00Z"})  # NOW + 3 days
-    client = client_for(world.source(apps=[rotating]))
+    """During a secret rotation's grace window a wrong secret for that client was hashed twice (current, then
+    previous) while an unknown client cost one hash: a (tiny) timing difference that told a guesser the client
+    exists and is rotating. Every attempt does the same work: a client in its grace window, one whose grace window
+    has ended, one that never rotated and one that does not exist."""
+    old = {"previousClientSecretHash": client_secrets.hash_client_secret("old-secret")}
+    apps = [app_object("web", CLIENT, SECRET, providers=[{"name": "corp"}],
+                       status={**old, "previousClientSecretExpiresAt": "2027-01-18T08:00:00Z"}),  # NOW + 3 days
+            app_object("expired", "tb-expired", SECRET, providers=[{"name": "corp"}],
+                       status={**old, "previousClientSecretExpiresAt": "2027-01-14T08:00:00Z"}),  # NOW - 1 day
+            app_object("plain", "tb-plain", SECRET, providers=[{"name": "corp"}])]
+    client = client_for(world.source(apps=apps))
     assert_accepted(exchange(client, world.corp.token(), auth=basic(CLIENT, "old-secret")))  # in grace
-    counts = {}
-    real_hash = client_secrets.hash_client_secret
-    for who in (CLIENT, "tb-does-not-exist"):
-        calls = []
+    assert_refused(exchange(client, world.corp.token(), auth=basic("tb-expired", "old-secret")), "invalid_client")
+    work = {}
+    real_hash, real_compare = client_secrets.hash_client_secret, hmac.compare_digest
+    for who in (CLIENT, "tb-expired", "tb-plain", "tb-does-not-exist"):
+        hashes, compares = [], []
         monkeypatch.setattr(client_secrets, "hash_client_secret",
-                            lambda v, calls=calls: calls.append(v) or real_hash(v))
+                            lambda v, hashes=hashes: hashes.append(v) or real_hash(v))
+        monkeypatch.setattr(client_secrets.hmac, "compare_digest",
+                            lambda a, b, compares=compares: compares.append(a) or real_compare(a, b))
         assert_refused(exchange(client, world.corp.token(), auth=basic(who, "guess")), "invalid_client")
-        counts[who] = len(calls)
-    assert counts[CLIENT] == counts["tb-does-not-exist"], counts
+        work[who] = (len(hashes), len([a for a in compares if str(a).startswith(client_secrets.HASH_PREFIX)]))
+    assert len(set(work.values())) == 1, work
 
 
 @pytest.mark.parametrize("authorization", [
