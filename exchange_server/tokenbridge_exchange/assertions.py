@@ -2,11 +2,12 @@
 
 Checks follow RFC 8725: size capped before decoding; segments must be canonical base64url of UTF-8 JSON objects
 with no repeated member names, nested at most :data:`MAX_JSON_DEPTH` deep (checked before parsing, so no hostile
-nesting reaches the recursive parser); ``alg`` must be one of the IdP's asymmetric algorithms (never
-``none`` or HMAC, whatever the key says); ``crit`` is refused, and so is ``b64`` other than true (RFC 7797); ``jku``/``jwk``/``x5u``/``x5c`` are ignored (keys
-only ever come from the IdP's configured JWKS); then signature, ``iss``, ``aud``, ``exp``, ``nbf``, ``iat`` and
-``maxTokenAge`` and the ``jti`` an IdP may require. Every refusal is :class:`InvalidGrant` with the specific reason;
-each check is one step of the pipeline that the token endpoint and ``explain`` share (:mod:`.trace`).
+nesting reaches the recursive parser); ``alg`` must be one of the IdP's asymmetric algorithms (never ``none`` or
+HMAC, whatever the key says); ``crit`` is refused, and so is ``b64`` other than true (RFC 7797);
+``jku``/``jwk``/``x5u``/``x5c`` are ignored (keys only ever come from the IdP's configured JWKS); then signature,
+``iss``, ``aud``, ``exp``, ``nbf``, ``iat`` and ``maxTokenAge`` and the ``jti`` an IdP may require. Every refusal is
+:class:`InvalidGrant` with the specific reason; each check is one step of the pipeline that the token endpoint
+and ``explain`` share (:mod:`.trace`).
 """
 from __future__ import annotations
 

@@ -184,6 +184,36 @@ def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvide
     )
 
 
+def _created(obj: Mapping[str, Any]) -> float | None:
+    try:
+        return _timestamp((obj.get("metadata") or {}).get("creationTimestamp"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _client_id_owner(client_id: str, claimants: list[tuple[Application, float | None]],
+                     skipped: list[str]) -> Application | None:
+    """Several applications publish one client id (a copied status, or a squatter in another namespace): the one
+    created first keeps it, whatever order they are listed in; when creation times cannot decide (missing, equal),
+    none of them is served. The others are left out with the reason, and the conflict is logged as a warning."""
+    labels = ", ".join(sorted(app.label for app, _ in claimants))
+    times = [created for _, created in claimants]
+    oldest = min((t for t in times if t is not None), default=None)
+    owner = None
+    if None not in times and times.count(oldest) == 1:
+        owner = claimants[times.index(oldest)][0]
+    log.warning("client id %s is claimed by several applications (%s): %s", client_id, labels,
+                f"serving {owner.label}, created first" if owner else
+                "creation times do not tell which had it first, serving none of them")
+    for app, _ in claimants:
+        if app is owner:
+            continue
+        skipped.append(f"{api.KIND_APP} {app.label}: client id {client_id} is also claimed by "
+                       + (f"{owner.label}, created earlier" if owner else
+                          f"{labels} and creation times do not tell which had it first"))
+    return owner
+
+
 def build_snapshot(
     *,
     identity_providers: Iterable[Mapping[str, Any]],
@@ -206,7 +236,7 @@ def build_snapshot(
                 skipped.append(f"{kind} {namespace}/{name}: {exc}")
                 continue
             providers[provider.ref] = provider
-    apps: dict[str, Application] = {}
+    claims: dict[str, list[tuple[Application, float | None]]] = {}
     for obj in applications:
         namespace, name = _meta(obj)
         try:
@@ -214,12 +244,12 @@ def build_snapshot(
         except Exception as exc:
             skipped.append(f"{api.KIND_APP} {namespace}/{name}: {exc}")
             continue
-        if app.client_id in apps:
-            other = apps[app.client_id]
-            skipped.append(f"{api.KIND_APP} {namespace}/{name}: client id {app.client_id} is already used by "
-                           f"{other.namespace}/{other.name}")
-            continue
-        apps[app.client_id] = app
+        claims.setdefault(app.client_id, []).append((app, _created(obj)))
+    apps: dict[str, Application] = {}
+    for client_id, claimants in claims.items():
+        owner = claimants[0][0] if len(claimants) == 1 else _client_id_owner(client_id, claimants, skipped)
+        if owner is not None:
+            apps[client_id] = owner
     cache.retain([p.keys for p in providers.values() if isinstance(p.keys, RemoteKeys)])
     _policies = used
     for reason in skipped:

@@ -18,11 +18,6 @@ CORP = "https://idp.example.test"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 ENTRA_ISS = f"https://login.microsoftonline.com/{TENANT}/v2.0"
 
-FINDING_CLIENT_ID_SQUAT = pytest.mark.xfail(strict=True, reason=(
-    "FINDING: two applications publishing the same client id: the first listed keeps it, so whoever is listed "
-    "first (any namespace) authenticates as that client id; fix: snapshot.build_snapshot keeps the application "
-    "with the oldest metadata.creationTimestamp (serves neither when that cannot decide)"))
-
 
 # --- issuer look-alikes --------------------------------------------------------------------------------------
 
@@ -241,7 +236,7 @@ def test_references_outside_the_namespace_resolve_to_nothing(source, world):
     assert len(web.providers) == 6  # corp, ec-corp, ed-corp, strict, partner and the cluster IdP entra
 
 
-@pytest.mark.parametrize("order", ["victim-first", pytest.param("squatter-first", marks=FINDING_CLIENT_ID_SQUAT)])
+@pytest.mark.parametrize("order", ["victim-first", "squatter-first"])
 def test_client_id_squatting_across_namespaces(world, order):
     """team-b publishes team-a's (not secret) client id with its own secret. Whichever order the source lists
     them in, the squatter's secret must not authenticate as that client id, and the application that had it first
@@ -255,6 +250,26 @@ def test_client_id_squatting_across_namespaces(world, order):
     assert_refused(exchange(client, world.team_b.token(), auth=basic(CLIENT, "squatter-secret")), "invalid_client")
     # ... and the squatter cannot lock the older, rightful owner out either
     assert_accepted(exchange(client, world.corp.token(), auth=basic(CLIENT, SECRET)))
+
+
+@pytest.mark.parametrize("times", ["equal", "squatter-missing", "victim-missing", "both-missing", "malformed"])
+def test_client_id_claimed_twice_without_a_clear_first_is_served_to_nobody(world, times):
+    """When creation times cannot tell which application had the client id first, neither secret authenticates
+    as it (failing closed), and the conflict is in the snapshot's skipped reasons for both."""
+    victim = app_object("web", CLIENT, SECRET, providers=[{"name": "corp"}])
+    squatter = app_object("squatter", CLIENT, "squatter-secret", namespace="team-b", providers=[{"name": "corp"}])
+    early, late = "2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z"
+    stamps = {"equal": (early, early), "squatter-missing": (early, None), "victim-missing": (None, late),
+              "both-missing": (None, None), "malformed": (early, "yesterday")}[times]
+    for obj, stamp in zip((victim, squatter), stamps):
+        if stamp:
+            obj["metadata"]["creationTimestamp"] = stamp
+    source = world.source(apps=[squatter, victim])
+    client = client_for(source)
+    assert_refused(exchange(client, world.corp.token(), auth=basic(CLIENT, SECRET)), "invalid_client")
+    assert_refused(exchange(client, world.team_b.token(), auth=basic(CLIENT, "squatter-secret")), "invalid_client")
+    conflicts = [s for s in source.current().skipped if f"client id {CLIENT}" in s]
+    assert len(conflicts) == 2 and any("team-a/web" in s for s in conflicts), conflicts
 
 
 
