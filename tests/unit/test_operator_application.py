@@ -6,7 +6,8 @@ import pytest
 
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge_operator.handlers.application import (
-    ANNOTATION_ROTATED_FOR, ReadinessBoard, check_references, plan_credentials, reconcile, reference_keys,
+    ANNOTATION_ROTATED_FOR, ReadinessBoard, check_references, client_id_conflict, plan_credentials, reconcile,
+    reference_keys,
 )
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
@@ -44,9 +45,14 @@ class FakeSecrets:
         self.writes += 1
 
 
-def run(application, secrets, lookup=lambda key: READY_IDP, now=T0, cluster=True):
+def run(application, secrets, lookup=lambda key: READY_IDP, now=T0, cluster=True, holders=None):
     return reconcile(application, read_secret=secrets.read, write_secret=secrets.write, lookup_idp=lookup,
-                     cluster_identity_providers=cluster, token_endpoint=ENDPOINT, grace=3600, now=now)
+                     cluster_identity_providers=cluster, token_endpoint=ENDPOINT, grace=3600, now=now,
+                     client_id_holders=holders)
+
+
+def nobody_else(client_id):
+    return []
 
 
 def test_first_run_creates_an_owned_secret_and_publishes_only_the_hash():
@@ -79,7 +85,9 @@ def test_rerun_changes_nothing():
 def test_lost_status_is_rebuilt_from_the_owned_secret():
     secrets = FakeSecrets()
     first = run(app(), secrets)
-    rebuilt = run(app(), secrets)
+    asked = []
+    rebuilt = run(app(), secrets, holders=lambda client_id: asked.append(client_id) or [app(status=first.status)])
+    assert asked == [first.status["clientID"]]  # the only holder is the application itself
     assert secrets.writes == 1
     assert rebuilt.status["clientID"] == first.status["clientID"]
     assert rebuilt.status["clientSecretHash"] == first.status["clientSecretHash"]
@@ -238,3 +246,106 @@ def test_a_valid_condition_changes_nothing():
     assert with_.ready and with_.invalid_expression is None
     assert [e[:2] for e in with_.events] == [e[:2] for e in without.events]
     assert set(with_.status) == set(without.status)
+
+
+# --- a client id in the Secret that another application already has ---------------------------------------------
+
+def other_app(client_id, namespace="victims", name="web", uid="victim-uid"):
+    return {"metadata": {"name": name, "namespace": namespace, "uid": uid}, "status": {"clientID": client_id}}
+
+
+def squatting_secret(secrets, client_id, secret="known-to-the-squatter"):
+    """What a user who may create Secrets can pre-create: the victim's (public) client id, an ownerReference to
+    their own application (its uid is public too), before the operator ever reconciles that application."""
+    secrets.items[("team", "web-creds")] = {
+        "metadata": {"name": "web-creds", "namespace": "team", "ownerReferences": [
+            {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication", "name": "web", "uid": UID,
+             "controller": True, "blockOwnerDeletion": True}]},
+        "data": {"client_id": base64.b64encode(client_id.encode()).decode(),
+                 "client_secret": base64.b64encode(secret.encode()).decode()}}
+
+
+def test_a_client_id_another_application_has_is_not_taken_over():
+    secrets = FakeSecrets()
+    squatting_secret(secrets, "tb-victim")
+    outcome = run(app(), secrets, holders=lambda client_id: [other_app(client_id)])
+    values = decode(secrets.items[("team", "web-creds")])
+    assert values["client_id"] != "tb-victim" and values["client_id"].startswith("tb-")
+    assert values["client_secret"] != "known-to-the-squatter"  # the planted secret is not kept either
+    assert outcome.status["clientID"] == values["client_id"]
+    assert outcome.status["clientSecretHash"] == hash_client_secret(values["client_secret"])
+    warning = next(e for e in outcome.events if e[1] == "ClientIDConflict")
+    assert warning[0] == "Warning" and "tb-victim" in warning[2] and "victims/web" in warning[2]
+    assert outcome.ready  # the application works, with credentials of its own
+    again = run(app(status=outcome.status), secrets, holders=lambda client_id: pytest.fail("listed again"))
+    assert again.events == [] and again.status["clientID"] == values["client_id"]
+
+
+@pytest.mark.parametrize("holders", ["none-available", "forbidden"])
+def test_a_client_id_that_cannot_be_checked_is_not_taken_over(holders):
+    """Failing closed: without a listing of every namespace's applications (no client, RBAC of a namespace-scoped
+    install), the Secret's client id is not adopted; the application gets its own."""
+    class Forbidden(Exception):
+        status, reason = 403, "Forbidden"
+
+    def forbidden(client_id):
+        raise Forbidden()
+
+    secrets = FakeSecrets()
+    squatting_secret(secrets, "tb-victim")
+    outcome = run(app(), secrets, holders=None if holders == "none-available" else forbidden)
+    assert outcome.status["clientID"] != "tb-victim" and outcome.ready
+    assert "ClientIDConflict" in [e[1] for e in outcome.events]
+
+
+def test_other_listing_errors_propagate_to_be_retried():
+    class Unavailable(Exception):
+        status = 503
+
+    def unavailable(client_id):
+        raise Unavailable()
+
+    secrets = FakeSecrets()
+    squatting_secret(secrets, "tb-victim")
+    with pytest.raises(Unavailable):
+        run(app(), secrets, holders=unavailable)
+    assert secrets.writes == 0
+
+
+def test_listing_happens_only_when_a_client_id_would_be_taken_over():
+    secrets = FakeSecrets()
+    never = lambda client_id: pytest.fail("listed")  # noqa: E731
+    first = run(app(), secrets, holders=never)  # no Secret yet: a new client id
+    run(app(status=first.status), secrets, holders=never)  # status has it
+    secrets.items.clear()
+    run(app(status=first.status), secrets, holders=never)  # Secret lost, status has it
+
+
+def test_the_conflict_decision():
+    me = app()
+    assert client_id_conflict(me, "tb-x", nobody_else) is None
+    assert client_id_conflict(me, "tb-x", lambda c: [me]) is None  # itself
+    assert client_id_conflict(me, "tb-x", lambda c: [me, other_app(c), other_app(c, "b", "z", "u2")]) == \
+        "OAuthApplication b/z, victims/web already has it"
+    assert "no OAuthApplication listing is available" in client_id_conflict(me, "tb-x", None)  # fails closed
+
+
+def test_by_default_the_applications_are_listed_with_the_operator_client():
+    """main.py passes ``memo.kube.read_secret``: the Kube it belongs to lists OAuthApplications in all namespaces."""
+    calls = []
+
+    class Custom:
+        def list_cluster_custom_object(self, group, version, plural, _request_timeout=None):
+            calls.append((group, version, plural, _request_timeout))
+            return {"items": [other_app("tb-victim"), other_app("tb-other", uid="u3")]}
+
+    class Kube(FakeSecrets):
+        custom, timeout = Custom(), 7.0
+
+    kube = Kube()
+    squatting_secret(kube, "tb-victim")
+    outcome = reconcile(app(), read_secret=kube.read, write_secret=kube.write, lookup_idp=lambda key: READY_IDP,
+                        cluster_identity_providers=True, token_endpoint=ENDPOINT, grace=60, now=T0)
+    assert calls == [("tokenbridge.dev", "v1alpha1", "oauthapplications", 7.0)]
+    assert outcome.status["clientID"] != "tb-victim"
+    assert "victims/web" in next(e[2] for e in outcome.events if e[1] == "ClientIDConflict")

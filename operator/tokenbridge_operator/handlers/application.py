@@ -4,7 +4,10 @@ The Secret is the source of truth for the credentials; status publishes ``client
 exchange server. Re-running (restart, resume, an unrelated edit) finds a Secret owned by this application and
 changes nothing. ``tokenbridge.dev/rotate-secret`` with a value not seen before makes a new secret; the value acted
 on is remembered on the Secret (annotation ``tokenbridge.dev/rotated-for``) and the previous hash stays valid for
-the grace period. The secret itself is never logged, put in status or in an Event. An application whose
+the grace period. A client id is taken from the Secret (status lost, or never written after the Secret was) only
+when no other OAuthApplication already publishes it: a Secret pre-created with someone else's client id (and an
+ownerReference to the squatting application) gets a new client id and secret instead, with a ``ClientIDConflict``
+Warning. The secret itself is never logged, put in status or in an Event. An application whose
 ``condition`` does not compile is left alone (no Secret read or written) and is ``InvalidExpression`` until its spec
 changes.
 """
@@ -19,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from tokenbridge.api import (
     ANNOTATION_ROTATE_SECRET, API_VERSION, COND_CREDENTIALS_READY, COND_READY, COND_REFERENCES_RESOLVED, GROUP,
-    KIND_APP, KIND_CLUSTER_IDP, KIND_IDP, LABEL_MANAGED_BY, MANAGED_BY,
+    KIND_APP, KIND_CLUSTER_IDP, KIND_IDP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL_APP, VERSION,
 )
 from tokenbridge.client_secrets import generate_client_id, generate_client_secret, hash_client_secret
 from tokenbridge.conditions import FALSE, TRUE, get_condition, rfc3339, set_condition
@@ -47,6 +50,7 @@ CREDENTIALS_CREATED = "CredentialsCreated"
 CREDENTIALS_RECREATED = "CredentialsRecreated"
 CREDENTIALS_ROTATED = "CredentialsRotated"
 ROTATION_GRACE_ENDED = "RotationGraceEnded"
+CLIENT_ID_CONFLICT = "ClientIDConflict"
 
 NORMAL = "Normal"
 WARNING = "Warning"
@@ -156,9 +160,22 @@ def _parse_time(text: str | None) -> datetime | None:
         return None
 
 
+def secret_client_id(app: Mapping[str, Any], status: Mapping[str, Any], secret: Mapping[str, Any] | None) -> str | None:
+    """The client id :func:`plan_credentials` would take over from the Secret (none in status, the Secret is this
+    application's), else None: the one case where another application's claim to it must be checked first."""
+    if status.get("clientID") or secret is None or not owns(secret, app["metadata"]["uid"]):
+        return None
+    return _decode(secret.get("data"), KEY_CLIENT_ID) or None
+
+
 def plan_credentials(app: Mapping[str, Any], status: Mapping[str, Any], secret: Mapping[str, Any] | None, *,
-                     token_endpoint: str | None, grace: float, now: datetime) -> CredentialsPlan:
-    """Decide the credentials for ``app`` (its metadata and spec) given the current Secret (or None). Pure."""
+                     token_endpoint: str | None, grace: float, now: datetime,
+                     client_id_conflict: str | None = None) -> CredentialsPlan:
+    """Decide the credentials for ``app`` (its metadata and spec) given the current Secret (or None). Pure.
+
+    ``client_id_conflict``: why the Secret's client id (:func:`secret_client_id`) may not be taken over (another
+    application has it, or that could not be checked); the application then gets a new client id and a new secret
+    (the Secret's may be known to whoever put that client id there)."""
     meta = app["metadata"]
     secret_name = app["spec"]["credentials"]["secretName"]
     rotate_value = (meta.get("annotations") or {}).get(ANNOTATION_ROTATE_SECRET)
@@ -175,7 +192,13 @@ def plan_credentials(app: Mapping[str, Any], status: Mapping[str, Any], secret: 
     handled = ((secret or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_ROTATED_FOR)
     previous_hash, previous_expiry = status.get("previousClientSecretHash"), status.get("previousClientSecretExpiresAt")
 
-    if current is None:
+    if client_id_conflict is not None and client_id == secret_client_id(app, status, secret):
+        events.append((WARNING, CLIENT_ID_CONFLICT, f"Secret {secret_name} holds client id {client_id}, which was "
+                       f"not taken over: {client_id_conflict}; issued a new client id and secret"))
+        client_id, current = generate_client_id(), generate_client_secret()
+        previous_hash = previous_expiry = None
+        handled = rotate_value
+    elif current is None:
         current = generate_client_secret()
         previous_hash = previous_expiry = None  # whatever the lost Secret held is gone with it
         handled = rotate_value
@@ -264,11 +287,54 @@ def ready_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[
     return [(NORMAL if after["status"] == TRUE else WARNING, after["reason"], after["message"])]
 
 
+ClientIDHolders = Callable[[str], Iterable[Mapping[str, Any]]]  # client id -> the OAuthApplications publishing it
+
+
+def list_client_id_holders(custom_objects: Any, timeout: float | None = None) -> ClientIDHolders:
+    """The OAuthApplications in every namespace whose status publishes a client id, listed with a
+    ``kubernetes.client.CustomObjectsApi`` (the operator's own client; RBAC: list oauthapplications)."""
+    def holders(client_id: str) -> list[Mapping[str, Any]]:
+        listed = custom_objects.list_cluster_custom_object(GROUP, VERSION, PLURAL_APP, _request_timeout=timeout)
+        return [item for item in listed.get("items") or ()
+                if (item.get("status") or {}).get("clientID") == client_id]
+    return holders
+
+
+def client_id_conflict(app: Mapping[str, Any], client_id: str, holders: ClientIDHolders | None) -> str | None:
+    """Why ``app`` may not take over ``client_id`` from its Secret: the other OAuthApplications that already
+    publish it, or that this cannot be checked (no way to list, or the listing is forbidden); None when it may."""
+    if holders is None:
+        return "no OAuthApplication listing is available to check that no other application has it"
+    try:
+        found = list(holders(client_id))
+    except Exception as exc:
+        if getattr(exc, "status", None) in (401, 403):  # a namespace-scoped install: fail closed, do not retry
+            return f"OAuthApplications in all namespaces cannot be listed to check that no other application has " \
+                   f"it ({exc.status} {getattr(exc, 'reason', '')})".rstrip()
+        raise  # anything else is an API error like any other: retried
+    uid = app["metadata"]["uid"]
+    others = sorted(f"{(o.get('metadata') or {}).get('namespace')}/{(o.get('metadata') or {}).get('name')}"
+                    for o in found if (o.get("metadata") or {}).get("uid") != uid)
+    return f"OAuthApplication {', '.join(others)} already has it" if others else None
+
+
+def _default_holders(read_secret: Callable[..., Any]) -> ClientIDHolders | None:
+    """The operator passes its client's ``read_secret`` (:class:`tokenbridge_operator.kube.Kube`): the same client
+    lists the applications, unless the caller passes ``client_id_holders`` itself."""
+    kube = getattr(read_secret, "__self__", None)
+    custom = getattr(kube, "custom", None)
+    return list_client_id_holders(custom, getattr(kube, "timeout", None)) if custom is not None else None
+
+
 def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mapping[str, Any] | None],
               write_secret: Callable[[dict[str, Any], bool], None],
               lookup_idp: Callable[[IdPKey], Mapping[str, Any] | None], cluster_identity_providers: bool,
-              token_endpoint: str | None, grace: float, now: datetime) -> Outcome:
-    """One pass over an application (``app`` = metadata, spec, status). Kubernetes errors propagate."""
+              token_endpoint: str | None, grace: float, now: datetime,
+              client_id_holders: ClientIDHolders | None = None) -> Outcome:
+    """One pass over an application (``app`` = metadata, spec, status). Kubernetes errors propagate.
+
+    ``client_id_holders`` is asked only when the client id would be taken over from the Secret (rare: status lost,
+    or a Secret that was there first); by default the applications are listed with ``read_secret``'s client."""
     meta, spec, status = app["metadata"], app["spec"], app.get("status") or {}
     problem = invalid_expression(spec, KIND_APP)
     if problem is not None:
@@ -277,7 +343,12 @@ def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mappi
         new = {"observedGeneration": meta.get("generation"), "conditions": conditions}
         return Outcome(new, ready_events(status, new), False, None, problem)
     secret = read_secret(meta["namespace"], spec["credentials"]["secretName"])
-    plan = plan_credentials(app, status, secret, token_endpoint=token_endpoint, grace=grace, now=now)
+    adopted = secret_client_id(app, status, secret)
+    conflict = None
+    if adopted is not None:
+        conflict = client_id_conflict(app, adopted, client_id_holders or _default_holders(read_secret))
+    plan = plan_credentials(app, status, secret, token_endpoint=token_endpoint, grace=grace, now=now,
+                            client_id_conflict=conflict)
     if plan.secret is not None:
         write_secret(plan.secret, plan.create)
     references = check_references(meta["namespace"], spec.get("identityProviders"), lookup_idp,
