@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import math
 import re
@@ -38,8 +39,12 @@ class UnverifiedJWT:
 
 
 MAX_JSON_DEPTH = 64  # arrays/objects within each other; real tokens nest a few levels
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # UTF-8: no '"' or '\' inside a character
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NESTING = [0] * 256
+_NESTING[ord("[")] = _NESTING[ord("{")] = 1
+_NESTING[ord("]")] = _NESTING[ord("}")] = -1
+_B64URL_VALUES = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
 
 
 class _Duplicate(ValueError):
@@ -48,16 +53,18 @@ class _Duplicate(ValueError):
 
 def _b64decode(segment: str, what: str) -> bytes:
     """RFC 7515 §2 base64url: unpadded, the URL-safe alphabet only, zero trailing bits; so each byte string has
-    exactly one accepted spelling (re-encoding the decoded bytes must give the segment back)."""
+    exactly one accepted spelling."""
     if "=" in segment:
         raise InvalidGrant(f"the JWT {what} is not unpadded base64url")
+    if "+" in segment or "/" in segment:  # the decoder below takes the standard alphabet as well
+        raise InvalidGrant(f"the JWT {what} is not base64url: '+' or '/' (standard base64) instead of '-' or '_'")
     try:
         data = base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidGrant(f"the JWT {what} is not base64url: {exc}") from None
-    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment.encode("ascii"):
-        raise InvalidGrant(f"the JWT {what} is not canonical base64url (characters outside the base64url alphabet "
-                           "or non-zero trailing bits)")
+    tail = len(segment) % 4  # 2 or 3 characters for the last 1 or 2 bytes: their last 4 or 2 bits are padding
+    if tail and _B64URL_VALUES[segment[-1]] & (0x0F if tail == 2 else 0x03):
+        raise InvalidGrant(f"the JWT {what} is not canonical base64url (non-zero trailing bits)")
     return data
 
 
@@ -72,29 +79,23 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether JSON ``text`` nests arrays/objects more than ``limit`` deep (brackets inside strings do not count).
-    Almost every token has fewer brackets than the limit in total and costs two ``str.count``; only the rest get the
-    one-pass scan. Unbalanced or unterminated input may count too deep: it is not JSON anyway."""
-    if text.count("[") + text.count("{") <= limit:
+def too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether UTF-8 JSON ``data`` nests arrays/objects more than ``limit`` deep (brackets inside strings do not
+    count). Almost every token has fewer brackets than the limit in total and costs two ``bytes.count``; the rest
+    get one pass of C-level scans. Unbalanced or unterminated input may count too deep: it is not JSON anyway."""
+    if data.count(b"[") + data.count(b"{") <= limit:
         return False
-    depth = 0
-    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
-        if char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_NESTING.__getitem__, brackets)), default=0) > limit
 
 
 def _json_object(segment: str, what: str) -> dict[str, Any]:
+    data = _b64decode(segment, what)
     try:
-        text = _b64decode(segment, what).decode("utf-8")  # strict: json.loads(bytes) would guess UTF-16/32
+        text = data.decode("utf-8")  # strict: json.loads(bytes) would guess UTF-16/32
     except UnicodeDecodeError:
         raise InvalidGrant(f"the JWT {what} is not UTF-8") from None
-    if too_deep(text):
+    if too_deep(data):
         raise InvalidGrant(f"the JWT {what} nests JSON more than {MAX_JSON_DEPTH} levels deep")
     try:
         value = json.loads(text, parse_constant=_not_json, object_pairs_hook=_unique_members)

@@ -23,15 +23,17 @@ def b64url(data: bytes) -> str:
     ('{"a":"\\"' + "[" * 500 + '"}', False),  # after an escaped quote, still inside the string
     ('{"a":"\\\\",' + '"b":' + "[" * 70 + "]" * 70 + "}", True),  # an escaped backslash ends before the quote
     ('{"a":"' + "[" * 500, True),  # an unterminated string is not a string: counted (and not JSON anyway)
+    ('{"\u00e9\u4e2d":"\u00e9' + "[" * 100 + '\u4e2d"}', False),  # multi-byte UTF-8 around and in strings
+    ('{"\u00e9\u4e2d":' + "[" * 70 + "]" * 70 + "}", True),
 ])
 def test_too_deep(text, deep):
-    assert assertions.too_deep(text) is deep
+    assert assertions.too_deep(text.encode()) is deep
 
 
 def test_too_deep_agrees_with_json_about_what_parses():
     """Below the cap json.loads parses without recursing anywhere near the limit."""
     text = '{"a":' + "[" * 63 + '"]]]"' + "]" * 63 + "}"
-    assert not assertions.too_deep(text)
+    assert not assertions.too_deep(text.encode())
     assert json.loads(text)["a"]
 
 
