@@ -149,6 +149,11 @@ def write(results: dict, out_dir: Path) -> Path:
         add(f"| Tokenbridge / Ory Hydra with its default client-secret hashing | {s['peer_default_ratio']:.1f}× "
             f"({_f(s['tb'])} / {_f(s['hydra_default'])}) | ≥ {TARGET_PEER:.0f}× | "
             f"{_yes(s['peer_default_ratio'] >= TARGET_PEER)} |")
+    pr = results.get("paired_ratios") or {}
+    if pr:
+        add("| median of per-round ratios (each round's runs seconds apart) | " + "; ".join(
+            f"tokenbridge/{k} {v['median']:.2f} (rounds: {', '.join('%.2f' % x for x in v['per_round'])})"
+            for k, v in pr.items() if v.get("median")) + " | | |")
     add(f"| Tokenbridge p99 at 80 % of its peak (open loop) | {_f(s['p99_80'], '{:.2f}')} ms | ≤ {TARGET_P99_MS:.0f} ms"
         f" | {_yes(None if s['p99_80'] is None else s['p99_80'] <= TARGET_P99_MS)} |")
     add("")
@@ -238,9 +243,16 @@ def write(results: dict, out_dir: Path) -> Path:
         add("## Where the time goes (py-spy)")
         add("")
         add("Sampled with `py-spy record --subprocesses --rate 200` on the gunicorn master while wrk drove the "
-            "server at peak (idle threads excluded). Shares are of all samples in the worker processes; a row "
-            "counts every sample with that frame anywhere on the stack, so rows nest and overlap. Raw collapsed "
-            "stacks: `logs/*.pyspy.txt`.")
+            "server at peak. Samples of threads waiting for work (thread-pool queue, poll loop, condition waits: "
+            "py-spy cannot tell these C-level waits from work) are left out; shares are of the remaining samples "
+            "of the worker processes; a row counts every sample with that frame anywhere on the stack, so rows "
+            "nest and overlap. Raw collapsed stacks: `logs/*.pyspy.txt`.")
+        for key, p in prof.items():
+            if p.get("lock_wait_pct"):
+                add("")
+                add(f"In {key}, " + "; ".join(f"{v} % of the samples are threads blocked in `{k}`"
+                                              for k, v in p["lock_wait_pct"].items())
+                    + " (waiting for another thread of the same worker to finish writing its audit record).")
         add("")
         labels: list[str] = []
         for p in prof.values():
@@ -262,6 +274,24 @@ def write(results: dict, out_dir: Path) -> Path:
             if p.get("top_self_pct"):
                 add(f"Top self time, {key}: " + "; ".join(f"`{n}` {v} %" for n, v in p["top_self_pct"][:10]) + ".")
                 add("")
+    abl = results.get("ablation") or {}
+    if abl:
+        add("## Ablation: the app's own cost per exchange")
+        add("")
+        add("`bench/ablation.py`: the same WSGI app called in process, single-threaded, no HTTP and no gunicorn, "
+            "with one feature switched off at a time from the outside (no server code edited); each variant in a "
+            "fresh interpreter; the first fifth of the requests is warm-up.")
+        add("")
+        add("| variant | p50 µs / exchange | mean µs | vs full (p50) | statuses |")
+        add("| --- | --- | --- | --- | --- |")
+        full = (abl.get("full") or {}).get("p50_us")
+        for variant, v in abl.items():
+            if "error" in v:
+                add(f"| {variant} | failed | | | `{v['error'][-200:]}` |")
+                continue
+            rel = f"{v['p50_us'] - full:+.0f} µs" if full and variant != "full" else ""
+            add(f"| {variant} | {v['p50_us']:.0f} | {v['mean_us']:.0f} | {rel} | {v['statuses']} |")
+        add("")
     add("## Findings")
     add("")
     for para in findings(results):
@@ -271,6 +301,9 @@ def write(results: dict, out_dir: Path) -> Path:
     if scale:
         add("## Scale: 10,000 IdPs and 100,000 applications")
         add("")
+        if scale.get("reused"):
+            add("(From the previous full run's `scale.json`: this run skipped the scale benchmark with `--no-scale`.)")
+            add("")
         if "error" in scale:
             add(f"The scale run failed: `{scale['error'][-800:]}`")
         else:
@@ -306,6 +339,17 @@ def findings(results: dict) -> list[str]:
                 if tbp.get(label, 0) - flp.get(label, 0) >= 1:
                     text += f" {label}: {tbp.get(label, 0):.0f} % of Tokenbridge's samples ({flp.get(label, 0):.0f} % in the floor)."
         out.append(text)
+    abl = results.get("ablation") or {}
+    if all(k in abl and "p50_us" in abl[k] for k in ("full", "floor", "no-audit", "no-middleware")):
+        full, floor = abl["full"]["p50_us"], abl["floor"]["p50_us"]
+        text = (f"In process (ablation), an exchange costs {full:.0f} µs in Tokenbridge against {floor:.0f} µs in "
+                f"the floor ({floor / full:.2f} of Tokenbridge's time). Switching off the audit record saves "
+                f"{full - abl['no-audit']['p50_us']:.0f} µs; removing the metrics+audit middleware saves "
+                f"{full - abl['no-middleware']['p50_us']:.0f} µs")
+        if "p50_us" in abl.get("metrics-in-memory", {}):
+            text += (f"; in-memory instead of multiprocess metrics changes it by "
+                     f"{abl['metrics-in-memory']['p50_us'] - full:+.0f} µs")
+        out.append(text + ".")
     if s["tb"]:
         out.append(f"At peak Tokenbridge spends about {cores * 1e6 / s['tb']:.0f} µs of CPU (all {cores} cores, the "
                    "load generator included) per exchange.")
@@ -340,20 +384,28 @@ def findings(results: dict) -> list[str]:
         srv = sc.get("server") or {}
         if srv and "ready_s" not in srv:
             out.append(
-                "Scale: `tokenbridge serve` never became ready on the large configuration: each worker loads the "
-                "manifests inside gunicorn's `load()` (serve.py `Server.load` → `build_source` → "
-                "`ManifestSource.start()` → first `reload_if_changed()`, synchronous), before the worker's first "
-                "heartbeat, and gunicorn kills a worker silent for `timeout` (30 s, its default, not set in "
-                "serve.py). Proposed change: load the first snapshot in the master before forking (workers inherit "
-                "it copy-on-write: one parse instead of one per worker, shared pages) and/or let the worker start "
-                "its source in the background and answer 503 on /readyz until the snapshot is in; at least set "
-                "gunicorn's `timeout` above the expected load time.")
+                f"Scale: `tokenbridge serve` was not ready {srv['wait_s']:.0f} s after start on the large "
+                "configuration: every worker does the whole load itself (serve.py `Server.load` → `build_source` → "
+                "`ManifestSource.start()` → its first `reload_if_changed()`, synchronous, inside gunicorn's worker "
+                "boot), so 2 workers parse the same file at once on 2 cores"
+                + (f", and gunicorn killed {srv['worker_timeouts']} of them for missing its worker timeout"
+                   if srv.get("worker_timeouts") else "") +
+                ". Proposed change (serve.py): load the first snapshot once in the master before forking and hand "
+                "it to the workers (copy-on-write: one parse instead of one per worker, and pages shared), the "
+                "manifests poll thread starting in each worker afterwards; with the C loader above that start "
+                "would take the C-loader load time once.")
         rss = big.get("rss_loaded_mb")
         if rss:
-            out.append(f"Scale: a worker holds {rss:.0f} MB right after loading the large configuration "
-                       f"({big.get('rss_trimmed_mb', rss):.0f} MB once the parse's garbage is returned to the OS; "
-                       f"goal ≤ 400 MB); per-exchange time in process is {big['latency_p50_ms']:.2f} ms p50 against "
-                       f"{sc['small']['latency_p50_ms']:.2f} ms with the 1,000-application configuration.")
+            text = (f"Scale: a worker holds {rss:.0f} MB right after loading the large configuration (goal ≤ 400 MB; "
+                    f"{big.get('rss_trimmed_mb', rss):.0f} MB after gc + malloc_trim: the pure-Python parse's "
+                    "freed objects stay in pymalloc's partly used arenas)")
+            cl = sc.get("large_c_loader")
+            if cl:
+                text += f"; with the C loader, {cl['rss_loaded_mb']:.0f} MB"
+            text += (f". Per-exchange time in process is {big['latency_p50_ms']:.2f} ms p50 against "
+                     f"{sc['small']['latency_p50_ms']:.2f} ms with the 1,000-application configuration: lookups do "
+                     "not slow down with size.")
+            out.append(text)
     return out
 
 

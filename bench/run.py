@@ -383,6 +383,13 @@ PROFILE_GROUPS = [
 ]
 
 
+# Leaf frames of threads waiting for work (thread pool queue, the poll loop, condition waits): not CPU.
+IDLE_LEAVES = {"_worker (concurrent/futures/thread.py)", "EpollSelector.select (selectors.py)",
+               "Condition.wait (threading.py)", "Event.wait (threading.py)", "sleep (time.py)"}
+# Leaf frames of threads blocked on a lock held by another thread of the same worker: counted, and named.
+LOCK_LEAVES = {"Handler.acquire (logging/__init__.py)"}
+
+
 def _frame_key(frame: str) -> str:
     """"Class.fn (pkg/file.py:123)" -> "Class.fn (pkg/file.py)"."""
     name, _, loc = frame.partition(" (")
@@ -392,7 +399,8 @@ def _frame_key(frame: str) -> str:
 def summarise_stacks(path: Path) -> dict[str, Any]:
     """Inclusive share of samples per group, the server's own functions by inclusive share, and the top
     self-time frames, from py-spy's collapsed stacks ("frame;frame;... count")."""
-    total = 0
+    total = idle = 0
+    lock_wait: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     self_time: dict[str, int] = {}
@@ -404,6 +412,11 @@ def summarise_stacks(path: Path) -> dict[str, Any]:
         frames = [_frame_key(f.strip()) for f in stack.split(";") if not f.startswith("process ")]
         if not frames:
             continue
+        if frames[-1] in IDLE_LEAVES:  # waiting for work: py-spy cannot tell these C-level waits from work
+            idle += n
+            continue
+        if frames[-1] in LOCK_LEAVES:
+            lock_wait[frames[-1]] = lock_wait.get(frames[-1], 0) + n
         total += n
         for label, pred in PROFILE_GROUPS:
             if any(pred(f) for f in frames):
@@ -419,9 +432,27 @@ def summarise_stacks(path: Path) -> dict[str, Any]:
         100 * (total - inclusive.get(HANDLE, 0)) / total, 1)
     top_own = sorted(own.items(), key=lambda kv: -kv[1])[:14]
     top_self = sorted(self_time.items(), key=lambda kv: -kv[1])[:12]
-    return {"samples": total, "inclusive_pct": groups,
+    return {"samples": total, "idle_samples_excluded": idle,
+            "lock_wait_pct": {k: round(100 * v / total, 1) for k, v in lock_wait.items()}, "inclusive_pct": groups,
             "own_inclusive_pct": [(k, round(100 * v / total, 1)) for k, v in top_own],
             "top_self_pct": [(k, round(100 * v / total, 1)) for k, v in top_self]}
+
+
+def trim_log(src: Path, dst: Path, samples: int = 3) -> None:
+    """A server log without its audit records (one JSON line per request: hundreds of MB over a run); their count
+    and a few samples stay."""
+    kept, audit = [], 0
+    with open(src, errors="replace") as f:
+        for line in f:
+            if line.startswith("{"):
+                audit += 1
+                if audit <= samples:
+                    kept.append(line)
+            else:
+                kept.append(line)
+    if audit:
+        kept.append(f"[bench] {audit} audit records (JSON lines) in all; {min(audit, samples)} kept above\n")
+    dst.write_text("".join(kept))
 
 
 def med(values: list[float]) -> float | None:
@@ -466,7 +497,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true", help="short smoke run (< 2 min), results in bench/results/quick")
     p.add_argument("--out", type=Path, help="results directory (default bench/results, or bench/results/quick)")
     p.add_argument("--no-peer", action="store_true", help="skip Ory Hydra")
-    p.add_argument("--no-scale", action="store_true", help="skip bench/scale.py")
+    p.add_argument("--no-scale", action="store_true",
+                   help="skip bench/scale.py (the report then repeats the last scale.json in the results directory)")
     args = p.parse_args(argv)
     quick = args.quick
     out_dir = args.out or (BENCH / "results" / ("quick" if quick else ""))
@@ -476,7 +508,7 @@ def main(argv: list[str]) -> int:
     ensure_python_deps()
 
     import configgen
-    plan = {"rounds": 1 if quick else 3, "peak_s": 3 if quick else 8, "warmup_s": 2 if quick else 3,
+    plan = {"rounds": 1 if quick else 7, "peak_s": 3 if quick else 4, "warmup_s": 2 if quick else 3,
             "open_rounds": 1 if quick else 2, "open_s": 3 if quick else 8, "variant_rounds": 1 if quick else 2,
             "variant_s": 2 if quick else 6, "profile_s": 5 if quick else 10, "pool": 500}
     results: dict[str, Any] = {"quick": quick, "plan": plan, "machine": machine(), "source": source_state(),
@@ -534,6 +566,12 @@ def main(argv: list[str]) -> int:
                 log(f"  peak {key} round {r + 1}: {peaks[key][-1]['ok_rps']:.0f}/s "
                     f"(errors {peaks[key][-1]['errors']})")
         results["peak"] = {k: {"runs": v, "median_rps": med([x["ok_rps"] for x in v])} for k, v in peaks.items()}
+        # Ratios paired within each round (the runs are seconds apart): robust to load from other processes that
+        # comes and goes between rounds. The report gives both the ratio of medians and the median paired ratio.
+        results["paired_ratios"] = {}
+        for other in [k for k in main_keys if k != "tokenbridge"]:
+            pairs = [a["ok_rps"] / b["ok_rps"] for a, b in zip(peaks["tokenbridge"], peaks[other]) if b["ok_rps"]]
+            results["paired_ratios"][other] = {"per_round": pairs, "median": med(pairs)}
 
         # open loop at 50 % and 80 % of each one's own peak
         results["open_loop"] = {}
@@ -611,15 +649,25 @@ def main(argv: list[str]) -> int:
             log(f"profiling tokenbridge and the floor with py-spy (tokenbridge/floor = {ratio:.2f})")
             for key in ("tokenbridge", "floor"):
                 results["profile"][key] = profile(targets[key], work, plan["profile_s"], results)
+        log("ablation: the same WSGI app in process with metrics/audit switched off in turn (bench/ablation.py)")
+        import ablation
+        wait_quiet(results)
+        results["ablation"] = ablation.run(config.manifest_path.parent, tb_pool, work / "floor.json",
+                                           floor_pool_file, requests=1500 if quick else 4000)
     finally:
         for t in targets.values():
             t.stop()
         keep = out_dir / "logs"
         keep.mkdir(exist_ok=True)
-        for f in [*work.glob("*.log"), *work.glob("*.pyspy.txt")]:
+        for f in work.glob("*.log"):
+            trim_log(f, keep / f.name)
+        for f in work.glob("*.pyspy.txt"):
             shutil.copy(f, keep / f.name)
         shutil.rmtree(work, ignore_errors=True)
 
+    if args.no_scale and (out_dir / "scale.json").exists():  # keep the last scale run's numbers in the report
+        results["scale"] = json.loads((out_dir / "scale.json").read_text())
+        results["scale"]["reused"] = True
     if not args.no_scale:
         log("scale benchmark (bench/scale.py)")
         wait_quiet(results)
