@@ -164,13 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         client = httpx.Client(timeout=10, auth=(creds["client_id"], creds["client_secret"]),
                               headers={"Connection": "close"})
 
-        def exchange_status() -> int:
+        def exchange_status() -> str:
+            """``200``, or ``400 invalid_target`` etc."""
             try:
-                return client.post(base + "/oauth2/token", data=form).status_code
-            except httpx.TransportError:
-                return -1
+                r = client.post(base + "/oauth2/token", data=form)
+            except httpx.TransportError as exc:
+                return type(exc).__name__
+            return "200" if r.status_code == 200 else f"{r.status_code} {r.json().get('error', '')}"
 
-        wait(lambda: all(exchange_status() == 200 for _ in range(4)), 90, "exchanges served by both workers")
+        wait(lambda: all(exchange_status() == "200" for _ in range(4)), 90, "exchanges served by both workers")
 
         ctx = cp.ssl_context()
         path = f"{cp.server}/apis/tokenbridge.dev/v1alpha1/namespaces/{ns}/oauthapplications/web"
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.changes):
             time.sleep(rng.uniform(0.3, 0.8))  # decorrelate from the server's debounce and watch timing
             allowed = not allowed
-            want = 200 if allowed else 400
+            want = "200" if allowed else "400 invalid_target"
             sent = time.monotonic()
             patch([API, OTHER] if allowed else [API])
             acked = time.monotonic() - sent

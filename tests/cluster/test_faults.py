@@ -438,8 +438,9 @@ def test_idp_jwks_down_serves_cached_keys_within_max_staleness_then_refuses(stac
         within = load.between(down, down + safe)
         assert len(within) >= safe * RATE * 0.5
         assert not load.failures(0, down + safe), "refused within max staleness: " + summary(load.failures(0, down + safe))
-        assert age_early is not None and age_late is not None and age_late >= age_early + safe - 2, \
-            f"cache age did not grow: {age_early} -> {age_late}"
+        assert age_early is not None and age_late is not None, "tokenbridge_jwks_cache_age_seconds disappeared"
+        assert age_late >= age_early + (safe - 1) / 2 and age_late > LIFESPAN, \
+            f"cache age did not grow while the IdP was down: {age_early} -> {age_late}"
         # between the two windows: accepted or invalid_grant, never a 5xx or a dropped connection
         middle = load.between(down, back)
         odd = [r for r in middle if not (r.status == 200 or (r.status == 400 and r.error == "invalid_grant"))]
