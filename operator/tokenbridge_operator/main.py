@@ -222,7 +222,8 @@ def _reconcile_app(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: i
             app, read_secret=memo.kube.read_secret, write_secret=memo.kube.write_secret,
             lookup_idp=memo.kube.get_idp, cluster_identity_providers=config.cluster_identity_providers,
             token_endpoint=config.token_endpoint,
-            grace=config.secret_rotation_grace, now=application.utcnow())
+            grace=config.secret_rotation_grace, now=application.utcnow(),
+            client_id_holders=application.list_client_id_holders(memo.kube.custom, memo.kube.timeout))
     except (ApiException, urllib3.exceptions.HTTPError) as exc:
         delay = config.backoff(retry)
         memo.next_check = time.monotonic() + delay

@@ -6,7 +6,8 @@ import pytest
 
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge_operator.handlers.application import (
-    ANNOTATION_ROTATED_FOR, ReadinessBoard, check_references, client_id_conflict, plan_credentials, reconcile,
+    ANNOTATION_ROTATED_FOR, ReadinessBoard, check_references, client_id_conflict, list_client_id_holders,
+    plan_credentials, reconcile,
     reference_keys,
 )
 
@@ -150,7 +151,8 @@ def test_token_endpoint_change_updates_the_secret_not_the_credentials():
     first = run(app(), secrets)
     outcome = reconcile(app(status=first.status), read_secret=secrets.read, write_secret=secrets.write,
                         lookup_idp=lambda key: None, cluster_identity_providers=True,
-                        token_endpoint="https://new.example/oauth2/token", grace=60, now=T0)
+                        token_endpoint="https://new.example/oauth2/token", grace=60, now=T0,
+                        client_id_holders=None)
     values = decode(secrets.items[("team", "web-creds")])
     assert values["token_endpoint"] == "https://new.example/oauth2/token"
     assert outcome.status["clientSecretHash"] == first.status["clientSecretHash"]
@@ -330,8 +332,8 @@ def test_the_conflict_decision():
     assert "no OAuthApplication listing is available" in client_id_conflict(me, "tb-x", None)  # fails closed
 
 
-def test_by_default_the_applications_are_listed_with_the_operator_client():
-    """main.py passes ``memo.kube.read_secret``: the Kube it belongs to lists OAuthApplications in all namespaces."""
+def test_the_applications_are_listed_with_the_operator_client():
+    """main.py passes ``list_client_id_holders(memo.kube.custom, ...)``: OAuthApplications in all namespaces."""
     calls = []
 
     class Custom:
@@ -339,13 +341,11 @@ def test_by_default_the_applications_are_listed_with_the_operator_client():
             calls.append((group, version, plural, _request_timeout))
             return {"items": [other_app("tb-victim"), other_app("tb-other", uid="u3")]}
 
-    class Kube(FakeSecrets):
-        custom, timeout = Custom(), 7.0
-
-    kube = Kube()
+    kube = FakeSecrets()
     squatting_secret(kube, "tb-victim")
     outcome = reconcile(app(), read_secret=kube.read, write_secret=kube.write, lookup_idp=lambda key: READY_IDP,
-                        cluster_identity_providers=True, token_endpoint=ENDPOINT, grace=60, now=T0)
+                        cluster_identity_providers=True, token_endpoint=ENDPOINT, grace=60, now=T0,
+                        client_id_holders=list_client_id_holders(Custom(), 7.0))
     assert calls == [("tokenbridge.dev", "v1alpha1", "oauthapplications", 7.0)]
     assert outcome.status["clientID"] != "tb-victim"
     assert "victims/web" in next(e[2] for e in outcome.events if e[1] == "ClientIDConflict")

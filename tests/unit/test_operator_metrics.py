@@ -33,9 +33,15 @@ def reconciliations(kind, result):
 class FakeKube:
     """In-memory Secrets and IdPs with the ``Kube`` methods the reconcilers call."""
 
+    timeout = 5.0
+
     def __init__(self, fail_with=None):
         self.secrets = {}
         self.fail_with = fail_with
+        self.custom = self  # lists OAuthApplications like CustomObjectsApi: none publish a client id here
+
+    def list_cluster_custom_object(self, group, version, plural, _request_timeout=None):
+        return {"items": []}
 
     def read_secret(self, namespace, name):
         if self.fail_with is not None:

@@ -318,23 +318,15 @@ def client_id_conflict(app: Mapping[str, Any], client_id: str, holders: ClientID
     return f"OAuthApplication {', '.join(others)} already has it" if others else None
 
 
-def _default_holders(read_secret: Callable[..., Any]) -> ClientIDHolders | None:
-    """The operator passes its client's ``read_secret`` (:class:`tokenbridge_operator.kube.Kube`): the same client
-    lists the applications, unless the caller passes ``client_id_holders`` itself."""
-    kube = getattr(read_secret, "__self__", None)
-    custom = getattr(kube, "custom", None)
-    return list_client_id_holders(custom, getattr(kube, "timeout", None)) if custom is not None else None
-
-
 def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mapping[str, Any] | None],
               write_secret: Callable[[dict[str, Any], bool], None],
               lookup_idp: Callable[[IdPKey], Mapping[str, Any] | None], cluster_identity_providers: bool,
               token_endpoint: str | None, grace: float, now: datetime,
-              client_id_holders: ClientIDHolders | None = None) -> Outcome:
+              client_id_holders: ClientIDHolders | None) -> Outcome:
     """One pass over an application (``app`` = metadata, spec, status). Kubernetes errors propagate.
 
     ``client_id_holders`` is asked only when the client id would be taken over from the Secret (rare: status lost,
-    or a Secret that was there first); by default the applications are listed with ``read_secret``'s client."""
+    or a Secret that was there first); None means no listing is possible, and the Secret's id is not adopted."""
     meta, spec, status = app["metadata"], app["spec"], app.get("status") or {}
     problem = invalid_expression(spec, KIND_APP)
     if problem is not None:
@@ -346,7 +338,7 @@ def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mappi
     adopted = secret_client_id(app, status, secret)
     conflict = None
     if adopted is not None:
-        conflict = client_id_conflict(app, adopted, client_id_holders or _default_holders(read_secret))
+        conflict = client_id_conflict(app, adopted, client_id_holders)
     plan = plan_credentials(app, status, secret, token_endpoint=token_endpoint, grace=grace, now=now,
                             client_id_conflict=conflict)
     if plan.secret is not None:
