@@ -653,7 +653,7 @@ def main(argv: list[str]) -> int:
         import ablation
         wait_quiet(results)
         results["ablation"] = ablation.run(config.manifest_path.parent, tb_pool, work / "floor.json",
-                                           floor_pool_file, requests=1500 if quick else 4000)
+                                           floor_pool_file, requests=800 if quick else 4000)
     finally:
         for t in targets.values():
             t.stop()
@@ -674,7 +674,7 @@ def main(argv: list[str]) -> int:
         scale_args = [PY, str(BENCH / "scale.py"), "--json", str(out_dir / "scale.json"), "--max-wait",
                       str(max(0, WAIT_BUDGET - results.get("waited_for_tests_s", 0)))]
         if quick:
-            scale_args += ["--idps", "1000", "--apps", "10000", "--no-server", "--requests", "500"]
+            scale_args += ["--idps", "500", "--apps", "5000", "--no-server", "--requests", "500"]
         proc = subprocess.run(scale_args, capture_output=True, text=True, timeout=600)
         sys.stdout.write(proc.stdout[-3000:])
         if proc.returncode == 0 and (out_dir / "scale.json").exists():
