@@ -29,7 +29,7 @@ class ServerConfig:
     max_body_bytes: int = 64 * 1024
     max_token_bytes: int = 16 * 1024
     jwks_lifespan: float = 300.0  # refresh remote IdP keys this often
-    jwks_cooldown: float = 10.0  # at most one unknown-kid refresh per IdP this often
+    jwks_cooldown: float = 10.0  # at most one fetch per IdP this often (floor 10 s, see jwks_cache)
     jwks_max_staleness: float = 86400.0  # serve last good keys this long after the last good fetch
     manifests_poll_interval: float = 1.0
     # no issued token outlives this (the operator keeps a retired signing key published this long)
@@ -93,6 +93,7 @@ def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServerConfig:
         in ("true", "1", "yes"),
     }
     for field, var in (("jwks_lifespan", "TOKENBRIDGE_JWKS_LIFESPAN"),
+                       ("jwks_cooldown", "TOKENBRIDGE_JWKS_COOLDOWN"),
                        ("jwks_max_staleness", "TOKENBRIDGE_JWKS_MAX_STALENESS"),
                        ("max_token_lifetime", "TOKENBRIDGE_MAX_TOKEN_LIFETIME")):
         if env.get(var):

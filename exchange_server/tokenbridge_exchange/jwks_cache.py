@@ -4,6 +4,10 @@ A remote IdP's keys are refreshed in the background after ``lifespan``. A token 
 rotated) may trigger one refresh on the request path: concurrent requests share it (single flight) and it happens
 at most once per ``cooldown`` per IdP, so a flood of forged kids cannot turn into a flood of fetches. When fetches
 fail, the last good keys keep serving until ``max_staleness`` after the last good fetch. Inline JWKS never fetch.
+
+The cooldown (``TOKENBRIDGE_JWKS_COOLDOWN``, never below 10 s) bounds every fetch, background ones included: a
+lifespan shorter than the cooldown refreshes once per cooldown, and after an IdP goes away its keys are served
+for between ``max_staleness`` minus one cooldown and ``max_staleness``.
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ Metric families:
   or ``failed`` (5xx); ``application`` is ``namespace/name`` once the client authenticated, else empty
 - ``tokenbridge_replay_rejections_total{idp}``
 - ``tokenbridge_jwks_fetches_total{idp,result}`` (``success``, ``failure``, ``seeded`` by standalone discovery),
-  ``tokenbridge_jwks_unknown_kid_refreshes_total{idp,result}`` (``refreshed``, or ``cooldown`` when skipped),
+  ``tokenbridge_jwks_unknown_kid_refreshes_total{idp,result}`` (per request with an unknown kid: ``refreshed`` when
+  it ran or joined a refresh — joiners share one fetch, see ``tokenbridge_jwks_fetches_total`` — or ``cooldown``),
   ``tokenbridge_jwks_last_success_timestamp_seconds{idp}``, ``tokenbridge_jwks_cache_age_seconds{idp}``
 - ``tokenbridge_snapshot_generation``, ``tokenbridge_snapshot_timestamp_seconds``, ``tokenbridge_snapshot_age_seconds``
 """

@@ -175,8 +175,9 @@ def test_config_from_the_charts_environment(tmp_path):
         "TOKENBRIDGE_PUBLIC_ISSUER": "https://tb.example.test", "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": "tb",
         "TOKENBRIDGE_SIGNING_SECRET_NAME": "keys", "TOKENBRIDGE_SIGNING_ALGORITHM": "RS256",
         "TOKENBRIDGE_WATCH_NAMESPACE": "team-a", "TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS": "false",
-        "TOKENBRIDGE_JWKS_LIFESPAN": "5m", "TOKENBRIDGE_JWKS_MAX_STALENESS": "24h"})
+        "TOKENBRIDGE_JWKS_LIFESPAN": "5m", "TOKENBRIDGE_JWKS_MAX_STALENESS": "24h",
+        "TOKENBRIDGE_JWKS_COOLDOWN": "30s"})
     assert cfg.kubernetes and cfg.workers == 3 and cfg.threads == 4
     assert (cfg.signing_secret_namespace, cfg.signing_secret_name, cfg.signing_algorithm) == ("tb", "keys", "RS256")
     assert cfg.watch_namespace == "team-a" and cfg.cluster_identity_providers is False
-    assert cfg.jwks_lifespan == 300 and cfg.jwks_max_staleness == 86400
+    assert cfg.jwks_lifespan == 300 and cfg.jwks_max_staleness == 86400 and cfg.jwks_cooldown == 30
