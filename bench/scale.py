@@ -213,7 +213,8 @@ def try_server(directory: Path, wait: float) -> dict:
 
 def _short(site: str) -> str:
     """A traceback location without the machine's prefixes: "tokenbridge/issuers.py:62"."""
-    for marker in ("site-packages/", "exchange_server/", "tokenbridge-bench-src-"):
+    site = re.sub(r"^.*tokenbridge-bench-src-[^/]+/", "", site)
+    for marker in ("site-packages/", "exchange_server/"):
         if marker in site:
             site = site.split(marker, 1)[1]
     return re.sub(r"^/tmp/[^/]+/", "", site)
