@@ -28,6 +28,8 @@ from ..snapshot import Snapshot, build_snapshot
 
 log = logging.getLogger(__name__)
 
+# libyaml's safe loader when PyYAML has it: about 5x faster on large configurations (bench/scale.py).
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DISCOVERY_RETRY = 30.0
 
@@ -113,7 +115,7 @@ class ManifestSource:
     def _documents(self) -> list[dict[str, Any]]:
         documents: list[dict[str, Any]] = []
         for path in self._files():
-            for doc in yaml.safe_load_all(path.read_text()):
+            for doc in yaml.load_all(path.read_text(), Loader=SAFE_LOADER):
                 if isinstance(doc, dict) and doc.get("kind") == "List":
                     documents.extend(d for d in doc.get("items") or () if isinstance(d, dict))
                 elif isinstance(doc, dict):
