@@ -27,7 +27,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
-from controlplane import ControlPlane, build_binaries  # noqa: E402
+from controlplane import ControlPlane, build_binaries, free_port  # noqa: E402
 
 TOKENBRIDGE = str(Path(sys.executable).parent / "tokenbridge")
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -53,11 +52,6 @@ SUBJECT_AUDIENCE = "tokenbridge-propagation"
 TARGET_P99 = 2.0
 PER_CHANGE_LIMIT = 15.0  # s: a change not reflected by then counts as this (and is reported)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_quiet_machine(limit: float = 600.0) -> tuple[float, bool]:

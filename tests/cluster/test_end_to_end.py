@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 from jwcrypto import jwk, jwt as jose_jwt
 
 from tokenbridge import api
+from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
 
 pytestmark = pytest.mark.cluster
 
@@ -28,11 +28,6 @@ AUDIENCE = "tokenbridge-e2e"
 API = "https://api.e2e.test"
 TOKENBRIDGE = str(Path(sys.executable).parent / "tokenbridge")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str) -> float:

@@ -20,7 +20,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -43,6 +42,7 @@ from tokenbridge.client_secrets import verify_client_secret
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import idp_server  # noqa: E402
 from idp_server import LocalIdP  # noqa: E402
+from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
 
 pytestmark = pytest.mark.cluster
 
@@ -55,11 +55,6 @@ RATE = 25.0  # exchanges per second of the background load
 
 
 # ----- processes ------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
     start = time.monotonic()

@@ -24,6 +24,7 @@ from idp_server import LocalIdP
 from tokenbridge_operator.main import serve_cluster_identity_providers
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import SigningKeySet
+from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
 
 pytestmark = pytest.mark.cluster
 
@@ -437,11 +438,6 @@ def test_invalid_application_condition_until_the_spec_is_fixed(cluster, namespac
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port):

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,10 @@ import yaml
 
 from tokenbridge import api
 from tokenbridge.commands import dev
+from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
 
 TB = str(Path(sys.executable).parent / "tokenbridge")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DevServer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +17,10 @@ import yaml
 from tokenbridge import api
 from tokenbridge_exchange import config as server_config
 from test_exchange_helpers import TestIdP
+from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
 
 ONCE_ISSUER = "https://once.example.test"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
