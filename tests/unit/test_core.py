@@ -128,6 +128,7 @@ class TestSigning:
 
 
 def test_client_secrets():
+    assert not any(generate_client_secret().startswith("-") for _ in range(2000))  # ~31 would without the redraw
     secret = generate_client_secret()
     assert len(base64.urlsafe_b64decode(secret + "=")) == 32
     h = hash_client_secret(secret)
