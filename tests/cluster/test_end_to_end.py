@@ -6,6 +6,7 @@ kube-apiserver with TokenRequest, is exchanged; the issued token is verified by 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -85,22 +86,36 @@ class Stack:
                           timeout=10)
 
 
-@pytest.fixture(scope="module")
-def stack(control_plane, tmp_path_factory):
-    cp = control_plane
-    logs = tmp_path_factory.mktemp("e2e-logs")
-    ns = f"e2e-{uuid.uuid4().hex[:6]}"
+@contextlib.contextmanager
+def deployed(cp, logs: Path, prefix: str, **env_extra: str):
+    """A fresh namespace with ``tokenbridge operator`` and ``tokenbridge serve --kubernetes`` (2 workers) for it;
+    their logs are printed when the block fails; both stopped and the namespace deleted afterwards."""
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cp.kubectl("create", "namespace", ns)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"KUBECONFIG": str(cp.kubeconfig), "TOKENBRIDGE_PUBLIC_ISSUER": base,
            "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns, "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys",
-           "TOKENBRIDGE_SECRET_ROTATION_GRACE": "10m", "TOKENBRIDGE_METRICS_PORT": str(free_port())}
+           "TOKENBRIDGE_METRICS_PORT": str(free_port()), **env_extra}
     operator = start(["operator", "--kubeconfig", str(cp.kubeconfig), "--namespace", ns], env, logs / "operator.log")
     server = start(["serve", "--kubernetes", "--kubeconfig", str(cp.kubeconfig), "--bind", f"127.0.0.1:{port}",
                     "--workers", "2"], env, logs / "server.log")
-    s = Stack(cp, ns, base)
     try:
+        yield Stack(cp, ns, base)
+    except BaseException:
+        for name in ("operator.log", "server.log"):
+            sys.stderr.write(f"--- {name}\n{(logs / name).read_text(errors='replace')[-4000:]}\n")
+        raise
+    finally:
+        stop(server)
+        stop(operator)
+        cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def stack(control_plane, tmp_path_factory):
+    cp = control_plane
+    with deployed(cp, tmp_path_factory.mktemp("e2e-logs"), "e2e", TOKENBRIDGE_SECRET_ROTATION_GRACE="10m") as s:
         s.apply({"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "cluster-sa"},
                  "spec": {"type": api.IDP_KUBERNETES, "description": "this cluster's ServiceAccount issuer",
                           "wellKnownURL": f"{cp.issuer}/.well-known/openid-configuration",
@@ -110,19 +125,11 @@ def stack(control_plane, tmp_path_factory):
                           "identityProviders": [{"kind": api.KIND_IDP, "name": "cluster-sa"}],
                           "audiences": [API, "https://other.e2e.test"], "scopes": ["read", "write"],
                           "accessTokenLifetime": "5m", "credentials": {"secretName": "web-credentials"}}})
-        cp.kubectl("create", "serviceaccount", "workload", "-n", ns)
+        cp.kubectl("create", "serviceaccount", "workload", "-n", s.ns)
         wait_for(lambda: s.ready(api.KIND_IDP, "cluster-sa"), 60, "IdentityProvider Ready")
         wait_for(lambda: s.ready(api.KIND_APP, "web"), 60, "OAuthApplication Ready")
-        wait_for(lambda: _ok(f"{base}/readyz"), 60, "server ready")
+        wait_for(lambda: _ok(f"{s.base}/readyz"), 60, "server ready")
         yield s
-    except BaseException:
-        for name in ("operator.log", "server.log"):
-            sys.stderr.write(f"--- {name}\n{(logs / name).read_text(errors='replace')[-4000:]}\n")
-        raise
-    finally:
-        stop(server)
-        stop(operator)
-        cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def _ok(url: str) -> bool:

@@ -8,7 +8,6 @@ second issuer (an inline-JWKS IdP) into act.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 
@@ -18,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tokenbridge import api
-from test_end_to_end import Stack, _ok, free_port, start, stop, wait_for
+from test_end_to_end import Stack, _ok, deployed, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -41,21 +40,10 @@ def robot_token(key, sub: str = "robot-1") -> str:
 @pytest.fixture(scope="module")
 def stack(control_plane, tmp_path_factory, robot_key):
     cp = control_plane
-    logs = tmp_path_factory.mktemp("policy-e2e-logs")
-    ns = f"policy-{uuid.uuid4().hex[:6]}"
-    cp.kubectl("create", "namespace", ns)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {"KUBECONFIG": str(cp.kubeconfig), "TOKENBRIDGE_PUBLIC_ISSUER": base,
-           "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns, "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys",
-           "TOKENBRIDGE_METRICS_PORT": "0"}  # the operator's metrics are not under test here (0: off)
-    operator = start(["operator", "--kubeconfig", str(cp.kubeconfig), "--namespace", ns], env, logs / "operator.log")
-    server = start(["serve", "--kubernetes", "--kubeconfig", str(cp.kubeconfig), "--bind", f"127.0.0.1:{port}",
-                    "--workers", "2"], env, logs / "server.log")
-    s = Stack(cp, ns, base)
     robot_jwk = {**json.loads(jwt.get_algorithm_by_name("ES256").to_jwk(robot_key.public_key())),
                  "kid": "robots-1", "use": "sig"}
-    try:
+    with deployed(cp, tmp_path_factory.mktemp("policy-e2e-logs"), "policy") as s:
+        ns = s.ns
         s.apply({"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "cluster-sa"},
                  "spec": {"type": api.IDP_KUBERNETES,
                           "wellKnownURL": f"{cp.issuer}/.well-known/openid-configuration",
@@ -80,20 +68,12 @@ def stack(control_plane, tmp_path_factory, robot_key):
             cp.kubectl("create", "serviceaccount", sa, "-n", ns)
         for kind, name in ((api.KIND_IDP, "cluster-sa"), (api.KIND_IDP, "robots"), (api.KIND_APP, "web")):
             wait_for(lambda: s.ready(kind, name), 60, f"{kind} {name} Ready")
-        wait_for(lambda: _ok(f"{base}/readyz"), 60, "server ready")
+        wait_for(lambda: _ok(f"{s.base}/readyz"), 60, "server ready")
         creds = s.credentials("web-credentials")
         # the server picks the application up from the watch shortly after the operator published it
         wait_for(lambda: s.exchange(creds, s.sa_token("alice", AUDIENCE), scope="read").status_code == 200, 10,
                  "a first exchange")
         yield s
-    except BaseException:
-        for name in ("operator.log", "server.log"):
-            sys.stderr.write(f"--- {name}\n{(logs / name).read_text(errors='replace')[-4000:]}\n")
-        raise
-    finally:
-        stop(server)
-        stop(operator)
-        cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def exchange(stack: Stack, subject: str, **extra) -> httpx.Response:
