@@ -136,8 +136,6 @@ def _reconcile_idp(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: i
     patch.status.update(outcome.status)
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=message)
-    if outcome.ready != identity_provider.is_ready(status):
-        memo.board.mark(_idp_key(body))
     if outcome.invalid_expression is not None:
         memo.next_refresh = time.monotonic() + config.idp_refresh_interval
         raise kopf.PermanentError(f"{INVALID_EXPRESSION}: {outcome.invalid_expression}")
@@ -182,9 +180,15 @@ async def identity_provider_refresh(body: kopf.Body, patch: kopf.Patch, memo: ko
     await asyncio.to_thread(_reconcile_idp, body, patch, memo, retry)
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL_IDP)
+def identity_provider_observed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Feed the readiness board from the watch: an IdP's new status is visible to applications only once written."""
+    ready = None if type == "DELETED" else identity_provider.is_ready(body.get("status"))
+    memo.board.observe(_idp_key(body), ready)
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL_IDP, optional=True)
-def identity_provider_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.board.mark(_idp_key(body))
+def identity_provider_deleted(body: kopf.Body, **_: Any) -> None:
     metrics.forget_identity_provider(*_idp_key(body))
 
 
@@ -207,6 +211,7 @@ def serve_cluster_identity_providers(registry: kopf.OperatorRegistry | None = No
     kopf.on.update(*resource, field="spec", registry=registry)(identity_provider_changed)
     kopf.timer(*resource, interval=TIMER_TICK, initial_delay=TIMER_TICK, registry=registry)(
         identity_provider_refresh)
+    kopf.on.event(*resource, registry=registry)(identity_provider_observed)
     kopf.on.delete(*resource, optional=True, registry=registry)(identity_provider_deleted)
 
 

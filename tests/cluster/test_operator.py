@@ -361,6 +361,24 @@ def test_references_cross_namespace_refused_and_readiness_followed(cluster, name
                         '{"metadata":{"finalizers":null}}', check=False)
 
 
+def test_applications_created_with_their_idp_become_ready_without_waiting_for_a_recheck(cluster, namespace):
+    """Applications reconciled while their IdP's Ready status is being written must still follow it promptly.
+
+    The IdP handler's status patch lands only after the handler returns; an application read in between sees the
+    IdP not Ready. Its prompt re-check must come from the IdP's status as watched (the re-check interval is 10m).
+    """
+    names = [f"burst-{i}" for i in range(12)]
+    with LocalIdP("okta") as server, operator():
+        for round_ in range(2):
+            objs = [idp(f"okta-{round_}", namespace, server, "Okta")]
+            objs += [app(f"{n}-{round_}", namespace, f"{n}-{round_}-credentials", grants=(TOKEN_EXCHANGE,),
+                         idps=[{"name": f"okta-{round_}"}]) for n in names]
+            apply(cluster, {"apiVersion": "v1", "kind": "List", "items": objs})
+        for round_ in range(2):
+            for n in names:
+                wait_ready(cluster, "oauthapplication", f"{n}-{round_}", namespace, timeout=30)
+
+
 # --- signing keys --------------------------------------------------------------------------------------------
 
 def test_signing_keys_rotate_and_old_keys_stay_published(cluster):

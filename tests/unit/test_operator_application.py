@@ -188,9 +188,18 @@ def test_readiness_board():
     board = ReadinessBoard()
     keys = reference_keys("team", [{"name": "okta"}, {"kind": "ClusterIdentityProvider", "name": "entra"}])
     assert keys == [("IdentityProvider", "team", "okta"), ("ClusterIdentityProvider", "", "entra")]
-    board.mark(("ClusterIdentityProvider", "", "entra"), at=10.0)
+    entra = ("ClusterIdentityProvider", "", "entra")
+    board.observe(entra, False, at=10.0)
     assert board.changed_since(keys, 5.0) and not board.changed_since(keys, 10.0)
     assert not board.changed_since([("IdentityProvider", "other", "okta")], 0.0)
+    board.observe(entra, False, at=20.0)  # a status patch that kept readiness (e.g. a key count) is no change
+    assert not board.changed_since(keys, 10.0)
+    board.observe(entra, True, at=30.0)
+    assert board.changed_since(keys, 20.0) and not board.changed_since(keys, 30.0)
+    board.observe(entra, None, at=40.0)  # deleted
+    assert board.changed_since(keys, 30.0)
+    board.observe(entra, False, at=50.0)  # re-created: a change again, even in the state it had before deletion
+    assert board.changed_since(keys, 40.0)
 
 
 @pytest.mark.parametrize("expires", ["", "not-a-time"])

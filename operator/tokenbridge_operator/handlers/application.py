@@ -99,14 +99,27 @@ def check_references(namespace: str, refs: Iterable[Mapping[str, Any]] | None,
 
 
 class ReadinessBoard:
-    """When each identity provider last changed readiness (in memory), so applications re-check promptly."""
+    """When each identity provider last changed readiness, as seen on the watch stream, so applications re-check.
+
+    Fed from watch events, not from the IdP handler: kopf writes a handler's status patch only after the handler
+    returns, so a mark made inside it could precede the write, and an application checked in between would read
+    the old status yet count as checked after the change.
+    """
 
     def __init__(self) -> None:
         self._changed: dict[IdPKey, float] = {}
+        self._ready: dict[IdPKey, bool] = {}
         self._lock = threading.Lock()
 
-    def mark(self, key: IdPKey, at: float | None = None) -> None:
+    def observe(self, key: IdPKey, ready: bool | None, at: float | None = None) -> None:
+        """Record a watched state of an IdP (``None``: deleted); marks it when its readiness differs from before."""
         with self._lock:
+            if ready is None:
+                self._ready.pop(key, None)
+            elif self._ready.get(key) == ready:
+                return
+            else:
+                self._ready[key] = ready
             self._changed[key] = time.monotonic() if at is None else at
 
     def changed_since(self, keys: Iterable[IdPKey], since: float) -> bool:
