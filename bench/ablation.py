@@ -4,8 +4,9 @@ with one feature switched off at a time (from the outside: no server code is edi
     python bench/ablation.py MANIFEST_DIR POOL_FILE FLOOR_JSON FLOOR_POOL_FILE [--requests N]
 
 Each variant runs in a fresh interpreter (prometheus_client reads PROMETHEUS_MULTIPROC_DIR at import):
-  full              as ``tokenbridge serve`` runs it: multiprocess metrics, audit records to a file (stdout in serve)
-  no-audit          the ``tokenbridge.audit`` logger disabled
+  full              as ``tokenbridge serve`` runs it: multiprocess metrics, audit records through serve's sink
+                    (:class:`StreamAudit`: a queue and a writer thread) into a file instead of stdout
+  no-audit          an audit sink that is off
   metrics-in-memory no PROMETHEUS_MULTIPROC_DIR: prometheus_client's in-process values instead of mmap files
   no-middleware     ``MetricsMiddleware`` replaced by a no-op (neither metrics nor audit)
   floor             bench/floor_app.py's app
@@ -39,8 +40,6 @@ def _environ(auth: str, body: bytes) -> dict:
 
 
 def child(variant: str, manifests: str, pool_file: str, floor_json: str, floor_pool: str, requests: int) -> dict:
-    import logging
-
     sys.path.insert(0, str(BENCH))
     if variant == "floor":
         import floor_app
@@ -54,17 +53,15 @@ def child(variant: str, manifests: str, pool_file: str, floor_json: str, floor_p
         from tokenbridge_exchange.jwks_cache import JwksCache
         from tokenbridge_exchange.sources.manifests import ManifestSource
 
-        audit = logging.getLogger("tokenbridge.audit")  # as serve.main sets it up, into a file instead of stdout
-        handler = logging.StreamHandler(open(os.path.join(tempfile.mkdtemp(), "audit.jsonl"), "w"))
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        audit.addHandler(handler)
-        audit.setLevel(logging.INFO)
-        audit.propagate = False
+        from tokenbridge_exchange.audit import StreamAudit
+
+        audit = StreamAudit(open(os.path.join(tempfile.mkdtemp(), "audit.jsonl"), "w"))
+        audit.start()
         if variant == "no-audit":
-            audit.disabled = True
+            audit.enabled = False
         if variant == "no-middleware":
             class NoMiddleware:
-                def __init__(self, metrics):
+                def __init__(self, metrics, audit):
                     pass
 
                 def process_request(self, req, resp):
@@ -75,7 +72,7 @@ def child(variant: str, manifests: str, pool_file: str, floor_json: str, floor_p
         source.start()
         config = ServerConfig(issuer="http://bench.local",
                               replay_cache_path=os.path.join(tempfile.mkdtemp(), "replay.sqlite3"))
-        app = app_module.create_app(config, source)
+        app = app_module.create_app(config, source, audit=audit)
         pool_path = pool_file
     pool = [(a, b.encode()) for a, b in (line.split("\t", 1) for line in Path(pool_path).read_text().splitlines()
                                          if line)]

@@ -7,6 +7,7 @@ from typing import Callable
 import falcon
 
 from . import errors
+from .audit import AuditSink, LoggerAudit
 from .config import ServerConfig
 from .health import HealthResource, ReadyResource
 from .introspection import IntrospectionResource
@@ -19,12 +20,13 @@ from .token_endpoint import ExplainResource, TokenResource
 
 
 def create_app(config: ServerConfig, snapshot_source: SnapshotSource, *,
-               clock: Callable[[], float] = time.time) -> falcon.App:
+               clock: Callable[[], float] = time.time, audit: AuditSink | None = None) -> falcon.App:
+    """``audit``: where each token request's record goes (default: the logger ``tokenbridge.audit``)."""
     metrics = Metrics(snapshot_source)
     # opened on first use: only identity providers with preventReplay ever touch it
     replay = ReplayCache(config.replay_cache_path, max_entries=config.replay_cache_max_entries, clock=clock)
     pipeline = Pipeline(config, replay)
-    app = falcon.App(middleware=[MetricsMiddleware(metrics)], cors_enable=False)
+    app = falcon.App(middleware=[MetricsMiddleware(metrics, audit or LoggerAudit())], cors_enable=False)
     errors.install(app)
     metadata = MetadataResource(config)
     app.add_route("/.well-known/openid-configuration", metadata)

@@ -1,4 +1,4 @@
-"""Prometheus metrics at ``/metrics`` and the audit record of every token request.
+"""Prometheus metrics at ``/metrics``, and the middleware that counts and audits (:mod:`.audit`) every token request.
 
 Under gunicorn every worker counts for itself; ``tokenbridge serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
 directory before forking (prometheus_client reads it at import, so this module is only imported in workers) and a
@@ -8,7 +8,7 @@ are computed when scraped, from those timestamps, for the identity providers the
 
 Metric families:
 
-- ``tokenbridge_token_requests_total{grant_type,outcome}`` and ``tokenbridge_token_request_seconds{grant_type}``
+- ``tokenbridge_token_request_seconds{grant_type}``
 - ``tokenbridge_exchanges_total{grant_type,outcome,idp,application,error}``: outcome ``issued``, ``refused`` (4xx)
   or ``failed`` (5xx); ``application`` is ``namespace/name`` once the client authenticated, else empty
 - ``tokenbridge_replay_rejections_total{idp}``
@@ -20,11 +20,9 @@ Metric families:
 """
 from __future__ import annotations
 
-import json
-import logging
 import os
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,12 +32,25 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from tokenbridge import api
 
 from . import telemetry
+from .audit import AuditSink, outcome, record
 from .jwks_cache import RemoteKeys
 from .pipeline import Exchange
 from .sources import SnapshotSource
 
 TOKEN_PATH = "/oauth2/token"
-audit_log = logging.getLogger("tokenbridge.audit")
+
+
+class _Children(dict):
+    """A metric's children by label values: one dict lookup per request instead of ``labels()`` validating its
+    arguments under the metric's lock every time. Children are never removed from these metrics."""
+
+    def __init__(self, labels: Callable[..., Any]):
+        super().__init__()
+        self._labels = labels
+
+    def __missing__(self, key: tuple) -> Any:
+        child = self[key] = self._labels(*key)
+        return child
 
 
 class Metrics:
@@ -48,8 +59,6 @@ class Metrics:
     def __init__(self, source: SnapshotSource | None = None) -> None:
         self._source = source
         self.registry = CollectorRegistry()
-        self.requests = Counter("tokenbridge_token_requests", "Token endpoint requests by grant type and outcome "
-                                "(issued, or the OAuth error code)", ["grant_type", "outcome"], registry=None)
         self.latency = Histogram("tokenbridge_token_request_seconds", "Token endpoint latency by grant type",
                                  ["grant_type"], registry=None,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
@@ -70,7 +79,7 @@ class Metrics:
                                 "process (highest over the workers)", registry=None, multiprocess_mode="livemax")
         self.snapshot_at = Gauge("tokenbridge_snapshot_timestamp_seconds", "When the configuration snapshot in use "
                                  "was built (oldest over the workers)", registry=None, multiprocess_mode="livemin")
-        self._own = [self.requests, self.latency, self.exchanges, self.replay_rejections, self.jwks_fetches,
+        self._own = [self.latency, self.exchanges, self.replay_rejections, self.jwks_fetches,
                      self.unknown_kid, self.jwks_fetched_at, self.generation, self.snapshot_at]
         self._collectors: list[Any] = self._own
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -125,54 +134,14 @@ class Metrics:
             self.unknown_kid.labels(fields["idp"], "refreshed" if fields["refreshed"] else "cooldown").inc()
 
 
-_second: list = [None, ""]  # the last whole second formatted (RFC 3339 up to the seconds)
-
-
-def _timestamp() -> str:
-    now = time.time()
-    second = int(now)
-    if second != _second[0]:
-        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_second[1]}.{int((now - second) * 1000):03d}Z"
-
-
-def _outcome(status: int) -> str:
-    return "issued" if status == 200 else "refused" if status < 500 else "failed"
-
-
-def audit(state: Exchange, status: int, error: str | None, description: str | None, remote_addr: str | None) -> None:
-    """One JSON line per token request on ``tokenbridge.audit``: who asked for what and what they got; never a
-    token or a secret (the issued token is named by its ``jti``, the subject token by its ``jti`` when it has one)."""
-    if not audit_log.isEnabledFor(logging.INFO):
-        return
-    record = {
-        "time": _timestamp(),
-        "event": "token_request",
-        "outcome": _outcome(status),
-        "status": status,
-        "grant_type": state.grant_type,
-        "client_id": state.client_id,
-        "application": state.app.label if state.app is not None else None,
-        "idp": state.idp,
-        "subject": state.subject,
-        "actor": state.actor,
-        "audience": list(state.audiences),
-        "scope": list(state.scopes),
-        "error": error,
-        "error_description": description,
-        "jti": state.jti,
-        "subject_jti": state.subject_jti,
-        "expires_at": int(state.expires_at) if state.jti and state.expires_at else None,
-        "remote_addr": remote_addr,
-    }
-    audit_log.info(json.dumps(record, separators=(",", ":"), default=str))
-
-
 class MetricsMiddleware:
     """Counts and audits every token endpoint response, refusals included (they pass the error handler first)."""
 
-    def __init__(self, metrics: Metrics):
-        self._metrics = metrics
+    def __init__(self, metrics: Metrics, audit: AuditSink):
+        self._audit = audit
+        self._latency = _Children(metrics.latency.labels)
+        self._exchanges = _Children(metrics.exchanges.labels)
+        self._replays = _Children(metrics.replay_rejections.labels)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -186,14 +155,13 @@ class MetricsMiddleware:
         status = resp.status_code
         media = resp.media if status != 200 and isinstance(resp.media, dict) else {}
         error = media.get("error", "server_error") if status != 200 else None
-        metrics = self._metrics
-        metrics.requests.labels(grant, "issued" if status == 200 else error).inc()
-        metrics.latency.labels(grant).observe(elapsed)
-        metrics.exchanges.labels(grant, _outcome(status), state.idp or "",
-                                 state.app.label if state.app is not None else "", error or "").inc()
+        self._latency[(grant,)].observe(elapsed)
+        self._exchanges[(grant, outcome(status), state.idp or "", state.app.label if state.app is not None else "",
+                         error or "")].inc()
         if state.replayed_idp is not None:
-            metrics.replay_rejections.labels(state.replayed_idp).inc()
-        audit(state, status, error, media.get("error_description"), req.remote_addr)
+            self._replays[(state.replayed_idp,)].inc()
+        if self._audit.enabled:
+            self._audit.write(record(state, status, error, media.get("error_description"), req.remote_addr))
 
 
 class MetricsResource:

@@ -97,3 +97,30 @@ def test_one_record_per_request_and_none_for_other_endpoints(client, idp, caplog
     client.simulate_get("/.well-known/jwks.json")
     post_form(client, "/oauth2/explain", {"grant_type": api.GRANT_CLIENT_CREDENTIALS}, AUTH)
     assert [r["outcome"] for r in records(caplog)] == ["issued"] * 3
+
+
+def test_stream_audit_writes_every_line_in_order_and_drains_on_stop(tmp_path):
+    """``tokenbridge serve``'s sink: request threads only queue; the writer thread loses nothing, even at stop."""
+    import threading
+
+    from tokenbridge_exchange.audit import StreamAudit
+
+    path = tmp_path / "audit.jsonl"
+    with open(path, "w") as stream:
+        sink = StreamAudit(stream)
+        sink.start()
+
+        def burst(t):
+            for i in range(500):
+                sink.write(json.dumps({"thread": t, "i": i}))
+        threads = [threading.Thread(target=burst, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sink.stop()
+        sink.write("after stop: queued, never written")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 2000
+    for t in range(4):
+        assert [r["i"] for r in lines if r["thread"] == t] == list(range(500))

@@ -139,7 +139,8 @@ def test_metrics_count_issued_tokens_and_refusals(client, idp):
     client.simulate_post("/oauth2/token", body="grant_type=password", headers={**FORM, **basic("web", "web-secret")})
     scrape = client.simulate_get("/metrics").text
     exchange = api.GRANT_TOKEN_EXCHANGE
-    assert f'tokenbridge_token_requests_total{{grant_type="{exchange}",outcome="issued"}} 1.0' in scrape
-    assert f'tokenbridge_token_requests_total{{grant_type="{exchange}",outcome="invalid_grant"}} 1.0' in scrape
-    assert 'tokenbridge_token_requests_total{grant_type="other",outcome="unsupported_grant_type"} 1.0' in scrape
+    x = 'tokenbridge_exchanges_total{application="team-a/web"'
+    assert f'{x},error="",grant_type="{exchange}",idp="team-a/corp",outcome="issued"}} 1.0' in scrape
+    assert f'{x},error="invalid_grant",grant_type="{exchange}",idp="",outcome="refused"}} 1.0' in scrape
+    assert f'{x},error="unsupported_grant_type",grant_type="other",idp="",outcome="refused"}} 1.0' in scrape
     assert f'tokenbridge_token_request_seconds_count{{grant_type="{exchange}"}} 2.0' in scrape

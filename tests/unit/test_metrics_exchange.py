@@ -84,7 +84,7 @@ def test_metric_values_after_known_traffic(world):
     assert value(m, x, grant_type=api.GRANT_CLIENT_CREDENTIALS, outcome="issued", idp="", application="team-a/web",
                  error="") == 1
     assert value(m, "tokenbridge_token_request_seconds_count", grant_type=tx) == 8
-    assert value(m, "tokenbridge_token_requests_total", grant_type=tx, outcome="issued") == 3
+    assert "tokenbridge_token_requests_total" not in {name for name, _ in m}  # the same as exchanges_total
     assert value(m, "tokenbridge_replay_rejections_total", idp="team-a/local") == 1
     assert value(m, "tokenbridge_jwks_fetches_total", idp="team-a/remote", result="success") == 1
     assert value(m, "tokenbridge_jwks_fetches_total", idp="team-a/remote", result="failure") == 1
