@@ -2,12 +2,21 @@
 
 The master parses the configuration and, for standalone mode, generates the fallback signing key once, before
 forking, so every worker signs with the same key, and the private directory of the replay cache every worker
-shares (:mod:`.replay`). Each worker then builds its own snapshot source and JWKS cache (threads and connections do
-not survive a fork). Audit records (logger ``tokenbridge.audit``) go to stdout as bare JSON lines; everything else
-is logged to stderr.
+shares (:mod:`.replay`). Audit records (logger ``tokenbridge.audit``) go to stdout as bare JSON lines; everything
+else is logged to stderr.
+
+Standalone (``--manifests``), the master also loads the first snapshot, once, before forking: the workers inherit
+it (copy-on-write; ``gc.freeze()`` keeps the collector from writing to, and so copying, its pages) instead of each
+parsing the manifests again at boot, so no worker's boot grows with the configuration. Each worker then starts its
+own threads (threads and locks do not survive a fork): the manifests poll thread, which reloads a changed file in
+that worker, and the JWKS refresh thread. When the master forks a worker again (one died, or ``SIGHUP``), it first
+reloads the manifests if they changed since, so a new worker never starts from an older configuration than the file
+holds. The cluster source (``--kubernetes``) is built in each worker (its watches are threads).
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import logging.handlers
 import os
@@ -34,8 +43,9 @@ log = logging.getLogger("tokenbridge_exchange")
 READY_WAIT = 10.0  # seconds; below gunicorn's 30 s worker timeout
 
 
-def build_source(config: ServerConfig, signing_keys: SigningKeySet | None) -> SnapshotSource:
-    """The configured source with its JWKS cache, both started (call in the serving process)."""
+def build_source(config: ServerConfig, signing_keys: SigningKeySet | None, *, start: bool = True) -> SnapshotSource:
+    """The configured source with its JWKS cache, both started (call in the serving process) unless ``start`` is
+    false (see :func:`start_source`)."""
     policy = FetchPolicy.from_env()
     credentials = None
     if config.kubernetes:
@@ -56,9 +66,40 @@ def build_source(config: ServerConfig, signing_keys: SigningKeySet | None) -> Sn
         from .sources.manifests import ManifestSource
         source = ManifestSource(config.manifests, cache, lambda spec: discover(spec, policy),
                                 signing_keys=signing_keys, poll_interval=config.manifests_poll_interval)
-    source.start()
-    cache.start()
+    if start:
+        start_source(source, cache)
     return source
+
+
+def start_source(source: SnapshotSource, cache: JwksCache | None = None) -> None:
+    """Start the source's threads and its JWKS cache's: a manifests source preloaded in the master loads nothing
+    here, its poll thread picks up changes from now on."""
+    source.start()
+    (cache if cache is not None else source.cache).start()  # type: ignore[attr-defined]
+
+
+def preload_source(config: ServerConfig, signing_keys: SigningKeySet | None) -> SnapshotSource:
+    """Standalone: the manifests source with its first snapshot loaded, no thread started (call in the master)."""
+    source = build_source(config, signing_keys, start=False)
+    started = time.monotonic()
+    if source.preload():  # type: ignore[attr-defined]
+        log.info("first snapshot loaded in %.1fs, before forking the workers", time.monotonic() - started)
+    else:
+        log.error("no configuration loaded from %s: the workers serve 503 until a good one is in place",
+                  config.manifests)
+    settle_before_fork()
+    return source
+
+
+def settle_before_fork() -> None:
+    """What the master holds goes to the workers as shared pages: collect the load's garbage, hand its freed memory
+    back to the system, and freeze what is left, so no collection (in the master or a worker) writes to it."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc only
+    except (OSError, AttributeError):
+        pass
+    gc.freeze()
 
 
 def wait_until_ready(source: SnapshotSource, timeout: float) -> None:
@@ -108,9 +149,10 @@ def worker_exited(server, worker) -> None:
 
 class Server(BaseApplication):
     def __init__(self, config: ServerConfig, signing_keys: SigningKeySet | None, metrics_dir: str | None,
-                 replay_dir: str | None = None):
+                 replay_dir: str | None = None, source: SnapshotSource | None = None):
         self._config, self._signing_keys, self._metrics_dir = config, signing_keys, metrics_dir
         self._replay_dir = replay_dir
+        self._source = source  # standalone: preloaded in the master (preload_source); None: built per worker
         super().__init__()
 
     def load_config(self) -> None:
@@ -131,6 +173,8 @@ class Server(BaseApplication):
             "limit_request_field_size": 16384,
             "worker_exit": AUDIT.stop,
         }
+        if self._source is not None:
+            settings["pre_fork"] = self.before_fork
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             settings["child_exit"] = worker_exited
         created = [d for d in (self._metrics_dir, self._replay_dir) if d]
@@ -139,11 +183,26 @@ class Server(BaseApplication):
         for key, value in settings.items():
             self.cfg.set(key, value)
 
+    def before_fork(self, arbiter=None, worker=None) -> None:
+        """gunicorn ``pre_fork`` (in the master, before each worker is forked): a worker forked after the manifests
+        changed (a respawn, a ``SIGHUP``) must not start from the older snapshot, so the master reloads first.
+        Unchanged (every first fork), this is one stat per file and nothing in the master is touched."""
+        if self._source.reload_if_changed():  # type: ignore[union-attr]
+            log.info("manifests changed: reloaded in the master before forking a worker")
+            gc.unfreeze()  # the old snapshot is gone: let the collector free its cycles too
+            settle_before_fork()
+        else:
+            gc.freeze()  # whatever the master allocated since (cheap: no collection)
+
     def load(self) -> falcon.App:
         from .app import create_app  # imports prometheus_client: only now, in the worker (see metrics.py)
 
         AUDIT.start()
-        source = build_source(self._config, self._signing_keys)
+        if self._source is not None:  # loaded in the master: this worker only starts its threads
+            source = self._source
+            start_source(source)
+        else:
+            source = build_source(self._config, self._signing_keys)
         wait_until_ready(source, READY_WAIT)
         return create_app(self._config, source)
 
@@ -162,5 +221,6 @@ def main(argv: list[str]) -> int:
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tokenbridge-metrics-")
     log.info("serving %s as issuer %s on %s", "the cluster's configuration" if config.kubernetes
              else config.manifests, config.issuer, config.bind)
-    Server(config, signing_keys, metrics_dir, replay_dir).run()
+    source = None if config.kubernetes else preload_source(config, signing_keys)
+    Server(config, signing_keys, metrics_dir, replay_dir, source).run()
     return 0

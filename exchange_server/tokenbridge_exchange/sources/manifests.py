@@ -62,13 +62,27 @@ class ManifestSource:
         return self._snapshot
 
     def start(self) -> None:
-        self.reload_if_changed()
+        """Load (unless a load was tried already: ``tokenbridge serve`` loads once in the gunicorn master, before
+        forking, see :meth:`preload`), then poll for changes in a thread of this process."""
+        if self._signature is None:
+            self.reload_if_changed()
         if self._thread is None:
             self._thread = threading.Thread(target=self._poll, name="manifests-poll", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def preload(self) -> bool:
+        """The first load, without starting any thread: in a process that forks afterwards (the gunicorn master),
+        whose children share the snapshot and each :meth:`start` their own poll thread. True when a snapshot is
+        served (a bad file leaves none; the children keep polling for a good one)."""
+        self.reload_if_changed()
+        return self._snapshot is not None
+
+    @property
+    def cache(self) -> JwksCache:
+        return self._cache
 
     def _files(self) -> list[Path]:
         """Manifest files; hidden entries are skipped, so a mounted ConfigMap (its ``..data`` and timestamped

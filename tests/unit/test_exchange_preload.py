@@ -1,0 +1,186 @@
+"""Standalone at scale: the first snapshot loaded once in the gunicorn master and inherited by the workers, and
+reloads after that."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tokenbridge import api
+from tokenbridge.signing import generate_keyset
+from tokenbridge_exchange import serve
+from tokenbridge_exchange.config import ServerConfig
+from tokenbridge_exchange.jwks_cache import JwksCache
+from tokenbridge_exchange.sources import manifests as manifests_module
+from tokenbridge_exchange.sources.manifests import ManifestSource
+from test_exchange_helpers import TestIdP, basic
+from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
+
+
+def never_discover(spec):
+    raise AssertionError("no discovery expected")
+
+
+def documents(idp: TestIdP, *, apps: int = 2, scopes=("read",), secret: str = "pw") -> list[dict]:
+    docs: list[dict] = [
+        {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "corp", "namespace": "apps"},
+         "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]}}]
+    for n in range(apps):
+        docs += [
+            {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": f"app-{n}", "namespace": "apps"},
+             "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE], "identityProviders": [{"name": "corp"}],
+                      "audiences": ["https://api.example.test"], "scopes": list(scopes),
+                      "credentials": {"secretName": f"app-{n}-credentials"}}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"app-{n}-credentials", "namespace": "apps"},
+             "stringData": {"client_id": f"client-{n}", "client_secret": secret}}]
+    return docs
+
+
+def replace_file(path: Path, text: str) -> None:
+    tmp = path.with_name(".tmp-" + path.name)
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class CountingSource(ManifestSource):
+    loads = 0
+
+    def _load(self):
+        type(self).loads += 1
+        return super()._load()
+
+
+@pytest.fixture
+def idp():
+    return TestIdP()
+
+
+@pytest.fixture
+def counting():
+    CountingSource.loads = 0
+    return CountingSource
+
+
+def test_preloaded_source_hands_its_snapshot_to_the_worker_without_reparsing(tmp_path, idp, counting, monkeypatch):
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(documents(idp)))
+    monkeypatch.setattr(manifests_module, "ManifestSource", counting)
+    config = ServerConfig(issuer="http://tb.test", manifests=str(tmp_path), manifests_poll_interval=0.05,
+                          replay_cache_path=str(tmp_path / "replay.sqlite3"))
+    source = serve.preload_source(config, generate_keyset("ES256", time.time()))
+    snapshot = source.current()
+    assert counting.loads == 1 and snapshot is not None and len(snapshot.applications) == 2
+    assert source._thread is None, "no thread may run in the master: it would not survive the fork"
+
+    server = serve.Server(config, generate_keyset("ES256", time.time()), None, source=source)
+    assert server.cfg.pre_fork == server.before_fork
+    server.before_fork()  # nothing changed: one stat, same snapshot
+    assert source.current() is snapshot and counting.loads == 1
+    try:
+        import falcon.testing
+        client = falcon.testing.TestClient(server.load())  # what the worker does after the fork
+        assert source.current() is snapshot and counting.loads == 1, "the worker must not parse the manifests again"
+        assert client.simulate_get("/readyz").json["applications"] == 2
+
+        # the worker's poll thread still serves a changed file within the poll interval
+        replace_file(tmp_path / "m.yaml", yaml.safe_dump_all(documents(idp, apps=3)))
+        deadline = time.monotonic() + 5
+        while client.simulate_get("/readyz").json["applications"] != 3:
+            assert time.monotonic() < deadline, "the changed manifests were not served"
+            time.sleep(0.05)
+        assert counting.loads == 2
+    finally:
+        source.stop()
+        source.cache.stop()
+        serve.AUDIT.stop()
+
+
+def test_master_reloads_a_changed_file_before_forking_a_worker(tmp_path, idp):
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump_all(documents(idp)))
+    config = ServerConfig(issuer="http://tb.test", manifests=str(tmp_path))
+    source = serve.preload_source(config, generate_keyset("ES256", time.time()))
+    server = serve.Server(config, None, None, source=source)
+    first = source.current()
+    replace_file(path, yaml.safe_dump_all(documents(idp, apps=1)))
+    server.before_fork()  # a respawned worker must not start from the older configuration
+    assert source.current() is not first and len(source.current().applications) == 1
+    replace_file(path, "kind: [unclosed\n")
+    server.before_fork()  # a bad file: the last good snapshot stays
+    assert len(source.current().applications) == 1
+
+
+def test_a_bad_file_at_start_preloads_nothing_and_the_worker_polls_for_a_good_one(tmp_path, idp):
+    path = tmp_path / "m.yaml"
+    path.write_text("kind: [unclosed\n")
+    source = ManifestSource(tmp_path, JwksCache(never_discover), never_discover,
+                            signing_keys=generate_keyset("ES256", time.time()), poll_interval=0.05)
+    assert source.preload() is False and source.current() is None
+    source.start()  # no second attempt at the same file: the poll thread waits for a change
+    try:
+        replace_file(path, yaml.safe_dump_all(documents(idp)))
+        deadline = time.monotonic() + 5
+        while source.current() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        source.stop()
+
+
+# --- for real: tokenbridge serve ---------------------------------------------------------------------------------
+
+def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp):
+    worker_class = "gthread"
+    manifests = tmp_path / "config"
+    manifests.mkdir()
+    (manifests / "m.yaml").write_text(yaml.safe_dump_all(documents(idp)))
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "tokenbridge"), "serve", "--manifests",
+                                 str(manifests), "--bind", f"127.0.0.1:{port}", "--workers", "2"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "TOKENBRIDGE_PUBLIC_ISSUER": ""})
+    try:
+        def workers_answering(applications: int) -> set[int]:
+            pids: set[int] = set()
+            deadline = time.monotonic() + 20
+            while len(pids) < 2:
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                try:
+                    ready = httpx.get(base + "/readyz", headers={"Connection": "close"})
+                except httpx.TransportError:
+                    time.sleep(0.1)
+                    continue
+                if ready.status_code == 200 and ready.json()["applications"] == applications:
+                    pids.add(ready.json()["worker"])
+            return pids
+
+        assert len(workers_answering(2)) == 2
+        text = log_path.read_text()
+        assert "before forking the workers" in text
+        assert len(re.findall(r"loaded 2 applications", text)) == 1, "only the master parses the first load"
+        assert f"Using worker: {worker_class}" in text
+        token = httpx.post(base + "/oauth2/token", headers=basic("client-0", "pw"), data={
+            "grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token_type": api.TOKEN_TYPE_JWT,
+            "subject_token": idp.token(aud="api://tb", iat=int(time.time()), exp=int(time.time()) + 300)})
+        assert token.status_code == 200, token.text
+
+        replace_file(manifests / "m.yaml", yaml.safe_dump_all(documents(idp, apps=3)))
+        assert len(workers_answering(3)) == 2  # each worker's poll thread reloads
+        assert len(re.findall(r"loaded 3 applications", log_path.read_text())) == 2
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
