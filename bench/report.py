@@ -36,6 +36,47 @@ def summary(results: dict) -> dict[str, Any]:
     }
 
 
+def headline(results: dict) -> dict[str, float | None]:
+    """The numbers a change is judged by, for the before/after table (kept in the next run's ``previous``)."""
+    s = summary(results)
+    ol = results.get("open_loop", {}).get("tokenbridge", {})
+    abl = results.get("ablation") or {}
+    big = (results.get("scale") or {}).get("large") or {}
+    server = (results.get("scale") or {}).get("server") or {}
+    return {
+        "Tokenbridge peak exchanges/s": s["tb"],
+        "floor peak exchanges/s": s["floor"],
+        "Tokenbridge / floor": s["floor_ratio"],
+        "Tokenbridge / Ory Hydra (tuned)": s["peer_ratio"],
+        "p99 at 50 % of peak (ms)": (ol.get("0.5") or {}).get("p99_ms"),
+        "p99 at 80 % of peak (ms)": s["p99_80"],
+        "in process: µs per exchange, full (p50)": (abl.get("full") or {}).get("p50_us"),
+        "in process: µs per exchange, floor (p50)": (abl.get("floor") or {}).get("p50_us"),
+        "scale: first load of 100,000 apps (s)": big.get("load_s"),
+        "scale: serve --workers 2 ready after (s)": server.get("ready_s"),
+        "scale: RSS per worker (MB)": max(server.get("worker_rss_mb") or [0]) or big.get("rss_loaded_mb"),
+    }
+
+
+def before_after(results: dict) -> list[str]:
+    prev = results.get("previous")
+    if not prev:
+        return []
+    now = headline(results)
+    src = prev.get("source") or {}
+    L = ["## Before and after", "",
+         f"This run against the previous one written to this directory ({prev.get('started', '?')}, code at commit "
+         f"`{src.get('commit', '?')}`: {src.get('subject', '')}). The changes between the two are in "
+         f"`git log {src.get('commit', '?')}..{(results.get('source') or {}).get('commit', 'HEAD')}`.", "",
+         "| | before | after |", "| --- | --- | --- |"]
+    for label, value in now.items():
+        old = (prev.get("headline") or {}).get(label)
+        fmt = "{:.2f}" if (value or old or 0) < 10 else "{:.0f}"
+        L.append(f"| {label} | {_f(old, fmt)} | {_f(value, fmt)} |")
+    L.append("")
+    return L
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -158,6 +199,7 @@ def write(results: dict, out_dir: Path) -> Path:
         f" | {_yes(None if s['p99_80'] is None else s['p99_80'] <= TARGET_P99_MS)} |")
     add("")
     add("![benchmark plot](bench.png)")
+    L.extend(["", *before_after(results)])
     add("")
     add("## What was measured")
     add("")

@@ -685,8 +685,13 @@ def main(argv: list[str]) -> int:
     if os.environ.get("TOKENBRIDGE_BENCH_COMMITTED", "").startswith(tempfile.gettempdir()):
         shutil.rmtree(os.environ["TOKENBRIDGE_BENCH_COMMITTED"], ignore_errors=True)
     results["elapsed_s"] = round(time.monotonic() - t_start)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     import report
+    if (out_dir / "results.json").exists():  # the run this one replaces: the "before" of the before/after table
+        prev = json.loads((out_dir / "results.json").read_text())
+        results["previous"] = {"started": prev.get("started"), "source": prev.get("source"),
+                               "headline": prev.get("headline") or report.headline(prev)}
+    results["headline"] = report.headline(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     report.write(results, out_dir)
     log(f"done in {results['elapsed_s']} s: {out_dir / 'report.md'}")
     return 0
