@@ -7,7 +7,8 @@ matches it when its ``iss`` fills the placeholder with exactly the tenant id the
 from __future__ import annotations
 
 import re
-from typing import Generic, Iterable, TypeVar
+from types import MappingProxyType
+from typing import Callable, Generic, Iterable, Mapping, TypeVar
 
 TENANT_PLACEHOLDER = "{tenantid}"
 OIDC_WELL_KNOWN = "/.well-known/openid-configuration"
@@ -16,6 +17,7 @@ OAUTH_WELL_KNOWN = "/.well-known/oauth-authorization-server"
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,252}")
 
 V = TypeVar("V")
+_NONE: Mapping = MappingProxyType({})  # the templates of almost every index: one shared empty mapping
 
 
 def is_template(issuer: str) -> bool:
@@ -51,16 +53,22 @@ class IssuerIndex(Generic[V]):
     """Values (IdPs) by issuer. Exact issuers are one dict lookup; templates, rare, are tried after that.
 
     Several IdPs may share an issuer (the same Okta in two namespaces), so a lookup returns all of them and the
-    caller picks among those its client may use.
+    caller picks among those its client may use. ``share`` may map each tuple of values to an equal one already
+    held (a snapshot of 100,000 applications holds one index each, mostly over the same few IdPs).
     """
 
-    def __init__(self, entries: Iterable[tuple[str, V]]):
+    __slots__ = ("_exact", "_templates")
+
+    def __init__(self, entries: Iterable[tuple[str, V]],
+                 share: Callable[[tuple[V, ...]], tuple[V, ...]] | None = None):
         exact: dict[str, list[V]] = {}
         templates: dict[str, list[V]] = {}
         for issuer, value in entries:
             (templates if is_template(issuer) else exact).setdefault(issuer, []).append(value)
-        self._exact = {k: tuple(v) for k, v in exact.items()}
-        self._templates = {k: tuple(v) for k, v in templates.items()}
+        share = share or tuple
+        self._exact: Mapping[str, tuple[V, ...]] = {k: share(tuple(v)) for k, v in exact.items()}
+        self._templates: Mapping[str, tuple[V, ...]] = \
+            {k: share(tuple(v)) for k, v in templates.items()} if templates else _NONE
 
     def lookup(self, iss: str, tid: object = None) -> tuple[V, ...]:
         found = self._exact.get(iss, ())

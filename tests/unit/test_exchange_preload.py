@@ -1,7 +1,8 @@
-"""Standalone at scale: the first snapshot loaded once in the gunicorn master and inherited by the workers, and
-reloads after that."""
+"""Standalone at scale: the first snapshot loaded once in the gunicorn master and inherited by the workers, reloads
+after that, ``.json`` manifests read as JSON, and shared values in the snapshot."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -134,13 +135,93 @@ def test_a_bad_file_at_start_preloads_nothing_and_the_worker_polls_for_a_good_on
         source.stop()
 
 
+# --- .json manifests --------------------------------------------------------------------------------------------
+
+def test_json_list_and_single_object_load_as_json(tmp_path, idp):
+    docs = documents(idp, apps=2)
+    (tmp_path / "list.json").write_text(json.dumps({"kind": "List", "apiVersion": "v1", "items": docs[:3]}))
+    (tmp_path / "single.json").write_text(json.dumps(docs[3]))  # app-1
+    (tmp_path / "secret.json").write_text(json.dumps(docs[4]))
+    source = ManifestSource(tmp_path, JwksCache(never_discover), never_discover,
+                            signing_keys=generate_keyset("ES256", time.time()))
+    snapshot = source.load()
+    assert sorted(snapshot.applications) == ["client-0", "client-1"] and snapshot.skipped == ()
+
+
+def test_json_semantics_not_yaml(tmp_path):
+    # YAML 1.1 would read 1e3 as a string, "yes" unquoted as a boolean; JSON has neither ambiguity
+    (tmp_path / "a.json").write_text('{"kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"n": 1e3, '
+                                     '"s": "yes", "esc": "a\\/b"}}')
+    source = ManifestSource(tmp_path, JwksCache(never_discover), never_discover)
+    [doc] = list(source._documents())
+    assert doc["data"] == {"n": 1000.0, "s": "yes", "esc": "a/b"}
+    assert doc["metadata"] == {"name": "x", "namespace": "default"}
+
+
+@pytest.mark.parametrize("text", [
+    '{"kind":"List","items":[{"a":1},{"b":[1,2]}]}', ' {"items" : [ ] , "kind" : "List" } ',
+    '{"items":[1,2],"kind":"Secret"}', '{"items":[1],"items":{"x":1},"kind":"List"}',
+    '{"items":{"x":1},"items":[3],"kind":"List"}', '[1,2]', '{}', '{"a":1,}', '{"items":[1,],"kind":"List"}',
+    '{"items":[1 2]}', '{"a" 1}', '{a:1}', '{"a":NaN}', '{"items":[Infinity],"kind":"List"}', '{"a":1} x',
+    '{"a":1}{"b":2}', '', '{"a":"\\u00e9\\n"}', '{"a":"tab\tinside"}', '\ufeff{"a":1}', '{"items":[1,',
+    '{"items":[{"kind":"List","items":[1]}],"kind":"List"}', '{"a":-0.0,"b":12345678901234567890}',
+    '{"items":null,"kind":"List"}'])
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_json_reader_matches_json_loads(tmp_path, text, encoding):
+    """The List reader parses items one at a time; its result and its errors are json.loads's."""
+    path = tmp_path / "m.json"
+    path.write_bytes(text.encode(encoding))
+
+    def outcome(read):
+        try:
+            value = read()
+        except ValueError as exc:
+            return ("error", str(exc) if isinstance(exc, json.JSONDecodeError) else type(exc).__name__)
+        if isinstance(value, dict) and not isinstance(value.get("items"), (list, dict, type(None), int)):
+            value = {**value, "items": list(value["items"])}  # a List's items: read as iterated
+        return ("value", json.dumps(value))
+
+    def reject(constant):
+        raise ValueError(constant)
+
+    expected = outcome(lambda: json.loads(path.read_bytes(), parse_constant=reject))
+    assert outcome(lambda: manifests_module._json_document(path)) == expected
+
+
+def test_a_bad_json_file_keeps_the_last_good_snapshot(tmp_path, idp):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"kind": "List", "items": documents(idp)}))
+    source = ManifestSource(tmp_path, JwksCache(never_discover), never_discover,
+                            signing_keys=generate_keyset("ES256", time.time()))
+    assert source.reload_if_changed()
+    good = source.current()
+    for bad in ('{"kind": "List", "items": [', json.dumps({"kind": "List", "items": documents(idp)})[:-1] + ",]}",
+                '{"kind": "List", "items": [{"a": NaN}]}'):
+        replace_file(path, bad)
+        assert not source.reload_if_changed()
+        assert source.current() is good
+
+
+# --- shared values ---------------------------------------------------------------------------------------------
+
+def test_equal_values_are_one_object_across_applications(tmp_path, idp):
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(documents(idp, apps=3, scopes=("read", "write"))))
+    snapshot = ManifestSource(tmp_path, JwksCache(never_discover), never_discover,
+                              signing_keys=generate_keyset("ES256", time.time())).load()
+    a, b, c = (snapshot.applications[f"client-{n}"] for n in range(3))
+    for field in ("grant_types", "scopes", "audiences", "audience_set", "providers", "namespace"):
+        assert getattr(a, field) is getattr(b, field) is getattr(c, field), field
+    assert a.scopes == {"read", "write"} and a.audiences == ("https://api.example.test",)
+    assert [p.label for p in a.providers.lookup(idp.issuer)] == ["apps/corp"]
+
+
 # --- for real: tokenbridge serve ---------------------------------------------------------------------------------
 
 def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp):
     worker_class = "gthread"
     manifests = tmp_path / "config"
     manifests.mkdir()
-    (manifests / "m.yaml").write_text(yaml.safe_dump_all(documents(idp)))
+    (manifests / "m.json").write_text(json.dumps({"kind": "List", "items": documents(idp)}))
     port = free_port()
     log_path = tmp_path / "server.log"
     base = f"http://127.0.0.1:{port}"
@@ -174,7 +255,7 @@ def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp):
             "subject_token": idp.token(aud="api://tb", iat=int(time.time()), exp=int(time.time()) + 300)})
         assert token.status_code == 200, token.text
 
-        replace_file(manifests / "m.yaml", yaml.safe_dump_all(documents(idp, apps=3)))
+        replace_file(manifests / "m.json", json.dumps({"kind": "List", "items": documents(idp, apps=3)}))
         assert len(workers_answering(3)) == 2  # each worker's poll thread reloads
         assert len(re.findall(r"loaded 3 applications", log_path.read_text())) == 2
     finally:

@@ -1,4 +1,9 @@
-"""Standalone configuration: the same YAML manifests a cluster would hold, read from a file or a directory.
+"""Standalone configuration: the same manifests a cluster would hold, read from a file or a directory.
+
+``.yaml``/``.yml`` files are YAML 1.1 as kubectl reads them (PyYAML's safe loader, libyaml's parser when PyYAML has
+it: ``yes`` is a boolean, merge keys ``<<`` work), any number of documents per file. ``.json`` files are parsed as
+JSON by the standard library's ``json`` (exact JSON: no NaN/Infinity, no comments, one value per file: a single
+object or a ``kind: List``), several times faster than any YAML parser: prefer JSON for large configurations.
 
 Besides the three Tokenbridge kinds, ``Secret``s provide what the operator would otherwise publish: an
 application's ``credentials.secretName`` Secret holds ``client_id`` and ``client_secret`` (hashed at load, the
@@ -9,12 +14,16 @@ reconcile them, IdPs are discovered here, off the request path, and the files ar
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
+import pickle
+import re
 import threading
 import time
+from array import array
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import yaml
 
@@ -28,7 +37,8 @@ from ..snapshot import Snapshot, build_snapshot
 
 log = logging.getLogger(__name__)
 
-# libyaml's safe loader when PyYAML has it: about 5x faster on large configurations (bench/scale.py).
+# libyaml's safe loader when PyYAML has it: about 8x faster on large configurations (bench/scale.py), yet still
+# the slowest part of a large load (its constructors are Python). JSON files do not go through YAML at all.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DISCOVERY_RETRY = 30.0
@@ -37,11 +47,111 @@ DISCOVERY_RETRY = 30.0
 Discover = Callable[[Mapping[str, Any]], ProviderMetadata]
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+_JSON = json.JSONDecoder(parse_constant=_not_json)
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_value(text: str, index: int) -> tuple[Any, int]:
+    return _JSON.raw_decode(text, index)
+
+
+def _json_expect(text: str, index: int, char: str, what: str) -> int:
+    if not text.startswith(char, index):
+        raise json.JSONDecodeError(f"Expecting {what}", text, index)
+    return _JSON_SPACE.match(text, index + 1).end()
+
+
+def _json_starts(text: str, index: int) -> tuple[array, int]:
+    """Where each element of the array at ``index`` starts (each is parsed to find its end, then let go), and
+    where the array ends."""
+    starts = array("q")
+    index = _json_expect(text, index, "[", "'['")
+    if text.startswith("]", index):
+        return starts, index + 1
+    while True:
+        starts.append(index)
+        index = _JSON_SPACE.match(text, _json_value(text, index)[1]).end()
+        if text.startswith("]", index):
+            return starts, index + 1
+        index = _json_expect(text, index, ",", "',' delimiter")
+
+
+def _json_document(path: Path) -> Any:
+    """``json.loads`` of the file, to the same result and errors, except that when the file is an object whose
+    ``items`` is an array (a ``kind: List``), the items are parsed again one at a time as they are iterated, so
+    the parsed items of a large List are never all held at once."""
+    data = path.read_bytes()
+    text = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads(bytes) decodes
+    del data
+    index = _JSON_SPACE.match(text).end()
+    if not text.startswith("{", index):
+        value, index = _json_value(text, index)
+        starts = None
+    else:
+        value, starts = {}, None
+        index = _JSON_SPACE.match(text, index + 1).end()
+        if text.startswith("}", index):
+            index += 1
+        else:
+            while True:
+                if not text.startswith('"', index):
+                    raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, index)
+                key, index = json.decoder.scanstring(text, index + 1, True)
+                index = _json_expect(text, _JSON_SPACE.match(text, index).end(), ":", "':' delimiter")
+                if key == "items" and text.startswith("[", index):
+                    starts, index = _json_starts(text, index)
+                    value[key] = None  # its place among the keys; the items are read when iterated
+                else:
+                    if key == "items":  # a later "items" wins, as in json.loads
+                        starts = None
+                    value[key], index = _json_value(text, index)
+                index = _JSON_SPACE.match(text, index).end()
+                if text.startswith("}", index):
+                    index += 1
+                    break
+                if not text.startswith(",", index):
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
+                index = _JSON_SPACE.match(text, index + 1).end()
+    index = _JSON_SPACE.match(text, index).end()
+    if index != len(text):
+        raise json.JSONDecodeError("Extra data", text, index)
+    if starts is not None:
+        items = (_json_value(text, start)[0] for start in starts)
+        value["items"] = items if value.get("kind") == "List" else list(items)
+    return value
+
+
+def _parse(path: Path) -> Iterator[Any]:
+    """The documents of one file, one at a time (YAML is parsed as a stream: no copy of the file is held)."""
+    if path.suffix == ".json":
+        yield _json_document(path)
+        return
+    with open(path, "rb") as stream:  # bytes: libyaml detects UTF-8/UTF-16 itself, as kubectl's decoder does
+        yield from yaml.load_all(stream, Loader=SAFE_LOADER)
+
+
 def _secret_values(secret: Mapping[str, Any]) -> dict[str, str]:
     """``stringData`` as is, ``data`` base64-decoded; stringData wins, as in the API server."""
     values = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
     values.update({k: str(v) for k, v in (secret.get("stringData") or {}).items()})
     return values
+
+
+def _namespaced(doc: dict[str, Any]) -> dict[str, Any]:
+    doc.setdefault("metadata", {}).setdefault("namespace", "default")
+    return doc
+
+
+def _drain(items: list[Any]) -> Iterator[Any]:
+    """The items in order, each dropped from the list as it is handed out (the list ends empty)."""
+    for index in range(len(items)):
+        item, items[index] = items[index], None  # type: ignore[call-overload]
+        yield item
+    items.clear()
 
 
 class ManifestSource:
@@ -126,41 +236,61 @@ class ManifestSource:
         while not self._stop.wait(self._poll_interval):
             self.reload_if_changed()
 
-    def _documents(self) -> list[dict[str, Any]]:
-        documents: list[dict[str, Any]] = []
+    def _documents(self) -> Iterator[dict[str, Any]]:
+        """Every manifest, one at a time (``kind: List`` items one by one), with its namespace defaulted."""
         for path in self._files():
-            for doc in yaml.load_all(path.read_text(), Loader=SAFE_LOADER):
+            for doc in _parse(path):
                 if isinstance(doc, dict) and doc.get("kind") == "List":
-                    documents.extend(d for d in doc.get("items") or () if isinstance(d, dict))
+                    items, doc = doc.get("items") or (), None  # a JSON List's: a generator, parsing as it goes
+                    for item in _drain(items) if isinstance(items, list) else items:  # each let go once handed out
+                        if isinstance(item, dict):
+                            yield _namespaced(item)
                 elif isinstance(doc, dict):
-                    documents.append(doc)
+                    yield _namespaced(doc)
                 elif doc is not None:
                     raise ValueError(f"{path}: a manifest is not a mapping")
-        for doc in documents:
-            doc.setdefault("metadata", {}).setdefault("namespace", "default")
-        return documents
 
     def _load(self) -> Snapshot:
-        docs = self._documents()
-        by_kind: dict[str, list[dict[str, Any]]] = {}
-        for doc in docs:
-            by_kind.setdefault(doc.get("kind", ""), []).append(doc)
-        secrets = {(d["metadata"]["namespace"], d["metadata"].get("name")): _secret_values(d)
-                   for d in by_kind.get("Secret", ())}
+        # The collector would walk every object alive at each full collection; a load creates no cycles worth it.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._build()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _build(self) -> Snapshot:
+        # Memory at 100,000 applications: only what the snapshot needs is kept while reading. Secrets are reduced
+        # to their values at once. Application documents wait for every IdP and Secret pickled (a fraction of
+        # the parsed dicts' size, and outside the object heap, so the snapshot's objects are not interspersed
+        # with them); each is unpickled (an exact copy) and let go as build_snapshot consumes it.
+        by_kind: dict[str, list[Any]] = {api.KIND_IDP: [], api.KIND_CLUSTER_IDP: [], api.KIND_APP: []}
+        secrets: dict[tuple, dict[str, str]] = {}
+        for doc in self._documents():
+            kind = doc.get("kind", "")
+            if kind == "Secret":
+                secrets[(doc["metadata"]["namespace"], doc["metadata"].get("name"))] = _secret_values(doc)
+            elif kind == api.KIND_APP:
+                by_kind[kind].append(pickle.dumps(doc, pickle.HIGHEST_PROTOCOL))
+            elif kind in by_kind:
+                by_kind[kind].append(doc)
         signing_keys = self._fallback_keys
         for values in secrets.values():
             if SECRET_KEY in values:
                 data = {SECRET_KEY: base64.b64encode(values[SECRET_KEY].encode()).decode()}
                 signing_keys = SigningKeySet.from_secret_data(data)
         used: set[str] = set()
-        idps = [self._with_discovery(d, used) for d in by_kind.get(api.KIND_IDP, ())]
-        cluster_idps = [self._with_discovery(d, used) for d in by_kind.get(api.KIND_CLUSTER_IDP, ())]
+        idps = [self._with_discovery(d, used) for d in by_kind.pop(api.KIND_IDP)]
+        cluster_idps = [self._with_discovery(d, used) for d in by_kind.pop(api.KIND_CLUSTER_IDP)]
         self._discovered = {k: v for k, v in self._discovered.items() if k in used}
         for doc in cluster_idps:
             doc["metadata"].pop("namespace", None)
-        apps = [self._with_credentials(d, secrets) for d in by_kind.get(api.KIND_APP, ())]
+        apps = by_kind.pop(api.KIND_APP)
         snapshot = build_snapshot(identity_providers=idps, cluster_identity_providers=cluster_idps,
-                                  applications=apps, signing_keys=signing_keys, cache=self._cache)
+                                  applications=(self._with_credentials(pickle.loads(doc), secrets)
+                                                for doc in _drain(apps)),
+                                  signing_keys=signing_keys, cache=self._cache)
         self._seed_keys(snapshot)
         log.info("loaded %d applications and %d identity providers from %s", len(snapshot.applications),
                  len(snapshot.providers), self._path)
