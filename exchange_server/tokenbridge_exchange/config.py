@@ -10,6 +10,7 @@ from tokenbridge.durations import parse_duration
 
 DEFAULT_BIND = "127.0.0.1:8080"
 DEFAULT_SIGNING_SECRET = ("tokenbridge", "tokenbridge-signing-keys")
+WORKER_CLASSES = ("gthread", "sync")  # gunicorn's; sync: one request at a time per worker (threads do not apply)
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class ServerConfig:
     bind: str = DEFAULT_BIND
     workers: int = 2
     threads: int = 8
+    worker_class: str = "gthread"  # one of WORKER_CLASSES
     manifests: str | None = None  # standalone source
     kubernetes: bool = False  # cluster source
     kubeconfig: str | None = None
@@ -58,7 +60,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", help="kubeconfig for --kubernetes (default: in-cluster, then ~/.kube/config)")
     p.add_argument("--bind", help=f"host:port to listen on (default {DEFAULT_BIND})")
     p.add_argument("--workers", type=int, help="gunicorn worker processes (default 2)")
-    p.add_argument("--threads", type=int, help="threads per worker (default 8)")
+    p.add_argument("--threads", type=int, help="threads per worker (default 8; gthread only)")
+    p.add_argument("--worker-class", choices=WORKER_CLASSES,
+                   help="gunicorn worker class (env TOKENBRIDGE_WORKER_CLASS; default gthread): gthread serves "
+                        "--threads requests at once per worker, sync one (--threads does not apply)")
     p.add_argument("--issuer", help="public issuer URL (env TOKENBRIDGE_PUBLIC_ISSUER)")
     return p
 
@@ -77,11 +82,15 @@ def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServerConfig:
     issuer = args.issuer or env.get("TOKENBRIDGE_PUBLIC_ISSUER") or f"http://{bind}"
     if not issuer.startswith(("https://", "http://")):
         p.error(f"--issuer {issuer!r} must be an http(s) URL")
+    worker_class = args.worker_class or env.get("TOKENBRIDGE_WORKER_CLASS") or "gthread"
+    if worker_class not in WORKER_CLASSES:
+        p.error(f"TOKENBRIDGE_WORKER_CLASS={worker_class!r}: choose from {', '.join(WORKER_CLASSES)}")
     values: dict[str, Any] = {
         "issuer": issuer.rstrip("/"),
         "bind": bind,
         "workers": args.workers or int(env.get("TOKENBRIDGE_WORKERS", "2")),
         "threads": args.threads or int(env.get("TOKENBRIDGE_THREADS", "8")),
+        "worker_class": worker_class,
         "manifests": args.manifests,
         "kubernetes": kubernetes,
         "kubeconfig": args.kubeconfig,

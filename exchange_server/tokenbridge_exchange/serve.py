@@ -159,8 +159,8 @@ class Server(BaseApplication):
         settings = {
             "bind": [self._config.bind],
             "workers": self._config.workers,
-            "threads": self._config.threads,
-            "worker_class": "gthread",
+            "threads": self._config.threads if self._config.worker_class == "gthread" else 1,
+            "worker_class": self._config.worker_class,
             "proc_name": "tokenbridge-serve",
             "control_socket_disable": True,  # nothing uses it; a shared default path would clash between servers
             "graceful_timeout": 10,

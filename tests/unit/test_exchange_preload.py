@@ -1,5 +1,5 @@
 """Standalone at scale: the first snapshot loaded once in the gunicorn master and inherited by the workers, reloads
-after that, ``.json`` manifests read as JSON, and shared values in the snapshot."""
+after that, ``.json`` manifests read as JSON, shared values in the snapshot, and ``--worker-class``."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,7 @@ import yaml
 
 from tokenbridge import api
 from tokenbridge.signing import generate_keyset
+from tokenbridge_exchange import config as server_config
 from tokenbridge_exchange import serve
 from tokenbridge_exchange.config import ServerConfig
 from tokenbridge_exchange.jwks_cache import JwksCache
@@ -215,10 +216,33 @@ def test_equal_values_are_one_object_across_applications(tmp_path, idp):
     assert [p.label for p in a.providers.lookup(idp.issuer)] == ["apps/corp"]
 
 
+# --- --worker-class ---------------------------------------------------------------------------------------------
+
+def test_worker_class_flag_env_and_settings(tmp_path, capsys):
+    assert server_config.load(["--manifests", str(tmp_path)], env={}).worker_class == "gthread"
+    cfg = server_config.load(["--manifests", str(tmp_path), "--worker-class", "sync"], env={})
+    assert cfg.worker_class == "sync"
+    env = {"TOKENBRIDGE_WORKER_CLASS": "sync"}
+    assert server_config.load(["--manifests", str(tmp_path)], env=env).worker_class == "sync"
+    assert server_config.load(["--manifests", str(tmp_path), "--worker-class", "gthread"], env=env).worker_class \
+        == "gthread", "the flag wins over the environment"
+    with pytest.raises(SystemExit):
+        server_config.load(["--manifests", str(tmp_path), "--worker-class", "gevent"], env={})
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        server_config.load(["--manifests", str(tmp_path)], env={"TOKENBRIDGE_WORKER_CLASS": "eventlet"})
+    assert "TOKENBRIDGE_WORKER_CLASS" in capsys.readouterr().err
+
+    sync = serve.Server(ServerConfig(issuer="http://x", worker_class="sync", threads=8), None, None)
+    assert (sync.cfg.worker_class_str, sync.cfg.threads) == ("sync", 1)  # gunicorn turns sync + threads into gthread
+    threaded = serve.Server(ServerConfig(issuer="http://x", threads=4), None, None)
+    assert (threaded.cfg.worker_class_str, threaded.cfg.threads) == ("gthread", 4)
+
+
 # --- for real: tokenbridge serve ---------------------------------------------------------------------------------
 
-def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp):
-    worker_class = "gthread"
+@pytest.mark.parametrize("worker_class", ["gthread", "sync"])
+def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp, worker_class):
     manifests = tmp_path / "config"
     manifests.mkdir()
     (manifests / "m.json").write_text(json.dumps({"kind": "List", "items": documents(idp)}))
@@ -227,7 +251,8 @@ def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp):
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "tokenbridge"), "serve", "--manifests",
-                                 str(manifests), "--bind", f"127.0.0.1:{port}", "--workers", "2"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 str(manifests), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--worker-class",
+                                 worker_class], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "TOKENBRIDGE_PUBLIC_ISSUER": ""})
     try:
         def workers_answering(applications: int) -> set[int]:
