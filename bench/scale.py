@@ -2,16 +2,21 @@
 
     .venv/bin/python bench/scale.py [--idps 10000] [--apps 100000] [--json out.json] [--no-server]
 
-Measured, each in a fresh interpreter so memory is the snapshot's own:
-  load     the standalone source's own path (``ManifestSource``: read + YAML parse + snapshot build), timed in
-           parts: the YAML parse as the server does it (PyYAML's pure-Python SafeLoader), the same parse with
-           PyYAML's C loader (libyaml) for comparison, and ``build_snapshot`` alone (the part the Kubernetes source
-           shares);
-  memory   RSS (VmRSS, and peak VmHWM) of that process once the snapshot is served, i.e. what each worker holds;
+The configuration is generated twice, with the same documents: ``manifests.yaml`` (YAML, as people write it) and
+``manifests.json`` (one JSON ``kind: List``, as ``kubectl get -o json`` writes it). Measured, each in a fresh
+interpreter so memory is the snapshot's own:
+  load     the standalone source's own path, exactly as the gunicorn master runs it before forking
+           (``ManifestSource.preload``: read + parse + snapshot build), for the YAML and for the JSON file; for YAML
+           also in parts: the parse alone (PyYAML's C loader, what the source uses: its constructors are Python, the
+           floor for YAML) and ``build_snapshot`` alone (the part the Kubernetes source shares);
+  memory   RSS (VmRSS, peak VmHWM) of that process once the snapshot is served, and after gc + malloc_trim (what
+           ``tokenbridge serve``'s master does before forking): what the workers inherit;
   latency  per-exchange time through the real WSGI app (``create_app``) in process, single-threaded, for the
            large snapshot and for the benchmark's 100 IdPs / 1,000 applications: lookups are dict accesses, so it
-           must not change with size.
-  server   ``tokenbridge serve`` started on the large manifests (bounded wait): ready or not, and why.
+           must not change with size;
+  server   ``tokenbridge serve --workers 2`` on the large YAML (and JSON) configuration: seconds from start to
+           ``/readyz`` 200, the master's own load time (its log), and RSS and PSS (/proc/PID/smaps_rollup) of the
+           master and of each worker once ready and again after a few hundred exchanges through each of them.
 IdP key material comes from a pool of 20 RSA keys (every IdP still has its own issuer, kid and JWKS to parse).
 """
 from __future__ import annotations
@@ -34,39 +39,39 @@ PY = sys.executable
 SERVER_WAIT = 75.0  # s: gunicorn's worker timeout is 30 s, so two timeouts fit
 
 
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _status_mb(field: str, pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
-def child(directory: str, pool_file: str, requests: int, c_loader: bool = False) -> dict:
-    """In a fresh interpreter: load like a worker does, then measure memory and per-request latency. ``c_loader``
-    swaps, from the outside, the manifests source's ``yaml.safe_load_all`` for PyYAML's libyaml loader: the
-    proposed change, measured before anyone makes it."""
+def _pss_mb(pid: int | str) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def child(directory: str, pool_file: str, requests: int, parts: bool = True) -> dict:
+    """In a fresh interpreter: load like the server's master does, then measure memory and per-request latency."""
     import statistics
 
     import falcon.testing
     import yaml
 
-    if c_loader:
-        from tokenbridge_exchange.sources import manifests as manifests_module
-        manifests_module.yaml = type("yaml", (), {"safe_load_all": staticmethod(
-            lambda text: yaml.load_all(text, Loader=yaml.CSafeLoader))})
-
     from tokenbridge_exchange.app import create_app
     from tokenbridge_exchange.config import ServerConfig
     from tokenbridge_exchange.jwks_cache import JwksCache
     from tokenbridge_exchange.snapshot import build_snapshot
-    from tokenbridge_exchange.sources.manifests import ManifestSource
+    from tokenbridge_exchange.sources.manifests import SAFE_LOADER, ManifestSource
     from tokenbridge.signing import generate_keyset
 
     out: dict = {"rss_before_mb": _status_mb("VmRSS")}
     cache = JwksCache(lambda uri, spec: None)
     source = ManifestSource(directory, cache, lambda spec: None, signing_keys=generate_keyset("ES256", time.time()))
     t0 = time.perf_counter()
-    source.reload_if_changed()  # what a worker's source.start() does first
+    source.preload()  # what tokenbridge serve's master does before forking the workers
     out["load_s"] = time.perf_counter() - t0
     snapshot = source.current()
     out["applications"], out["identity_providers"] = len(snapshot.applications), len(snapshot.providers)
@@ -77,27 +82,30 @@ def child(directory: str, pool_file: str, requests: int, c_loader: bool = False)
     import gc
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the parse's freed memory back: what the snapshot itself holds
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # as serve.settle_before_fork: what the workers inherit
     out["rss_trimmed_mb"] = _status_mb("VmRSS")
 
-    if c_loader:
+    if parts:  # after the real load, so they do not inflate its memory figures
+        path = Path(directory) / "manifests.yaml"
+        t0 = time.perf_counter()
+        gc.disable()  # as ManifestSource does while loading
+        with open(path, "rb") as f:
+            docs = list(yaml.load_all(f, Loader=SAFE_LOADER))
+        out["yaml_c_parse_s"] = time.perf_counter() - t0  # the YAML floor: libyaml + PyYAML's Python constructors
+        by_kind: dict = {}
+        for d in docs:
+            d.setdefault("metadata", {}).setdefault("namespace", "default")
+            by_kind.setdefault(d["kind"], []).append(d)
+        secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]): s["stringData"] for s in by_kind["Secret"]}
+        apps = [source._with_credentials(d, secrets) for d in by_kind["OAuthApplication"]]
+        t0 = time.perf_counter()
+        build_snapshot(identity_providers=by_kind["IdentityProvider"], cluster_identity_providers=[],
+                       applications=apps, signing_keys=snapshot.signing_keys, cache=cache)
+        out["build_snapshot_s"] = time.perf_counter() - t0
+        gc.enable()
+        del docs, by_kind, apps, secrets
+    if not requests:
         return out
-    # the parts, after the real load (so they do not inflate its memory figures)
-    text = (Path(directory) / "manifests.yaml").read_text()
-    t0 = time.perf_counter()
-    docs = list(yaml.load_all(text, Loader=yaml.CSafeLoader))
-    out["yaml_c_parse_s"] = time.perf_counter() - t0
-    by_kind: dict = {}
-    for d in docs:
-        d.setdefault("metadata", {}).setdefault("namespace", "default")
-        by_kind.setdefault(d["kind"], []).append(d)
-    secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]): s["stringData"] for s in by_kind["Secret"]}
-    apps = [source._with_credentials(d, secrets) for d in by_kind["OAuthApplication"]]
-    t0 = time.perf_counter()
-    build_snapshot(identity_providers=by_kind["IdentityProvider"], cluster_identity_providers=[],
-                   applications=apps, signing_keys=snapshot.signing_keys, cache=cache)
-    out["build_snapshot_s"] = time.perf_counter() - t0
-    del docs, by_kind, apps, text, secrets
 
     config = ServerConfig(issuer="http://bench.local")
     client = falcon.testing.TestClient(create_app(config, source))
@@ -121,21 +129,17 @@ def child(directory: str, pool_file: str, requests: int, c_loader: bool = False)
 
 
 def trace_child(directory: str) -> dict:
-    """Live Python memory of the snapshot vs the load's peak (tracemalloc; C loader swapped in, as above)."""
+    """Live Python memory of the snapshot vs the load's peak (tracemalloc)."""
     import gc
     import tracemalloc
 
-    import yaml
-
     from tokenbridge.signing import generate_keyset
     from tokenbridge_exchange.jwks_cache import JwksCache
-    from tokenbridge_exchange.sources import manifests as manifests_module
-    manifests_module.yaml = type("yaml", (), {"safe_load_all": staticmethod(
-        lambda text: yaml.load_all(text, Loader=yaml.CSafeLoader))})
-    source = manifests_module.ManifestSource(directory, JwksCache(lambda uri, spec: None), lambda spec: None,
-                                             signing_keys=generate_keyset("ES256", time.time()))
+    from tokenbridge_exchange.sources.manifests import ManifestSource
+    source = ManifestSource(directory, JwksCache(lambda uri, spec: None), lambda spec: None,
+                            signing_keys=generate_keyset("ES256", time.time()))
     tracemalloc.start(1)
-    source.reload_if_changed()
+    source.preload()
     gc.collect()
     live, peak = tracemalloc.get_traced_memory()
     top = tracemalloc.take_snapshot().statistics("lineno")[:6]
@@ -143,10 +147,9 @@ def trace_child(directory: str) -> dict:
             "top": [(str(s.traceback[0]), round(s.size / 1e6, 1), s.count) for s in top]}
 
 
-def measure(directory: Path, pool_file: Path, requests: int, timeout: float, c_loader: bool = False) -> dict:
+def measure(directory: Path, pool_file: Path, requests: int, timeout: float, parts: bool = True) -> dict:
     proc = subprocess.run([PY, __file__, "--child", str(directory), str(pool_file), str(requests),
-                           "c" if c_loader else "py"],
-                          capture_output=True, text=True, timeout=timeout)
+                           "parts" if parts else "load"], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -160,8 +163,19 @@ def trace(directory: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def try_server(directory: Path, wait: float) -> dict:
-    """``tokenbridge serve`` on the large manifests: does it become ready, how fast, with what per worker."""
+def _memory(pids: list[str]) -> list[dict]:
+    out = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            out.append({"pid": int(pid), "rss_mb": round(_status_mb("VmRSS", pid), 1),
+                        "pss_mb": round(_pss_mb(pid), 1)})
+    return out
+
+
+def try_server(directory: Path, wait: float, pool_file: Path | None = None, exchanges: int = 400) -> dict:
+    """``tokenbridge serve --workers 2`` on the large manifests: how fast it is ready, with what memory, per process
+    (RSS counts the pages a worker shares with the master; PSS splits shared pages between the processes sharing
+    them, so the PSS of the master and the workers add up to what the server really holds)."""
     import httpx
     import socket
     with socket.socket() as s:
@@ -187,14 +201,28 @@ def try_server(directory: Path, wait: float) -> dict:
                     break
             except httpx.TransportError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.2)
         if "ready_s" in out:
+            time.sleep(1.0)  # both workers past their boot
             workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-            out["worker_rss_mb"] = []
-            for w in workers:
-                for line in Path(f"/proc/{w}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        out["worker_rss_mb"].append(int(line.split()[1]) / 1024)
+            out["master"] = _memory([str(proc.pid)])[0]
+            out["workers"] = _memory(workers)
+            out["worker_rss_mb"] = [w["rss_mb"] for w in out["workers"]]
+            out["worker_pss_mb"] = [w["pss_mb"] for w in out["workers"]]
+            out["total_pss_mb"] = round(out["master"]["pss_mb"] + sum(out["worker_pss_mb"]), 1)
+            if pool_file is not None and exchanges:
+                pool = [line.split("\t", 1) for line in pool_file.read_text().splitlines() if line]
+                statuses: dict = {}
+                with httpx.Client(base_url=base) as http:
+                    for i in range(exchanges):
+                        auth, body = pool[i % len(pool)]
+                        r = http.post("/oauth2/token", content=body, headers={
+                            "Authorization": auth, "Content-Type": "application/x-www-form-urlencoded",
+                            "Connection": "close"})  # a new connection each: both workers answer
+                        statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
+                out["exchanges"] = statuses
+                out["workers_after_exchanges"] = _memory(workers)
+                out["master_after_exchanges"] = _memory([str(proc.pid)])[0]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -204,8 +232,12 @@ def try_server(directory: Path, wait: float) -> dict:
             proc.wait()
         logf.close()
     text = log_path.read_text()
+    loaded = re.search(r"first snapshot loaded in ([0-9.]+)s", text)
+    if loaded:
+        out["master_load_s"] = float(loaded.group(1))
     out["worker_timeouts"] = len(re.findall(r"WORKER TIMEOUT", text))
     out["workers_booted"] = len(re.findall(r"Booting worker", text))
+    out["snapshot_loads"] = len(re.findall(r"loaded \d+ applications", text))  # 1: only the master parsed
     out["log_excerpt"] = [line for line in text.splitlines()
                           if "TIMEOUT" in line or "loaded" in line or "Booting" in line or "Error" in line][:12]
     return out
@@ -213,65 +245,75 @@ def try_server(directory: Path, wait: float) -> dict:
 
 def _short(site: str) -> str:
     """A traceback location without the machine's prefixes: "tokenbridge/issuers.py:62"."""
-    site = re.sub(r"^.*tokenbridge-bench-src-[^/]+/", "", site)
+    site = re.sub(r"^.*tokenbridge-bench-src-[^/]+/", "", site).replace(str(BENCH.parent) + "/", "")
     for marker in ("site-packages/", "exchange_server/"):
         if marker in site:
             site = site.split(marker, 1)[1]
     return re.sub(r"^/tmp/[^/]+/", "", site)
 
 
+def _server_text(name: str, srv: dict) -> str:
+    if "ready_s" not in srv:
+        return (f"`tokenbridge serve --workers 2` on the large {name} configuration was **not ready after "
+                f"{srv['wait_s']:.0f} s** ({srv.get('workers_booted', 0)} worker boots, "
+                f"{srv.get('worker_timeouts', 0)} `WORKER TIMEOUT` kills in the log).")
+    text = f"`tokenbridge serve --workers 2` on the large {name} configuration answered `/readyz` 200 after " \
+           f"**{srv['ready_s']:.1f} s**"
+    if "master_load_s" in srv:
+        text += f" (the master's one load: {srv['master_load_s']:.1f} s; the manifests were parsed " \
+                f"{srv.get('snapshot_loads', '?')} time(s))"
+    if "master" in srv:
+        text += (f". Once ready: master RSS {srv['master']['rss_mb']:.0f} MB / PSS {srv['master']['pss_mb']:.0f} MB, "
+                 "workers RSS " + ", ".join(f"{w['rss_mb']:.0f}" for w in srv["workers"]) + " MB / PSS "
+                 + ", ".join(f"{w['pss_mb']:.0f}" for w in srv["workers"]) + " MB (goal ≤ 400 MB per worker; "
+                 f"all three together {srv['total_pss_mb']:.0f} MB PSS)")
+    after = srv.get("workers_after_exchanges")
+    if after:
+        text += (f"; after {sum(srv.get('exchanges', {}).values())} exchanges over new connections "
+                 f"({srv.get('exchanges')}) workers RSS " + ", ".join(f"{w['rss_mb']:.0f}" for w in after)
+                 + " MB / PSS " + ", ".join(f"{w['pss_mb']:.0f}" for w in after) + " MB")
+    return text + "."
+
+
 def markdown(r: dict) -> list[str]:
     big, small = r["large"], r["small"]
+    js = r.get("large_json") or {}
     L = [f"{r['identity_providers']:,} IdentityProviders (inline RS256 JWKS each) and {r['applications']:,} "
-         f"OAuthApplications with their Secrets: one {r['manifest_mb']:.0f} MB manifests file, generated in "
-         f"{r['generate_s']:.0f} s. Each figure comes from a fresh Python process loading it exactly as a worker "
-         "does (`bench/scale.py`).", "",
+         f"OAuthApplications with their Secrets: one {r['manifest_mb']:.0f} MB YAML manifests file"
+         + (f" (and the same documents as a {r['manifest_json_mb']:.0f} MB JSON `kind: List`)"
+            if r.get("manifest_json_mb") else "")
+         + f", generated in {r['generate_s']:.0f} s. Each figure comes from a fresh Python process loading it "
+         "exactly as `tokenbridge serve`'s master does before forking its workers (`bench/scale.py`).", "",
          "| | 100 IdPs / 1,000 apps | " + f"{r['identity_providers']:,} IdPs / {r['applications']:,} apps | goal |",
          "| --- | --- | --- | --- |",
-         f"| load through the standalone source (read, YAML parse, snapshot) | {small['load_s']:.2f} s | "
-         f"{big['load_s']:.1f} s | ≤ 10 s |",
-         f"| of which `build_snapshot` alone (shared with the Kubernetes source) | {small['build_snapshot_s']:.2f} s | "
-         f"{big['build_snapshot_s']:.1f} s | |",
-         f"| the same YAML parsed with PyYAML's C loader instead (`yaml.CSafeLoader`) | {small['yaml_c_parse_s']:.2f} s | "
-         f"{big['yaml_c_parse_s']:.1f} s | |",
-         f"| RSS with the snapshot served (peak during load) | {small['rss_loaded_mb']:.0f} MB "
-         f"({small['hwm_loaded_mb']:.0f}) | {big['rss_loaded_mb']:.0f} MB ({big['hwm_loaded_mb']:.0f}) | "
-         "≤ 400 MB per worker |",
-         f"| RSS after gc + malloc_trim | {small['rss_trimmed_mb']:.0f} MB | {big['rss_trimmed_mb']:.0f} MB | |",
-         f"| per-exchange time in process, p50 / p99 | {small['latency_p50_ms']:.2f} / {small['latency_p99_ms']:.2f} ms"
-         f" | {big['latency_p50_ms']:.2f} / {big['latency_p99_ms']:.2f} ms | unchanged |",
-         f"| exchanges answered 200 | {small['statuses'].get('200', 0)} | {big['statuses'].get('200', 0)} | all |",
-         ""]
-    cl = r.get("large_c_loader")
-    if cl:
-        L += [f"With the proposed change (PyYAML's C loader in `ManifestSource._documents`, swapped in from outside "
-              f"for this measurement) the same large load takes **{cl['load_s']:.1f} s** and leaves the worker at "
-              f"**{cl['rss_loaded_mb']:.0f} MB** RSS (peak {cl['hwm_loaded_mb']:.0f} MB; {cl['rss_trimmed_mb']:.0f} "
-              "MB after gc + malloc_trim).", ""]
+         f"| load of the YAML file (read, parse, snapshot) | {small['load_s']:.2f} s | {big['load_s']:.1f} s | ≤ 10 s |"]
+    if js:
+        L.append(f"| load of the same configuration as a `.json` file | | {js['load_s']:.1f} s | ≤ 10 s |")
+    L += [f"| of the YAML load: the parse alone (PyYAML's C loader, the YAML floor) | "
+          f"{small.get('yaml_c_parse_s', 0):.2f} s | {big.get('yaml_c_parse_s', 0):.1f} s | |",
+          f"| of the YAML load: `build_snapshot` alone (shared with the Kubernetes source) | "
+          f"{small.get('build_snapshot_s', 0):.2f} s | {big.get('build_snapshot_s', 0):.1f} s | |",
+          f"| RSS with the snapshot served (peak during load) | {small['rss_loaded_mb']:.0f} MB "
+          f"({small['hwm_loaded_mb']:.0f}) | {big['rss_loaded_mb']:.0f} MB ({big['hwm_loaded_mb']:.0f}) | |",
+          f"| RSS after gc + malloc_trim (what the workers inherit) | {small['rss_trimmed_mb']:.0f} MB | "
+          f"{big['rss_trimmed_mb']:.0f} MB | ≤ 400 MB per worker |"]
+    if js:
+        L.append(f"| the same, JSON: RSS served (peak) / after gc + malloc_trim | | {js['rss_loaded_mb']:.0f} "
+                 f"({js['hwm_loaded_mb']:.0f}) / {js['rss_trimmed_mb']:.0f} MB | |")
+    L += [f"| per-exchange time in process, p50 / p99 | {small['latency_p50_ms']:.2f} / "
+          f"{small['latency_p99_ms']:.2f} ms | {big['latency_p50_ms']:.2f} / {big['latency_p99_ms']:.2f} ms | "
+          "unchanged |",
+          f"| exchanges answered 200 | {small['statuses'].get('200', 0)} | {big['statuses'].get('200', 0)} | all |",
+          ""]
     tr = r.get("large_traced")
     if tr and "live_mb" in tr:
-        L += [f"Where the memory is (tracemalloc, C loader): the snapshot's live Python objects are "
-              f"**{tr['live_mb']:.0f} MB** ({tr['live_mb'] * 1e3 / r['applications']:.1f} KB per application), while "
-              f"the load peaks at {tr['peak_mb']:.0f} MB (all {r['applications'] * 2 + r['identity_providers']:,} "
-              "parsed documents held at once, then the snapshot built from them); the worker's RSS stays near that "
-              "peak because pymalloc returns an arena only once it is entirely free, and the snapshot's objects are "
-              "spread through them. Largest live allocation sites: " + "; ".join(
+        L += [f"Where the memory is (tracemalloc, YAML): the snapshot's live Python objects are "
+              f"**{tr['live_mb']:.0f} MB** ({tr['live_mb'] * 1e3 / r['applications']:.2f} KB per application); the "
+              f"load peaks at {tr['peak_mb']:.0f} MB traced. Largest live allocation sites: " + "; ".join(
                   f"`{_short(site)}` {mb} MB ({n:,} blocks)" for site, mb, n in tr["top"]) + ".", ""]
-    srv = r.get("server")
-    if srv:
-        if "ready_s" in srv:
-            L.append(f"`tokenbridge serve --workers 2` on the large manifests was ready after {srv['ready_s']:.1f} s; "
-                     f"worker RSS {', '.join(f'{x:.0f}' for x in srv.get('worker_rss_mb', []))} MB.")
-        else:
-            text = (f"`tokenbridge serve --workers 2` on the large manifests was **not ready after "
-                    f"{srv['wait_s']:.0f} s** ({srv['workers_booted']} worker boots, {srv['worker_timeouts']} "
-                    "`WORKER TIMEOUT` kills in the log). Each worker parses the manifests itself, inside gunicorn's "
-                    f"`load()`, at the {big['load_s']:.0f} s per worker measured above, both workers at once.")
-            if srv["worker_timeouts"]:
-                text += (" Gunicorn killed workers that had not finished loading within its worker timeout, so "
-                         "they are re-forked and start over.")
-            L.append(text)
-        L.append("")
+    for key, name in (("server", "YAML"), ("server_json", "JSON")):
+        if r.get(key):
+            L += [_server_text(name, r[key]), ""]
     return L
 
 
@@ -280,7 +322,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(trace_child(argv[1])))
         return 0
     if argv[:1] == ["--child"]:
-        print(json.dumps(child(argv[1], argv[2], int(argv[3]), argv[4:5] == ["c"])))
+        print(json.dumps(child(argv[1], argv[2], int(argv[3]), argv[4:5] != ["load"])))
         return 0
     p = argparse.ArgumentParser(description="Scale benchmark")
     p.add_argument("--idps", type=int, default=10_000)
@@ -302,24 +344,31 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="tokenbridge-scale-") as tmp:
         tmp_path = Path(tmp)
         t0 = time.monotonic()
-        big = configgen.generate(tmp_path / "large", args.idps, args.apps, distinct_keys=20)
+        big = configgen.generate(tmp_path / "large", args.idps, args.apps, distinct_keys=20,
+                                 json_directory=tmp_path / "large-json")
         results["generate_s"] = time.monotonic() - t0
         results["manifest_mb"] = big.manifest_path.stat().st_size / 1e6
+        results["manifest_json_mb"] = (tmp_path / "large-json" / "manifests.json").stat().st_size / 1e6
         small = configgen.generate(tmp_path / "small", 100, 1000, distinct_keys=20)
         big_pool = configgen.write_pool(configgen.request_pool(big, 200), tmp_path / "large-pool.tsv")
         small_pool = configgen.write_pool(configgen.request_pool(small, 200), tmp_path / "small-pool.tsv")
         print(f"generated in {results['generate_s']:.0f} s; loading the small configuration", flush=True)
         results["small"] = measure(small.directory, small_pool, args.requests, 120)
-        print(f"loading the large configuration ({results['manifest_mb']:.0f} MB)", flush=True)
+        print(f"loading the large configuration ({results['manifest_mb']:.0f} MB YAML)", flush=True)
         results["large"] = measure(big.directory, big_pool, args.requests, 400)
         print(json.dumps({k: v for k, v in results["large"].items() if k != "statuses"}), flush=True)
-        print("loading it again with PyYAML's C loader swapped in (the proposed change)", flush=True)
-        results["large_c_loader"] = measure(big.directory, big_pool, args.requests, 200, c_loader=True)
+        print(f"loading it as JSON ({results['manifest_json_mb']:.0f} MB)", flush=True)
+        results["large_json"] = measure(tmp_path / "large-json", big_pool, 0, 200, parts=False)
+        print(json.dumps(results["large_json"]), flush=True)
         print("tracing the live memory of the snapshot (tracemalloc)", flush=True)
         results["large_traced"] = trace(big.directory)
         if not args.no_server:
-            print("starting tokenbridge serve on the large configuration", flush=True)
-            results["server"] = try_server(big.directory, SERVER_WAIT)
+            print("starting tokenbridge serve --workers 2 on the large YAML configuration", flush=True)
+            results["server"] = try_server(big.directory, SERVER_WAIT, big_pool)
+            print(json.dumps({k: v for k, v in results["server"].items() if k != "log_excerpt"}), flush=True)
+            print("starting tokenbridge serve --workers 2 on the large JSON configuration", flush=True)
+            results["server_json"] = try_server(tmp_path / "large-json", SERVER_WAIT, big_pool)
+            print(json.dumps({k: v for k, v in results["server_json"].items() if k != "log_excerpt"}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print("\n".join(markdown(results)))
