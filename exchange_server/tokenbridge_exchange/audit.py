@@ -13,9 +13,10 @@ import json
 import logging
 import threading
 import time
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-from .pipeline import Exchange
+if TYPE_CHECKING:
+    from .pipeline import Exchange
 
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
@@ -61,8 +62,8 @@ class StreamAudit:
     def write(self, line: str) -> None:
         self._lines.append(line)
 
-    def stop(self, *_: object) -> None:
-        """Also gunicorn's ``worker_exit(server, worker)``."""
+    def stop(self, server: object = None, worker: object = None) -> None:
+        """Also gunicorn's ``worker_exit(server, worker)`` hook."""
         if self._thread is not None:
             self._stopping.set()
             self._thread.join(timeout=5)

@@ -2,8 +2,8 @@
 
 The master parses the configuration and, for standalone mode, generates the fallback signing key once, before
 forking, so every worker signs with the same key, and the private directory of the replay cache every worker
-shares (:mod:`.replay`). Audit records (logger ``tokenbridge.audit``) go to stdout as bare JSON lines; everything
-else is logged to stderr.
+shares (:mod:`.replay`). Audit records (:mod:`.audit`) go to stdout as bare JSON lines; everything else is logged to
+stderr.
 
 Standalone (``--manifests``), the master also loads the first snapshot, once, before forking: the workers inherit
 it (copy-on-write; ``gc.freeze()`` keeps the collector from writing to, and so copying, its pages) instead of each
@@ -18,9 +18,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
-import logging.handlers
 import os
-import queue
 import shutil
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from tokenbridge.fetch import FetchPolicy
 from tokenbridge.signing import SigningKeySet, generate_keyset
 
 from . import config as config_module
+from .audit import StreamAudit
 from .config import ServerConfig
 from .jwks_cache import JwksCache
 from .sources import SnapshotSource
@@ -113,31 +112,9 @@ def wait_until_ready(source: SnapshotSource, timeout: float) -> None:
     log.warning("no configuration loaded after %.0fs; serving 503 until it is", timeout)
 
 
-class AuditWriter:
-    """Per worker: audit records go through a queue to one writer thread, so request threads never wait on stdout
-    or on the handler's lock (the largest cost in the benchmark's profile). Started in the worker, stopped (and
-    drained) by gunicorn's ``worker_exit``."""
-
-    def __init__(self):
-        self._listener: logging.handlers.QueueListener | None = None
-
-    def start(self) -> None:
-        stream = logging.StreamHandler(sys.stdout)
-        stream.setFormatter(logging.Formatter("%(message)s"))
-        records: queue.SimpleQueue = queue.SimpleQueue()
-        audit = logging.getLogger("tokenbridge.audit")  # one bare JSON line per token request, on stdout
-        audit.handlers[:] = [logging.handlers.QueueHandler(records)]
-        audit.propagate = False
-        self._listener = logging.handlers.QueueListener(records, stream)
-        self._listener.start()
-
-    def stop(self, server=None, worker=None) -> None:
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
-
-
-AUDIT = AuditWriter()
+# One bare JSON line per token request on stdout, written by one thread per worker (started in the worker, stopped
+# and drained by gunicorn's worker_exit): request threads never wait on stdout.
+AUDIT = StreamAudit(sys.stdout)
 
 
 def worker_exited(server, worker) -> None:
@@ -204,7 +181,7 @@ class Server(BaseApplication):
         else:
             source = build_source(self._config, self._signing_keys)
         wait_until_ready(source, READY_WAIT)
-        return create_app(self._config, source)
+        return create_app(self._config, source, audit=AUDIT)
 
 
 def main(argv: list[str]) -> int:
