@@ -63,19 +63,6 @@ def create_app(verify_jwk: dict, subject_issuer: str, subject_audience: str, sig
     return app
 
 
-def with_worker_class(server_cls, worker_class: str):
-    """``server_cls`` (tokenbridge's gunicorn application) with another worker class; sync means one thread."""
-
-    class Variant(server_cls):
-        def load_config(self) -> None:
-            super().load_config()
-            self.cfg.set("worker_class", worker_class)
-            if worker_class == "sync":
-                self.cfg.set("threads", 1)
-
-    return Variant
-
-
 def main(argv: list[str]) -> int:
     from tokenbridge_exchange.config import ServerConfig
     from tokenbridge_exchange.serve import Server
@@ -91,11 +78,12 @@ def main(argv: list[str]) -> int:
         spec = json.load(f)
     signing_key = ec.generate_private_key(ec.SECP256R1())  # before forking: every worker signs with it
 
-    class FloorServer(with_worker_class(Server, args.worker_class)):
+    class FloorServer(Server):  # tokenbridge serve's gunicorn settings, the floor's app
         def load(self) -> falcon.App:
             return create_app(spec["jwk"], spec["issuer"], spec["audience"], signing_key)
 
-    config = ServerConfig(issuer=ISSUER, bind=args.bind, workers=args.workers, threads=args.threads)
+    config = ServerConfig(issuer=ISSUER, bind=args.bind, workers=args.workers, threads=args.threads,
+                          worker_class=args.worker_class)
     FloorServer(config, None, None).run()
     return 0
 

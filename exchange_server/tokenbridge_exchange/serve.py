@@ -139,6 +139,10 @@ class Server(BaseApplication):
             "threads": self._config.threads if self._config.worker_class == "gthread" else 1,
             "worker_class": self._config.worker_class,
             "proc_name": "tokenbridge-serve",
+            # each worker listens on its own SO_REUSEPORT socket and the kernel spreads connections over them: on
+            # one shared socket a burst of new connections can all land on whichever worker wakes first, leaving the
+            # others idle (bench/run.py saw runs with every wrk connection on one worker)
+            "reuse_port": True,
             "control_socket_disable": True,  # nothing uses it; a shared default path would clash between servers
             "graceful_timeout": 10,
             "keepalive": 5,
