@@ -175,3 +175,39 @@ def test_config_from_the_charts_environment(tmp_path):
     assert (cfg.signing_secret_namespace, cfg.signing_secret_name, cfg.signing_algorithm) == ("tb", "keys", "RS256")
     assert cfg.watch_namespace == "team-a" and cfg.cluster_identity_providers is False
     assert cfg.jwks_lifespan == 300 and cfg.jwks_max_staleness == 86400 and cfg.jwks_cooldown == 30
+
+
+def _owners_of_connections_to(port: int) -> list[int]:
+    """The pids holding the server side of each established loopback connection to ``port`` (from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port, state, inode = int(fields[1].split(":")[1], 16), fields[3], fields[9]
+        if local_port == port and state == "01":  # ESTABLISHED, server side
+            inodes.add(f"socket:[{inode}]")
+    owners = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        owners += [int(pid)] * sum(fd in inodes for fd in fds)
+    return owners
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(server):
+    """Each worker has its own SO_REUSEPORT socket: on one shared socket a burst of connections could all land on the
+    first worker to wake, and the others would idle while it queues (as the benchmark saw)."""
+    base, _, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    clients = [httpx.Client(base_url=base) for _ in range(32)]
+    try:
+        for client in clients:
+            assert client.get("/healthz").status_code == 200  # each client keeps its connection open
+        owners = _owners_of_connections_to(port)
+        assert len(owners) == 32
+        counts = sorted(owners.count(pid) for pid in set(owners))
+        assert len(counts) == 2 and counts[0] >= 4, f"connections per worker: {counts}"
+    finally:
+        for client in clients:
+            client.close()
