@@ -73,6 +73,10 @@ def before_after(results: dict) -> list[str]:
         old = (prev.get("headline") or {}).get(label)
         fmt = "{:.2f}" if (value or old or 0) < 10 else "{:.0f}"
         L.append(f"| {label} | {_f(old, fmt)} | {_f(value, fmt)} |")
+    if not prev.get("balance_checked", True):
+        L += ["", "The previous run did not yet check how connections spread over the gunicorn workers: its medians "
+              "include runs in which every wrk connection landed on one worker (one core measured instead of two), "
+              "which lowered some servers' peaks more than others'; this run's ratios are the comparable ones."]
     L.append("")
     return L
 

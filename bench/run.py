@@ -501,6 +501,15 @@ def source_state() -> dict[str, Any]:
             "tokenbridge_exchange_from": str(Path(tokenbridge_exchange.__file__).parent)}
 
 
+def previous_summary(prev: dict) -> dict[str, Any]:
+    """What the before/after table keeps of the run a new one replaces."""
+    import report
+    runs = [r for v in (prev.get("peak") or {}).values() for r in v.get("runs", [])]
+    return {"started": prev.get("started"), "source": prev.get("source"),
+            "headline": prev.get("headline") or report.headline(prev),
+            "balance_checked": any("worker_cpu_share" in r for r in runs)}
+
+
 def reexec_on_committed_tree(argv: list[str]) -> None:
     """Benchmark HEAD, not a shared work tree with someone's half-made change: export HEAD's source roots to a
     temporary directory and run again with them first on PYTHONPATH (servers and children inherit it)."""
@@ -717,9 +726,7 @@ def main(argv: list[str]) -> int:
     results["elapsed_s"] = round(time.monotonic() - t_start)
     import report
     if (out_dir / "results.json").exists():  # the run this one replaces: the "before" of the before/after table
-        prev = json.loads((out_dir / "results.json").read_text())
-        results["previous"] = {"started": prev.get("started"), "source": prev.get("source"),
-                               "headline": prev.get("headline") or report.headline(prev)}
+        results["previous"] = previous_summary(json.loads((out_dir / "results.json").read_text()))
     results["headline"] = report.headline(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     report.write(results, out_dir)
