@@ -7,6 +7,7 @@ from typing import Callable
 import falcon
 
 from . import errors
+from .assertions import VerifiedSignatures
 from .audit import AuditSink, LoggerAudit
 from .config import ServerConfig
 from .health import HealthResource, ReadyResource
@@ -25,7 +26,8 @@ def create_app(config: ServerConfig, snapshot_source: SnapshotSource, *,
     metrics = Metrics(snapshot_source)
     # opened on first use: only identity providers with preventReplay ever touch it
     replay = ReplayCache(config.replay_cache_path, max_entries=config.replay_cache_max_entries, clock=clock)
-    pipeline = Pipeline(config, replay)
+    # per worker: a subject token presented again skips its signature's public-key operation (see assertions)
+    pipeline = Pipeline(config, replay, VerifiedSignatures(config.verified_signatures))
     app = falcon.App(middleware=[MetricsMiddleware(metrics, audit or LoggerAudit())], cors_enable=False)
     errors.install(app)
     metadata = MetadataResource(config)

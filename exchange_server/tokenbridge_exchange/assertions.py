@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 from jwt.algorithms import get_default_algorithms
 
+from tokenbridge.jwks import VerificationKey
+
 from .errors import InvalidGrant
 from .jwks_cache import KeysUnavailable
 from .snapshot import Application, IdentityProvider
@@ -171,7 +173,36 @@ def unsupported_header(header: dict[str, Any]) -> str | None:
     return None
 
 
-def _signature(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[None, str]:
+class VerifiedSignatures:
+    """Signatures that verified, by their exact bytes: a token presented again (a workload exchanging its token for
+    several audiences, or before each call it makes) skips the public-key operation, the largest single cost of an
+    exchange. Only successes are kept, with the key object that verified them, and a hit needs that very object
+    among the IdP's current candidates: a token verified under one IdP does not count for another, and keys
+    refreshed or rotated are new objects, so nothing verified under old keys survives them. Every other check (times,
+    audience, replay) runs on every use. Bounded: full, it starts over."""
+
+    def __init__(self, max_entries: int = 4096):
+        self._entries: dict[bytes, tuple[bytes, str, VerificationKey]] = {}
+        self.max_entries = max_entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def verified_by(self, token: UnverifiedJWT, alg: str, keys: list[VerificationKey]) -> VerificationKey | None:
+        entry = self._entries.get(token.signature)
+        if entry is None or entry[0] != token.signing_input or entry[1] != alg:
+            return None
+        return next((key for key in keys if key is entry[2]), None)
+
+    def add(self, token: UnverifiedJWT, alg: str, key: VerificationKey) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        if self.max_entries:
+            self._entries[token.signature] = (token.signing_input, alg, key)
+
+
+def _signature(token: UnverifiedJWT, provider: IdentityProvider, now: float,
+               verified: VerifiedSignatures | None = None) -> tuple[None, str]:
     alg = token.header["alg"]
     kid = token.header.get("kid")
     if kid is not None and not isinstance(kid, str):
@@ -182,9 +213,14 @@ def _signature(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> 
         raise InvalidGrant(str(exc)) from None
     if not keys:
         raise InvalidGrant(f"identity provider {provider.label} has no {alg} key with kid {kid!r}")
+    seen = verified.verified_by(token, alg, keys) if verified is not None else None
+    if seen is not None:
+        return None, f"verified with key {seen.kid!r} of identity provider {provider.label} (seen before)"
     algorithm = _ALGORITHMS[alg]
     for key in keys:
         if algorithm.verify(token.signing_input, key.key, token.signature):
+            if verified is not None:
+                verified.add(token, alg, key)
             return None, f"verified with key {key.kid!r} of identity provider {provider.label}"
     raise InvalidGrant(f"the signature does not verify with the keys of identity provider {provider.label}")
 
@@ -270,13 +306,17 @@ def _issuer(app: Application, token: UnverifiedJWT) -> tuple[tuple[IdentityProvi
 
 
 def validate(token: UnverifiedJWT, app: Application, now: float, trace: Trace = NO_TRACE,
-             what: str = "subject_token") -> tuple[IdentityProvider, dict[str, Any]]:
+             what: str = "subject_token", verified: VerifiedSignatures | None = None
+             ) -> tuple[IdentityProvider, dict[str, Any]]:
     """The IdP that vouches for ``token`` and its verified claims, for an application's allowed IdPs."""
     errors: list[InvalidGrant] = []
     for provider in step(trace, f"{what}.issuer", _issuer, app, token):  # usually one; more share an issuer
         try:
             for name, check in CHECKS:
-                step(trace, f"{what}.{name}", check, token, provider, now)
+                if check is _signature:
+                    step(trace, f"{what}.{name}", _signature, token, provider, now, verified)
+                else:
+                    step(trace, f"{what}.{name}", check, token, provider, now)
         except InvalidGrant as exc:
             errors.append(exc)
             continue

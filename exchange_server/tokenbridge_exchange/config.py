@@ -38,6 +38,7 @@ class ServerConfig:
     max_token_lifetime: float = 86400.0
     replay_cache_path: str | None = None  # SQLite file shared by the workers; None: a private one on first use
     replay_cache_max_entries: int = 100_000
+    verified_signatures: int = 4096  # per worker, tokens whose verified signature is remembered; 0: none
 
     @property
     def token_endpoint(self) -> str:
@@ -107,6 +108,10 @@ def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServerConfig:
                        ("max_token_lifetime", "TOKENBRIDGE_MAX_TOKEN_LIFETIME")):
         if env.get(var):
             values[field] = parse_duration(env[var])
-    if env.get("TOKENBRIDGE_REPLAY_CACHE_MAX_ENTRIES"):
-        values["replay_cache_max_entries"] = int(env["TOKENBRIDGE_REPLAY_CACHE_MAX_ENTRIES"])
+    for field, var in (("replay_cache_max_entries", "TOKENBRIDGE_REPLAY_CACHE_MAX_ENTRIES"),
+                       ("verified_signatures", "TOKENBRIDGE_VERIFIED_SIGNATURES")):
+        if env.get(var):
+            if not env[var].strip().isdigit():
+                p.error(f"{var}={env[var]!r}: must be a whole number, 0 or more")
+            values[field] = int(env[var])
     return ServerConfig(**values)

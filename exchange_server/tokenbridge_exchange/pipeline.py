@@ -180,8 +180,9 @@ def _map_claims(policy: Any, claims: dict[str, Any]) -> tuple[dict[str, Any], st
 
 
 class Pipeline:
-    def __init__(self, config: ServerConfig, replay: ReplayCache | None):
-        self._config, self._replay = config, replay
+    def __init__(self, config: ServerConfig, replay: ReplayCache | None,
+                 verified: assertions.VerifiedSignatures | None = None):
+        self._config, self._replay, self._verified = config, replay, verified
         self._grants = frozenset(api.GRANT_TYPES)
 
     def run(self, form: Form, app: Application, now: float, state: Exchange, trace: Trace = NO_TRACE, *,
@@ -247,7 +248,7 @@ class Pipeline:
 
     def _validated(self, token: str, what: str, app: Application, now: float, trace: Trace) -> Validated:
         parsed = step(trace, f"{what}.format", _parse, token, self._config.max_token_bytes, what)
-        provider, claims = assertions.validate(parsed, app, now, trace, what)
+        provider, claims = assertions.validate(parsed, app, now, trace, what, self._verified)
         return Validated(provider, claims, what)
 
     def _lifetime(self, state: Exchange, now: float, validated: list[Validated] | tuple, trace: Trace) -> None:
