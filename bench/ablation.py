@@ -6,6 +6,8 @@ with one feature switched off at a time (from the outside: no server code is edi
 Each variant runs in a fresh interpreter (prometheus_client reads PROMETHEUS_MULTIPROC_DIR at import):
   full              as ``tokenbridge serve`` runs it: multiprocess metrics, audit records through serve's sink
                     (:class:`StreamAudit`: a queue and a writer thread) into a file instead of stdout
+  verify-every-token  no verified signature remembered (TOKENBRIDGE_VERIFIED_SIGNATURES=0): the pool's tokens
+                    repeat, so "full" verifies each once and remembers it
   no-audit          an audit sink that is off
   metrics-in-memory no PROMETHEUS_MULTIPROC_DIR: prometheus_client's in-process values instead of mmap files
   no-middleware     ``MetricsMiddleware`` replaced by a no-op (neither metrics nor audit)
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-VARIANTS = ("full", "no-audit", "metrics-in-memory", "no-middleware", "floor")
+VARIANTS = ("full", "verify-every-token", "no-audit", "metrics-in-memory", "no-middleware", "floor")
 
 
 def _environ(auth: str, body: bytes) -> dict:
@@ -71,7 +73,8 @@ def child(variant: str, manifests: str, pool_file: str, floor_json: str, floor_p
                                 signing_keys=generate_keyset("ES256", time.time()))
         source.start()
         config = ServerConfig(issuer="http://bench.local",
-                              replay_cache_path=os.path.join(tempfile.mkdtemp(), "replay.sqlite3"))
+                              replay_cache_path=os.path.join(tempfile.mkdtemp(), "replay.sqlite3"),
+                              verified_signatures=0 if variant == "verify-every-token" else 4096)
         app = app_module.create_app(config, source, audit=audit)
         pool_path = pool_file
     pool = [(a, b.encode()) for a, b in (line.split("\t", 1) for line in Path(pool_path).read_text().splitlines()

@@ -199,21 +199,27 @@ def start_floor(work: Path, pool_file: Path, worker_class: str = "gthread") -> T
 
 
 def start_tokenbridge(work: Path, manifests: Path, pool_file: Path, alg: str = "ES256",
-                      worker_class: str = "gthread") -> Target:
+                      worker_class: str = "gthread", remember_signatures: bool = True) -> Target:
+    """``tokenbridge serve`` as shipped, or a variant: another signing algorithm, worker class, or no memory of
+    verified signatures (``TOKENBRIDGE_VERIFIED_SIGNATURES=0``: every token verified, as if none repeated)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     serve_args = ["--manifests", str(manifests), "--bind", f"127.0.0.1:{port}", "--issuer", base,
                   "--workers", "2", "--threads", "8", "--worker-class", worker_class]
-    if alg == "ES256" and worker_class == "gthread":
+    if not remember_signatures:
+        key = "tokenbridge-verify-every-token"
+    elif alg == "ES256" and worker_class == "gthread":
         key = "tokenbridge"
     else:
         key = f"tokenbridge-{alg}" if worker_class == "gthread" else f"tokenbridge-{worker_class}"
     args = [str(Path(PY).parent / "tokenbridge"), "serve", *serve_args]
-    label = f"tokenbridge ({alg}, {worker_class})"
-    t = Target(key, label, base, "/oauth2/token", "/readyz", pool_file,
-               spawn(args, work / f"{key}.log", {"TOKENBRIDGE_SIGNING_ALGORITHM": alg,
-                                                 "TOKENBRIDGE_PUBLIC_ISSUER": base}),
-               work / f"{key}.log", "gunicorn", {"signing_algorithm": alg, "worker_class": worker_class})
+    label = f"tokenbridge ({alg}, {worker_class}" + ("" if remember_signatures else ", every signature verified") + ")"
+    env = {"TOKENBRIDGE_SIGNING_ALGORITHM": alg, "TOKENBRIDGE_PUBLIC_ISSUER": base}
+    if not remember_signatures:
+        env["TOKENBRIDGE_VERIFIED_SIGNATURES"] = "0"
+    t = Target(key, label, base, "/oauth2/token", "/readyz", pool_file, spawn(args, work / f"{key}.log", env),
+               work / f"{key}.log", "gunicorn", {"signing_algorithm": alg, "worker_class": worker_class,
+                                                 "remember_signatures": remember_signatures})
     wait_ready(t)
     return t
 
@@ -648,7 +654,8 @@ def main(argv: list[str]) -> int:
                     targets.pop("hydra-default").stop()
 
         # variants: signing algorithm and worker model, each beside a fresh baseline run
-        variants = [("tokenbridge-RS256", dict(alg="RS256")), ("tokenbridge-EdDSA", dict(alg="EdDSA")),
+        variants = [("tokenbridge-verify-every-token", dict(remember_signatures=False)),
+                    ("tokenbridge-RS256", dict(alg="RS256")), ("tokenbridge-EdDSA", dict(alg="EdDSA")),
                     ("tokenbridge-sync", dict(worker_class="sync"))]
         floor_sync = None
         for key, kw in variants:
