@@ -25,9 +25,6 @@ import base64
 import os
 import platform
 import secrets
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,40 +42,14 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 from idp_server import LocalIdP  # noqa: E402
 
+from harness import free_port, percentile, stop, wait_for_quiet_machine  # noqa: E402
+
 TOKENBRIDGE = str(Path(sys.executable).parent / "tokenbridge")
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 AUDIENCE = "api://kid-storm"
 COOLDOWN = 10.0  # tokenbridge_exchange.jwks_cache.JwksCache's floor; not configurable
 WORKERS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_quiet_machine(limit: float = 600.0) -> tuple[float, bool]:
-    """Wait while another engineer's bench/run.py runs (polled every 30 s, at most ``limit``).
-
-    Returns the seconds waited and whether it was still running when we gave up."""
-    start = time.monotonic()
-    while True:
-        busy = subprocess.run(["pgrep", "-f", "bench/run.py"], capture_output=True, text=True).stdout.split()
-        if not [p for p in busy if int(p) != os.getpid()]:
-            return time.monotonic() - start, False
-        if time.monotonic() - start >= limit:
-            return time.monotonic() - start, True
-        print("bench/run.py is running; waiting 30 s", file=sys.stderr)
-        time.sleep(30)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
 def machine() -> str:
@@ -231,11 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         fetches = jwks_fetches() - fetches_before
         metrics_after = scrape(base)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         idp.stop()
 
     bound = WORKERS * (elapsed / COOLDOWN + 1) + 1

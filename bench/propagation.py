@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
-from controlplane import ControlPlane, build_binaries, free_port  # noqa: E402
+from controlplane import ControlPlane, build_binaries  # noqa: E402
+
+from harness import free_port, percentile, stop, wait_for_quiet_machine  # noqa: E402
 
 TOKENBRIDGE = str(Path(sys.executable).parent / "tokenbridge")
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -52,26 +53,6 @@ SUBJECT_AUDIENCE = "tokenbridge-propagation"
 TARGET_P99 = 2.0
 PER_CHANGE_LIMIT = 15.0  # s: a change not reflected by then counts as this (and is reported)
 
-
-
-def wait_for_quiet_machine(limit: float = 600.0) -> tuple[float, bool]:
-    """Wait while another engineer's bench/run.py runs (polled every 30 s, at most ``limit``).
-
-    Returns the seconds waited and whether it was still running when we gave up."""
-    start = time.monotonic()
-    while True:
-        busy = subprocess.run(["pgrep", "-f", "bench/run.py"], capture_output=True, text=True).stdout.split()
-        if not [p for p in busy if int(p) != os.getpid()]:
-            return time.monotonic() - start, False
-        if time.monotonic() - start >= limit:
-            return time.monotonic() - start, True
-        print("bench/run.py is running; waiting 30 s", file=sys.stderr)
-        time.sleep(30)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
 def machine() -> str:
@@ -94,16 +75,6 @@ def wait(predicate, timeout: float, what: str) -> None:
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([TOKENBRIDGE, *args], env={**os.environ, **env}, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def terminate(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
     finally:
         for proc in procs:
-            terminate(proc)
+            stop(proc, group=True)
         cp.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -24,8 +24,6 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,8 @@ from urllib.parse import urlencode
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
+from harness import free_port, stop  # noqa: E402
+
 PY = sys.executable
 HYDRA_VERSION = "v2.3.0"
 CONNECTIONS = 16  # wrk connections: the 2 workers x 8 threads of the default gthread settings
@@ -135,12 +135,6 @@ def machine() -> dict[str, Any]:
 
 # --- servers ----------------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Target:
     key: str
@@ -159,13 +153,7 @@ class Target:
         return self.base + self.token_path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 def wait_ready(target: Target, timeout: float = 60.0) -> None:

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from harness import stop  # noqa: E402
 PY = sys.executable
 SERVER_WAIT = 75.0  # s: gunicorn's worker timeout is 30 s, so two timeouts fit
 
@@ -224,12 +223,7 @@ def try_server(directory: Path, wait: float, pool_file: Path | None = None, exch
                 out["workers_after_exchanges"] = _memory(workers)
                 out["master_after_exchanges"] = _memory([str(proc.pid)])[0]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         logf.close()
     text = log_path.read_text()
     loaded = re.search(r"first snapshot loaded in ([0-9.]+)s", text)

@@ -1,0 +1,54 @@
+"""What the benchmark scripts share: a quiet machine to measure on, stopping the servers they start, percentiles.
+
+Free ports come from the tests' ``controlplane.free_port`` (tests/cluster), put on ``sys.path`` here.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))
+from controlplane import free_port  # noqa: E402
+
+__all__ = ["free_port", "percentile", "stop", "wait_for_quiet_machine"]
+
+
+def wait_for_quiet_machine(limit: float = 600.0) -> tuple[float, bool]:
+    """Wait while another engineer's bench/run.py runs (polled every 30 s, at most ``limit``).
+
+    Returns the seconds waited and whether it was still running when we gave up."""
+    start = time.monotonic()
+    while True:
+        busy = subprocess.run(["pgrep", "-f", "bench/run.py"], capture_output=True, text=True).stdout.split()
+        if not [p for p in busy if int(p) != os.getpid()]:
+            return time.monotonic() - start, False
+        if time.monotonic() - start >= limit:
+            return time.monotonic() - start, True
+        print("bench/run.py is running; waiting 30 s", file=sys.stderr)
+        time.sleep(30)
+
+
+def stop(proc: subprocess.Popen, *, group: bool = False, grace: float = 15.0) -> None:
+    """SIGTERM (to its whole process group with ``group``: a server started in a new session), then SIGKILL after
+    ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    send = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
+    send(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
