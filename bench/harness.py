@@ -1,10 +1,11 @@
-"""What the benchmark scripts share: a quiet machine to measure on, stopping the servers they start, percentiles.
+"""What the benchmark scripts share: the machine's description, a quiet machine to measure on, stopping the servers they start, percentiles.
 
 Free ports come from the tests' ``controlplane.free_port`` (tests/cluster), put on ``sys.path`` here.
 """
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -14,7 +15,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))
 from controlplane import free_port  # noqa: E402
 
-__all__ = ["free_port", "percentile", "stop", "wait_for_quiet_machine"]
+__all__ = ["free_port", "machine", "percentile", "stop", "wait_for_quiet_machine"]
+
+
+def machine() -> str:
+    cpu = "n/a"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
 
 
 def wait_for_quiet_machine(limit: float = 600.0) -> tuple[float, bool]:

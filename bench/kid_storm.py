@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import platform
 import secrets
 import subprocess
 import sys
@@ -42,7 +41,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 from idp_server import LocalIdP  # noqa: E402
 
-from harness import free_port, percentile, stop, wait_for_quiet_machine  # noqa: E402
+from harness import free_port, machine, percentile, stop, wait_for_quiet_machine  # noqa: E402
 
 TOKENBRIDGE = str(Path(sys.executable).parent / "tokenbridge")
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -50,15 +49,6 @@ JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 AUDIENCE = "api://kid-storm"
 COOLDOWN = 10.0  # tokenbridge_exchange.jwks_cache.JwksCache's floor; not configurable
 WORKERS = 2
-
-
-def machine() -> str:
-    cpu = "n/a"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
 
 
 def basic(client_id: str, secret: str) -> str:

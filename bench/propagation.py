@@ -23,7 +23,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -43,7 +42,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
 from controlplane import ControlPlane, build_binaries  # noqa: E402
 
-from harness import free_port, percentile, stop, wait_for_quiet_machine  # noqa: E402
+from harness import free_port, machine, percentile, stop, wait_for_quiet_machine  # noqa: E402
 
 TOKENBRIDGE = str(Path(sys.executable).parent / "tokenbridge")
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -53,15 +52,6 @@ SUBJECT_AUDIENCE = "tokenbridge-propagation"
 TARGET_P99 = 2.0
 PER_CHANGE_LIMIT = 15.0  # s: a change not reflected by then counts as this (and is reported)
 
-
-
-def machine() -> str:
-    cpu = "n/a"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
 
 
 def wait(predicate, timeout: float, what: str) -> None:
