@@ -1,7 +1,7 @@
 """Standalone configuration: the same manifests a cluster would hold, read from a file or a directory.
 
 ``.yaml``/``.yml`` files are YAML 1.1 as kubectl reads them (PyYAML's safe loader, libyaml's parser when PyYAML has
-it: ``yes`` is a boolean, merge keys ``<<`` work), any number of documents per file. ``.json`` files are parsed as
+it, through :mod:`.yaml_loader`: ``yes`` is a boolean, merge keys ``<<`` work), any number of documents per file. ``.json`` files are parsed as
 JSON by the standard library's ``json`` (exact JSON: no NaN/Infinity, no comments, one value per file: a single
 object or a ``kind: List``), several times faster than any YAML parser: prefer JSON for large configurations.
 
@@ -34,12 +34,10 @@ from tokenbridge.signing import SECRET_KEY, SigningKeySet
 
 from ..jwks_cache import JwksCache, RemoteKeys
 from ..snapshot import Snapshot, build_snapshot
+from .yaml_loader import ManifestLoader
 
 log = logging.getLogger(__name__)
 
-# libyaml's safe loader when PyYAML has it: about 8x faster on large configurations (bench/scale.py), yet still
-# the slowest part of a large load (its constructors are Python). JSON files do not go through YAML at all.
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DISCOVERY_RETRY = 30.0
 
@@ -131,7 +129,7 @@ def _parse(path: Path) -> Iterator[Any]:
         yield _json_document(path)
         return
     with open(path, "rb") as stream:  # bytes: libyaml detects UTF-8/UTF-16 itself, as kubectl's decoder does
-        yield from yaml.load_all(stream, Loader=SAFE_LOADER)
+        yield from yaml.load_all(stream, Loader=ManifestLoader)
 
 
 def _secret_values(secret: Mapping[str, Any]) -> dict[str, str]:

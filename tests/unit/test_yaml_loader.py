@@ -1,0 +1,98 @@
+"""The manifests' YAML loader gives exactly what PyYAML's safe loader gives: values, types, key order, aliases
+(compared through pickle, which records shared objects), documents and errors."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tokenbridge_exchange.sources.yaml_loader import BaseLoader, ManifestLoader
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def both(text: str | bytes) -> tuple[object, object]:
+    def load(loader):
+        try:
+            return ("ok", pickle.dumps(list(yaml.load_all(text, Loader=loader))))
+        except Exception as exc:  # noqa: BLE001 - the same failure, whatever it is
+            return ("error", type(exc).__name__, str(exc))
+    return load(BaseLoader), load(ManifestLoader)
+
+
+CASES = {
+    "yaml 1.1 scalars": "a: yes\nb: Off\nc: 0777\nd: 0x1F\ne: 1:30\nf: .inf\ng: -.NaN\nh: ~\ni: 2001-12-14t21:59:43.10-05:00\n"
+                        "j: 2002-12-14\nk: 1_000\nl: +12.5e3\nm: null\nn: ''\no: '1'\np: \"true\"\nq: !!str 12\n"
+                        "r: !!binary aGVsbG8=\ns: !!float 1\nt: !!int '7'\nu: -0\nv: =\n",
+    "block scalars": "a: |\n  one\n  two\nb: >-\n  folded\n  text\n\nc: |+\n  keep\n\n",
+    "aliases share objects": "base: &b {x: [1, 2]}\none: *b\ntwo: *b\nlist: &l [a, b]\nagain: *l\n",
+    "merge keys": "base: &b {x: 1, y: 2}\nderived:\n  <<: *b\n  y: 3\nmany:\n  <<: [*b, {z: 4}]\n",
+    "explicit collection tags": "s: !!set {a, b}\no: !!omap [{a: 1}, {b: 2}]\np: !!pairs [{a: 1}, {a: 2}]\n",
+    "non-string keys": "1: one\ntrue: yes\n~: nothing\n2001-01-01: date\n[1, 2]: list\n",
+    "unhashable mapping key": "? {a: 1}\n: v\n",
+    "recursive alias": "a: &a [*a]\n",
+    "recursive mapping alias": "&m {self: *m}\n",
+    "duplicate keys": "a: 1\nb: 2\na: 3\n",
+    "documents": "---\na: 1\n---\n---\n- x\n...\n--- plain\n--- !!str 5\n",
+    "non-specific tag": "a: ! 12\nb: ! [1]\nc: ! {d: e}\n",
+    "unknown tag": "a: !custom 1\n",
+    "bad timestamp": "a: 2001-13-45\n",
+    "bad binary": "a: !!binary '@@@'\n",
+    "syntax error": "a: [1, 2\nb: 3\n",
+    "tabs": "a:\n\t- b\n",
+    "value key": "=: x\n",
+    "utf-16": "\ufeffa: é\n".encode("utf-16"),
+    "look-alikes in either order": "a: yesterday\nb: yes\nc: 12ab\nd: 12\ne: nullish\nf: null\ng: 'yes'\nh: yes\n"
+                                   "i: Null\nj: nul\nk: 1.5x\nl: 1.5\nm: trueish\nn: true\n",
+    "long and short repeated values": "\n".join(f"k{i}: {'v' * (i % 90)}" for i in range(300)) + "\n",
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_same_as_pyyaml(name):
+    stock, ours = both(CASES[name])
+    assert ours == stock
+
+
+def test_aliases_are_one_object_and_merge_keys_apply():
+    doc = yaml.load(CASES["aliases share objects"] + "m:\n  <<: *b\n  z: 1\n", Loader=ManifestLoader)
+    assert doc["one"] is doc["two"] is doc["base"] and doc["again"] is doc["list"]
+    assert doc["m"] == {"x": [1, 2], "z": 1}
+
+
+def test_every_manifest_in_the_repository_loads_the_same():
+    files = [p for p in ROOT.glob("**/*.y*ml") if p.suffix in (".yaml", ".yml")
+             and ".venv" not in p.parts and "templates" not in p.parts]
+    assert len(files) > 20
+    for path in files:
+        stock, ours = both(path.read_bytes())
+        assert ours == stock, path
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20),
+    st.sampled_from(["yes", "No", "on", "OFF", "0777", "0x1f", "1:30", "~", "null", "2001-12-14", ".inf", "-.nan",
+                     "1e3", "+1", "<<", "=", "", " ", "a: b", "- x", "#", "'", '"', "\t"]),
+    st.binary(max_size=8), st.dates())
+values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.text(max_size=8), st.integers(), st.booleans()),
+                                                 inner, max_size=4)), max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values, st.sampled_from([None, True, False]), st.booleans())
+def test_dumped_data_loads_the_same(value, flow, explicit_start):
+    text = yaml.dump_all([value, {"again": value}], default_flow_style=flow, explicit_start=explicit_start)
+    stock, ours = both(text)
+    assert ours == stock
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab01:-[]{}&*!?|>'\"#~ \n\t,.<=%@`", max_size=60))
+def test_arbitrary_text_loads_or_fails_the_same(text):
+    stock, ours = both(text)
+    assert ours == stock
