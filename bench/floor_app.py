@@ -3,10 +3,12 @@
 A bare Falcon handler that reads the form, verifies the subject token with PyJWT (RS256, one key, ``iss``/``aud``/
 ``exp`` checked) and signs an ES256 token with PyJWT — no client authentication, no configuration lookup, no
 metrics, no error mapping. It runs under the very gunicorn settings ``tokenbridge serve`` uses: the server class
-of :mod:`tokenbridge_exchange.serve` with only its ``load()`` replaced.
+of :mod:`tokenbridge_exchange.gunicorn_app` with only its ``load()`` replaced, and the same default worker class.
+Its master builds nothing the workers inherit but the signing key, so gevent's patching by gunicorn's worker (after
+the fork) is enough here.
 
     python bench/floor_app.py --bind 127.0.0.1:9001 --verify-key floor.json [--workers 2] [--threads 8]
-                              [--worker-class gthread|sync]
+                              [--worker-class gevent|gthread|sync]
 
 ``floor.json`` holds ``{"issuer": ..., "audience": ..., "jwk": <public RSA JWK>}``.
 """
@@ -64,15 +66,15 @@ def create_app(verify_jwk: dict, subject_issuer: str, subject_audience: str, sig
 
 
 def main(argv: list[str]) -> int:
-    from tokenbridge_exchange.config import ServerConfig
-    from tokenbridge_exchange.serve import Server
+    from tokenbridge_exchange.config import WORKER_CLASSES, ServerConfig
+    from tokenbridge_exchange.gunicorn_app import Server
 
     p = argparse.ArgumentParser(prog="floor_app")
     p.add_argument("--bind", required=True)
     p.add_argument("--verify-key", required=True, help="JSON file: issuer, audience, jwk")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=8)
-    p.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"))
+    p.add_argument("--worker-class", default=ServerConfig.worker_class, choices=WORKER_CLASSES)
     args = p.parse_args(argv)
     with open(args.verify_key) as f:
         spec = json.load(f)

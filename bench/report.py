@@ -98,10 +98,12 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     peaks = results.get("peak", {})
-    order = [k for k in ("floor", "tokenbridge", "tokenbridge-verify-every-token", "tokenbridge-RS256", "tokenbridge-EdDSA", "tokenbridge-sync",
-                         "floor-sync", "hydra", "hydra-default") if k in peaks]
+    order = [k for k in ("floor", "tokenbridge", "tokenbridge-verify-every-token", "tokenbridge-RS256",
+                         "tokenbridge-EdDSA", "tokenbridge-gthread", "tokenbridge-sync", "floor-gthread", "floor-sync",
+                         "hydra", "hydra-default") if k in peaks]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    colors = {"floor": "#888888", "floor-sync": "#bbbbbb", "hydra": "#d95f02", "hydra-default": "#f4a582"}
+    colors = {"floor": "#888888", "floor-gthread": "#bbbbbb", "floor-sync": "#bbbbbb", "hydra": "#d95f02",
+              "hydra-default": "#f4a582"}
     xs = range(len(order))
     ax1.bar(xs, [peaks[k]["median_rps"] or 0 for k in order], color=[colors.get(k, "#1b9e77") for k in order])
     for x, k in zip(xs, order):
@@ -114,7 +116,7 @@ def plot(results: dict, path: Path) -> None:
     ax1.set_title("Peak throughput, 2 gunicorn workers / Hydra, same machine")
 
     ol = results.get("open_loop", {})
-    keys = [k for k in ("floor", "tokenbridge", "hydra") if k in ol]
+    keys = [k for k in ("floor", "tokenbridge", "tokenbridge-gthread", "hydra") if k in ol]
     width = 0.2
     for i, k in enumerate(keys):
         for j, (frac, stat) in enumerate([("0.5", "p50_ms"), ("0.5", "p99_ms"), ("0.8", "p50_ms"), ("0.8", "p99_ms")]):
@@ -125,7 +127,7 @@ def plot(results: dict, path: Path) -> None:
                     label=f"{stat[:3]} at {float(frac):.0%} of own peak" if i == 0 else None)
     ax2.axhline(TARGET_P99_MS, color="red", linestyle="--", linewidth=1, label="p99 target (10 ms)")
     ax2.set_xticks(range(len(keys)))
-    ax2.set_xticklabels(keys)
+    ax2.set_xticklabels([k.replace("tokenbridge", "tb") for k in keys], fontsize=8)
     ax2.set_ylabel("latency from scheduled send, ms (open loop)")
     ax2.set_yscale("log")
     ax2.set_title("Latency at fixed arrival rates")
@@ -243,17 +245,19 @@ def write(results: dict, out_dir: Path) -> Path:
         f"{cfg.get('identity_providers')} IdentityProviders with an inline RS256 JWKS each, "
         f"{cfg.get('applications')} OAuthApplications (each trusting 3 IdPs of its namespace, 10 namespaces) and "
         f"their credentials Secrets, one {cfg.get('manifest_bytes', 0) / 1e6:.1f} MB manifests file; "
-        "`tokenbridge serve --manifests DIR --workers 2 --threads 8` (gthread), metrics on (multiprocess "
-        "Prometheus, as `tokenbridge serve` sets it up). Audit logging does not exist yet, so it is not on.")
+        f"`tokenbridge serve --manifests DIR --workers 2` ({results.get('default_worker_class', 'gevent')} workers, "
+        "the default), metrics on (multiprocess Prometheus, as `tokenbridge serve` sets it up) and audit records on "
+        "(one JSON line per request on stdout, as shipped). The floor runs under the same gunicorn settings.")
     add(f"- Requests: a pool of {plan['pool']} pre-minted RFC 8693 exchanges (client_secret_basic, RS256 subject "
         "token from one of the client's IdPs, an audience and a scope), rotated through by the load generators. "
         "The floor gets the same shape of request with every token signed by its one key; Hydra gets RFC 7523 "
         "jwt-bearer requests for 20 clients and 100 trust relationships (the same 100 issuers and keys).")
     add(f"- Closed loop: `wrk -t1 -c{16}` (Debian's wrk 4.1, `bench/wrk_pool.lua`), {plan['warmup_s']} s warm-up per "
         f"server, then {plan['rounds']} rounds of {plan['peak_s']} s, servers interleaved round by round (order "
-        "reversed every other round); medians of the rounds. Only 200 responses count. The 2 gunicorn workers "
-        "accept from one shared socket, so a run's connections can land unevenly (all on one worker, at worst, "
-        "which then measures one core): each worker's CPU time over the run is read from /proc, and a run in which "
+        "reversed every other round); medians of the rounds. Only 200 responses count. Each gunicorn worker "
+        "listens on its own `SO_REUSEPORT` socket and the kernel spreads connections by hash, so a run's "
+        "connections can still land unevenly (all on one worker, at worst, which then measures one core): each "
+        "worker's CPU time over the run is read from /proc, and a run in which "
         "a worker did less than 60 % of an even share is marked † and left out of the medians and paired ratios "
         "(kept when every run of a server is uneven).")
     add(f"- Open loop: `bench/loadgen.py` at 50 % and 80 % of each server's *own* median peak, {plan['open_rounds']} "
@@ -299,20 +303,23 @@ def write(results: dict, out_dir: Path) -> Path:
     add("")
     add("## Variants: repeated tokens, signing algorithm, worker model")
     add("")
-    add("Each variant ran beside a fresh run of the default (ES256, gthread) Tokenbridge, alternating, so the "
+    add(f"Each variant ran beside a fresh run of the default (ES256, {results.get('default_worker_class', 'gevent')}) "
+        "Tokenbridge, alternating, so the "
         "ratio compares like with like. The request pool repeats each of its tokens, so the default verifies each "
         "signature once per worker and then remembers it (`TOKENBRIDGE_VERIFIED_SIGNATURES`); the "
         "every-signature-verified variant turns that off, as if no token were ever presented twice.")
     add("")
     add("| variant | median exchanges/s | default beside it | ratio |")
     add("| --- | --- | --- | --- |")
-    for key in ("tokenbridge-verify-every-token", "tokenbridge-RS256", "tokenbridge-EdDSA", "tokenbridge-sync"):
+    for key in ("tokenbridge-verify-every-token", "tokenbridge-RS256", "tokenbridge-EdDSA", "tokenbridge-gthread",
+                "tokenbridge-sync"):
         if key in peaks:
             v, b = peaks[key]["median_rps"], peaks[key]["baseline_median_rps"]
             add(f"| {targets.get(key, {}).get('label', key)} | {v:.0f} | {b:.0f} | {v / b:.2f} |")
-    if "floor-sync" in peaks and s["floor"]:
-        add(f"| floor (sync) vs floor (gthread) | {peaks['floor-sync']['median_rps']:.0f} | {s['floor']:.0f} | "
-            f"{peaks['floor-sync']['median_rps'] / s['floor']:.2f} |")
+    for key in ("floor-gthread", "floor-sync"):
+        if key in peaks and s["floor"]:
+            add(f"| {targets.get(key, {}).get('label', key)} vs the floor's default | {peaks[key]['median_rps']:.0f} | "
+                f"{s['floor']:.0f} | {peaks[key]['median_rps'] / s['floor']:.2f} |")
     add("")
     for para in recommendations(results):
         add(para)
@@ -524,17 +531,26 @@ def recommendations(results: dict) -> list[str]:
         else:
             text += "ES256, the current default, is at least as fast as the alternatives: keep it."
         out.append(text)
-    if "tokenbridge-sync" in peaks:
-        ratio = peaks["tokenbridge-sync"]["median_rps"] / peaks["tokenbridge-sync"]["baseline_median_rps"]
-        text = f"**Worker model**: sync workers reach {ratio:.2f}× the gthread default. "
-        if ratio > 1.1:
-            text += ("Sync is faster on this CPU-bound endpoint, but it serves one request per worker and closes "
-                     "every connection after its response (no keep-alive), so a slow client or a JWKS refresh blocks a "
-                     "whole worker; gthread stays the recommended default, and a `--worker-class` flag would let "
-                     "operators choose.")
+    models = {k.split("-")[1]: peaks[k]["median_rps"] / peaks[k]["baseline_median_rps"]
+              for k in ("tokenbridge-gthread", "tokenbridge-sync") if k in peaks}
+    if models:
+        default = results.get("default_worker_class", "gevent")
+        ol = results.get("open_loop", {})
+        text = "**Worker model**: " + ", ".join(f"{m} workers reach {r:.2f}×" for m, r in models.items())
+        text += f" the throughput of the default ({default})."
+        p99 = {k: ((ol.get(k) or {}).get("0.5") or {}).get("p99_ms") for k in ("tokenbridge", "tokenbridge-gthread")}
+        if all(v is not None for v in p99.values()):
+            text += (f" At 50 % of its own peak the default's p99 is {p99['tokenbridge']:.1f} ms, gthread's "
+                     f"{p99['tokenbridge-gthread']:.1f} ms.")
+        if max(models.values()) < 1:
+            text += (f" {default} stays the default: a greenlet per connection keeps connections alive with no "
+                     "thread-pool hand-off and no GIL contention between request threads. Its cost: CPU-bound work "
+                     "in a worker (a manifests reload, a snapshot rebuild) holds that worker's requests until it is "
+                     "done, where threads would interleave; choose `--worker-class gthread` for very large "
+                     "configurations that change often.")
         else:
-            text += ("gthread (the default: keep-alive, 8 threads per worker) is as fast or faster and does not "
-                     "let one slow client block a worker: keep it.")
+            best = max(models.items(), key=lambda kv: kv[1])[0]
+            text += f" {best} is faster on this machine: the default should be reconsidered."
         out.append(text)
     return out
 

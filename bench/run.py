@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from tokenbridge_exchange.config import ServerConfig
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
@@ -41,7 +43,8 @@ from harness import free_port, stop  # noqa: E402
 
 PY = sys.executable
 HYDRA_VERSION = "v2.3.0"
-CONNECTIONS = 16  # wrk connections: the 2 workers x 8 threads of the default gthread settings
+DEFAULT_WORKER_CLASS = ServerConfig.worker_class  # tokenbridge serve's: what "tokenbridge" and "floor" run
+CONNECTIONS = 16  # wrk connections: 8 per worker (gthread's 8 threads; gevent takes any number)
 
 
 def log(msg: str) -> None:
@@ -175,11 +178,11 @@ def spawn(args: list[str], logfile: Path, env: dict[str, str] | None = None) -> 
                             cwd=str(ROOT), start_new_session=True)
 
 
-def start_floor(work: Path, pool_file: Path, worker_class: str = "gthread") -> Target:
+def start_floor(work: Path, pool_file: Path, worker_class: str = DEFAULT_WORKER_CLASS) -> Target:
     port = free_port()
     args = [PY, str(BENCH / "floor_app.py"), "--bind", f"127.0.0.1:{port}", "--verify-key",
             str(work / "floor.json"), "--worker-class", worker_class]
-    key = "floor" if worker_class == "gthread" else f"floor-{worker_class}"
+    key = "floor" if worker_class == DEFAULT_WORKER_CLASS else f"floor-{worker_class}"
     t = Target(key, f"floor ({worker_class})", f"http://127.0.0.1:{port}", "/oauth2/token", "/readyz", pool_file,
                spawn(args, work / f"{key}.log"), work / f"{key}.log", "gunicorn")
     wait_ready(t)
@@ -187,7 +190,7 @@ def start_floor(work: Path, pool_file: Path, worker_class: str = "gthread") -> T
 
 
 def start_tokenbridge(work: Path, manifests: Path, pool_file: Path, alg: str = "ES256",
-                      worker_class: str = "gthread", remember_signatures: bool = True) -> Target:
+                      worker_class: str = DEFAULT_WORKER_CLASS, remember_signatures: bool = True) -> Target:
     """``tokenbridge serve`` as shipped, or a variant: another signing algorithm, worker class, or no memory of
     verified signatures (``TOKENBRIDGE_VERIFIED_SIGNATURES=0``: every token verified, as if none repeated)."""
     port = free_port()
@@ -196,10 +199,10 @@ def start_tokenbridge(work: Path, manifests: Path, pool_file: Path, alg: str = "
                   "--workers", "2", "--threads", "8", "--worker-class", worker_class]
     if not remember_signatures:
         key = "tokenbridge-verify-every-token"
-    elif alg == "ES256" and worker_class == "gthread":
+    elif alg == "ES256" and worker_class == DEFAULT_WORKER_CLASS:
         key = "tokenbridge"
     else:
-        key = f"tokenbridge-{alg}" if worker_class == "gthread" else f"tokenbridge-{worker_class}"
+        key = f"tokenbridge-{alg}" if worker_class == DEFAULT_WORKER_CLASS else f"tokenbridge-{worker_class}"
     args = [str(Path(PY).parent / "tokenbridge"), "serve", *serve_args]
     label = f"tokenbridge ({alg}, {worker_class}" + ("" if remember_signatures else ", every signature verified") + ")"
     env = {"TOKENBRIDGE_SIGNING_ALGORITHM": alg, "TOKENBRIDGE_PUBLIC_ISSUER": base}
@@ -541,7 +544,8 @@ def main(argv: list[str]) -> int:
     plan = {"rounds": 1 if quick else 7, "peak_s": 3 if quick else 4, "warmup_s": 2 if quick else 3,
             "open_rounds": 1 if quick else 2, "open_s": 3 if quick else 8, "variant_rounds": 1 if quick else 2,
             "variant_s": 2 if quick else 6, "profile_s": 5 if quick else 10, "pool": 500}
-    results: dict[str, Any] = {"quick": quick, "plan": plan, "machine": machine(), "source": source_state(),
+    results: dict[str, Any] = {"quick": quick, "plan": plan, "default_worker_class": DEFAULT_WORKER_CLASS,
+                               "machine": machine(), "source": source_state(),
                                "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     hydra, hydra_how = (None, "skipped (--no-peer)") if args.no_peer else hydra_binary(build=not quick)
     results["peer_build"] = {"binary": hydra, "status": hydra_how}
@@ -644,8 +648,7 @@ def main(argv: list[str]) -> int:
         # variants: signing algorithm and worker model, each beside a fresh baseline run
         variants = [("tokenbridge-verify-every-token", dict(remember_signatures=False)),
                     ("tokenbridge-RS256", dict(alg="RS256")), ("tokenbridge-EdDSA", dict(alg="EdDSA")),
-                    ("tokenbridge-sync", dict(worker_class="sync"))]
-        floor_sync = None
+                    ("tokenbridge-gthread", dict(worker_class="gthread")), ("tokenbridge-sync", dict(worker_class="sync"))]
         for key, kw in variants:
             try:
                 v = start_tokenbridge(work, config.manifest_path.parent, tb_pool, **kw)
@@ -663,18 +666,26 @@ def main(argv: list[str]) -> int:
             results["peak"][key] = {"runs": runs, "median_rps": peak_median(runs),
                                     "baseline_median_rps": peak_median(base_runs)}
             results["targets"][key] = {"label": v.label, "notes": v.notes}
+            if "worker_class" in kw and not quick:  # the worker model changes tail latency most: measure it too
+                results["open_loop"][key] = {}
+                for frac in (0.5, 0.8):
+                    rate = results["peak"][key]["median_rps"] * frac
+                    run_ = open_loop(v, rate, plan["open_s"], results)
+                    results["open_loop"][key][str(frac)] = {"rate": rate, "runs": [run_], "p50_ms": run_["p50_ms"],
+                                                           "p99_ms": run_["p99_ms"], "non200": run_["non200"],
+                                                           "errors": run_["errors"] + run_["missing"]}
             results["memory"][key] = memory(v)
             log(f"  {key}: {results['peak'][key]['median_rps']:.0f}/s "
                 f"(baseline beside it {results['peak'][key]['baseline_median_rps']:.0f}/s)")
             targets.pop(key).stop()
-        if not quick:
-            floor_sync = start_floor(work, floor_pool_file, "sync")  # only its peak: how much sync costs the floor
-            targets["floor-sync"] = floor_sync
-            wrk(floor_sync, plan["warmup_s"], results)
-            runs = [wrk(floor_sync, plan["variant_s"], results) for _ in range(plan["variant_rounds"])]
-            results["peak"]["floor-sync"] = {"runs": runs, "median_rps": peak_median(runs)}
-            results["targets"]["floor-sync"] = {"label": floor_sync.label, "notes": {}}
-            targets.pop("floor-sync").stop()
+        for worker_class in ([] if quick else ["gthread", "sync"]):  # only their peaks: the floor's worker models
+            key = f"floor-{worker_class}"
+            targets[key] = floor_variant = start_floor(work, floor_pool_file, worker_class)
+            wrk(floor_variant, plan["warmup_s"], results)
+            runs = [wrk(floor_variant, plan["variant_s"], results) for _ in range(plan["variant_rounds"])]
+            results["peak"][key] = {"runs": runs, "median_rps": peak_median(runs)}
+            results["targets"][key] = {"label": floor_variant.label, "notes": {}}
+            targets.pop(key).stop()
 
         # where the time goes
         ratio = results["peak"]["tokenbridge"]["median_rps"] / results["peak"]["floor"]["median_rps"]

@@ -5,7 +5,7 @@ as its key leaves the JWKS, exactly as it stops verifying at resource servers.
 """
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Any
 
 import jwt
@@ -18,6 +18,11 @@ from .errors import InvalidGrant
 
 JWT_TYPE = "at+jwt"
 _ALGORITHMS = get_default_algorithms()
+
+
+def new_jti() -> str:
+    """128 random bits as 32 hex digits: the shape ``uuid4().hex`` gave, at a quarter of its cost."""
+    return os.urandom(16).hex()
 
 
 def issue(signing_keys: SigningKeySet, *, issuer: str, subject: str, audiences: tuple[str, ...], client_id: str,
@@ -33,7 +38,7 @@ def issue(signing_keys: SigningKeySet, *, issuer: str, subject: str, audiences: 
         "client_id": client_id,
         "iat": int(now),
         "exp": int(expires_at),
-        "jti": jti or uuid.uuid4().hex,
+        "jti": jti or new_jti(),
     })
     claims.pop("scope", None)
     claims.pop("idp", None)

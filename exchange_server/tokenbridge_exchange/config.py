@@ -10,7 +10,10 @@ from tokenbridge.durations import parse_duration
 
 DEFAULT_BIND = "127.0.0.1:8080"
 DEFAULT_SIGNING_SECRET = ("tokenbridge", "tokenbridge-signing-keys")
-WORKER_CLASSES = ("gthread", "sync")  # gunicorn's; sync: one request at a time per worker (threads do not apply)
+# gunicorn's. gevent (the default): one process, one OS thread, a greenlet per connection, so a request never waits
+# for a thread pool hand-off or the GIL (bench/results/report.md: the most exchanges/s and the lowest tail latency);
+# gthread: --threads requests at once per worker; sync: one request at a time per worker, no keep-alive.
+WORKER_CLASSES = ("gevent", "gthread", "sync")
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,7 @@ class ServerConfig:
     bind: str = DEFAULT_BIND
     workers: int = 2
     threads: int = 8
-    worker_class: str = "gthread"  # one of WORKER_CLASSES
+    worker_class: str = "gevent"  # one of WORKER_CLASSES
     manifests: str | None = None  # standalone source
     kubernetes: bool = False  # cluster source
     kubeconfig: str | None = None
@@ -63,8 +66,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="gunicorn worker processes (default 2)")
     p.add_argument("--threads", type=int, help="threads per worker (default 8; gthread only)")
     p.add_argument("--worker-class", choices=WORKER_CLASSES,
-                   help="gunicorn worker class (env TOKENBRIDGE_WORKER_CLASS; default gthread): gthread serves "
-                        "--threads requests at once per worker, sync one (--threads does not apply)")
+                   help="gunicorn worker class (env TOKENBRIDGE_WORKER_CLASS; default gevent): gevent serves each "
+                        "connection in a greenlet, gthread --threads requests at once per worker, sync one at a time "
+                        "(--threads applies to gthread only)")
     p.add_argument("--issuer", help="public issuer URL (env TOKENBRIDGE_PUBLIC_ISSUER)")
     return p
 
@@ -83,7 +87,7 @@ def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServerConfig:
     issuer = args.issuer or env.get("TOKENBRIDGE_PUBLIC_ISSUER") or f"http://{bind}"
     if not issuer.startswith(("https://", "http://")):
         p.error(f"--issuer {issuer!r} must be an http(s) URL")
-    worker_class = args.worker_class or env.get("TOKENBRIDGE_WORKER_CLASS") or "gthread"
+    worker_class = args.worker_class or env.get("TOKENBRIDGE_WORKER_CLASS") or "gevent"
     if worker_class not in WORKER_CLASSES:
         p.error(f"TOKENBRIDGE_WORKER_CLASS={worker_class!r}: choose from {', '.join(WORKER_CLASSES)}")
     values: dict[str, Any] = {

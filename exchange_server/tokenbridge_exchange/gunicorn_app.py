@@ -1,9 +1,9 @@
-"""``tokenbridge serve``: the exchange server under gunicorn, configured in code (no gunicorn config file).
+"""The exchange server as a gunicorn application, configured in code (no gunicorn config file); started by
+:mod:`.serve`.
 
-The master parses the configuration and, for standalone mode, generates the fallback signing key once, before
-forking, so every worker signs with the same key, and the private directory of the replay cache every worker
-shares (:mod:`.replay`). Audit records (:mod:`.audit`) go to stdout as bare JSON lines; everything else is logged to
-stderr.
+The master generates the fallback signing key (standalone mode) once, before forking, so every worker signs with the
+same key, and makes the private directory of the replay cache every worker shares (:mod:`.replay`). Audit records
+(:mod:`.audit`) go to stdout as bare JSON lines; everything else is logged to stderr.
 
 Standalone (``--manifests``), the master also loads the first snapshot, once, before forking: the workers inherit
 it (copy-on-write; ``gc.freeze()`` keeps the collector from writing to, and so copying, its pages) instead of each
@@ -32,7 +32,6 @@ from tokenbridge.discovery import KubeCredentials, discover, fetch_keys
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge.signing import SigningKeySet, generate_keyset
 
-from . import config as config_module
 from .audit import StreamAudit
 from .config import ServerConfig
 from .jwks_cache import JwksCache
@@ -188,10 +187,8 @@ class Server(BaseApplication):
         return create_app(self._config, source, audit=AUDIT)
 
 
-def main(argv: list[str]) -> int:
-    config = config_module.load(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+def run(config: ServerConfig) -> int:
+    """Serve until gunicorn's master exits (in the master: everything here happens once, before forking)."""
     signing_keys = None if config.kubernetes else generate_keyset(config.signing_algorithm, time.time())
     replay_dir = None
     if config.replay_cache_path is None:  # shared by every worker of this process tree (mode 0700)
@@ -200,8 +197,8 @@ def main(argv: list[str]) -> int:
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before any worker imports prometheus_client
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tokenbridge-metrics-")
-    log.info("serving %s as issuer %s on %s", "the cluster's configuration" if config.kubernetes
-             else config.manifests, config.issuer, config.bind)
+    log.info("serving %s as issuer %s on %s (%s workers)", "the cluster's configuration" if config.kubernetes
+             else config.manifests, config.issuer, config.bind, config.worker_class)
     source = None if config.kubernetes else preload_source(config, signing_keys)
     Server(config, signing_keys, metrics_dir, replay_dir, source).run()
     return 0

@@ -6,7 +6,6 @@ the result. Nothing here touches the network except the bounded JWKS refresh an 
 """
 from __future__ import annotations
 
-import uuid
 from typing import Any, Callable
 
 import falcon
@@ -43,7 +42,7 @@ class TokenResource:
         app = authenticate(req.get_header("Authorization"), form, snapshot, now, state)
         self._pipeline.run(form, app, now, state)
         assert state.subject is not None and state.expires_at is not None
-        state.jti = uuid.uuid4().hex
+        state.jti = access_tokens.new_jti()
         token = access_tokens.issue(
             snapshot.signing_keys, issuer=self._config.issuer, subject=state.subject, audiences=state.audiences,
             client_id=app.client_id, scopes=state.scopes, now=now, expires_at=state.expires_at, idp=state.idp,

@@ -41,7 +41,7 @@ FULL_VALUES = {
         "priorityClassName": "system-cluster-critical",
     },
     "server": {
-        "workers": 4, "threads": 4, "jwksLifespan": "10m", "jwksMaxStaleness": "12h",
+        "workers": 4, "workerClass": "gthread", "threads": 4, "jwksLifespan": "10m", "jwksMaxStaleness": "12h",
         "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}, "limits": {"memory": "600Mi"}},
         "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
             "weight": 100, "podAffinityTerm": {
@@ -416,14 +416,14 @@ def test_operator_arguments_parse(default_docs, namespace_docs):
 def test_server_arguments_and_environment_parse(default_docs, full_docs):
     from tokenbridge_exchange.config import load
 
-    for docs, workers, threads, secret in ((default_docs, 2, 8, "tokenbridge-signing-keys"),
-                                           (full_docs, 4, 4, "tb-keys")):
+    for docs, workers, worker_class, threads, secret in ((default_docs, 2, "gevent", 8, "tokenbridge-signing-keys"),
+                                                         (full_docs, 4, "gthread", 4, "tb-keys")):
         c = container(one(docs, "Deployment", f"{PREFIX}-server"))
         config = load(c["args"][1:], env_of(one(docs, "Deployment", f"{PREFIX}-server")))
         assert config.kubernetes is True and config.kubeconfig is None and config.manifests is None
         assert config.bind == "0.0.0.0:8080"
         assert config.issuer == ISSUER
-        assert (config.workers, config.threads) == (workers, threads)
+        assert (config.workers, config.worker_class, config.threads) == (workers, worker_class, threads)
         assert (config.signing_secret_namespace, config.signing_secret_name) == (NS, secret)
         assert (config.watch_namespace, config.cluster_identity_providers) == ("", True)
     config = load(container(one(full_docs, "Deployment", f"{PREFIX}-server"))["args"][1:],

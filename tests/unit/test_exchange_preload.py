@@ -18,7 +18,7 @@ import yaml
 from tokenbridge import api
 from tokenbridge.signing import generate_keyset
 from tokenbridge_exchange import config as server_config
-from tokenbridge_exchange import serve
+from tokenbridge_exchange import gunicorn_app
 from tokenbridge_exchange.config import ServerConfig
 from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.sources import manifests as manifests_module
@@ -76,12 +76,12 @@ def test_preloaded_source_hands_its_snapshot_to_the_worker_without_reparsing(tmp
     monkeypatch.setattr(manifests_module, "ManifestSource", counting)
     config = ServerConfig(issuer="http://tb.test", manifests=str(tmp_path), manifests_poll_interval=0.05,
                           replay_cache_path=str(tmp_path / "replay.sqlite3"))
-    source = serve.preload_source(config, generate_keyset("ES256", time.time()))
+    source = gunicorn_app.preload_source(config, generate_keyset("ES256", time.time()))
     snapshot = source.current()
     assert counting.loads == 1 and snapshot is not None and len(snapshot.applications) == 2
     assert source._thread is None, "no thread may run in the master: it would not survive the fork"
 
-    server = serve.Server(config, generate_keyset("ES256", time.time()), None, source=source)
+    server = gunicorn_app.Server(config, generate_keyset("ES256", time.time()), None, source=source)
     assert server.cfg.pre_fork == server.before_fork
     server.before_fork()  # nothing changed: one stat, same snapshot
     assert source.current() is snapshot and counting.loads == 1
@@ -101,15 +101,15 @@ def test_preloaded_source_hands_its_snapshot_to_the_worker_without_reparsing(tmp
     finally:
         source.stop()
         source.cache.stop()
-        serve.AUDIT.stop()
+        gunicorn_app.AUDIT.stop()
 
 
 def test_master_reloads_a_changed_file_before_forking_a_worker(tmp_path, idp):
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump_all(documents(idp)))
     config = ServerConfig(issuer="http://tb.test", manifests=str(tmp_path))
-    source = serve.preload_source(config, generate_keyset("ES256", time.time()))
-    server = serve.Server(config, None, None, source=source)
+    source = gunicorn_app.preload_source(config, generate_keyset("ES256", time.time()))
+    server = gunicorn_app.Server(config, None, None, source=source)
     first = source.current()
     replace_file(path, yaml.safe_dump_all(documents(idp, apps=1)))
     server.before_fork()  # a respawned worker must not start from the older configuration
@@ -219,7 +219,7 @@ def test_equal_values_are_one_object_across_applications(tmp_path, idp):
 # --- --worker-class ---------------------------------------------------------------------------------------------
 
 def test_worker_class_flag_env_and_settings(tmp_path, capsys):
-    assert server_config.load(["--manifests", str(tmp_path)], env={}).worker_class == "gthread"
+    assert server_config.load(["--manifests", str(tmp_path)], env={}).worker_class == "gevent"
     cfg = server_config.load(["--manifests", str(tmp_path), "--worker-class", "sync"], env={})
     assert cfg.worker_class == "sync"
     env = {"TOKENBRIDGE_WORKER_CLASS": "sync"}
@@ -227,21 +227,23 @@ def test_worker_class_flag_env_and_settings(tmp_path, capsys):
     assert server_config.load(["--manifests", str(tmp_path), "--worker-class", "gthread"], env=env).worker_class \
         == "gthread", "the flag wins over the environment"
     with pytest.raises(SystemExit):
-        server_config.load(["--manifests", str(tmp_path), "--worker-class", "gevent"], env={})
+        server_config.load(["--manifests", str(tmp_path), "--worker-class", "eventlet"], env={})
     assert "invalid choice" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         server_config.load(["--manifests", str(tmp_path)], env={"TOKENBRIDGE_WORKER_CLASS": "eventlet"})
     assert "TOKENBRIDGE_WORKER_CLASS" in capsys.readouterr().err
 
-    sync = serve.Server(ServerConfig(issuer="http://x", worker_class="sync", threads=8), None, None)
+    sync = gunicorn_app.Server(ServerConfig(issuer="http://x", worker_class="sync", threads=8), None, None)
     assert (sync.cfg.worker_class_str, sync.cfg.threads) == ("sync", 1)  # gunicorn turns sync + threads into gthread
-    threaded = serve.Server(ServerConfig(issuer="http://x", threads=4), None, None)
+    threaded = gunicorn_app.Server(ServerConfig(issuer="http://x", worker_class="gthread", threads=4), None, None)
     assert (threaded.cfg.worker_class_str, threaded.cfg.threads) == ("gthread", 4)
+    default = gunicorn_app.Server(ServerConfig(issuer="http://x", threads=4), None, None)
+    assert (default.cfg.worker_class_str, default.cfg.threads) == ("gevent", 1)
 
 
 # --- for real: tokenbridge serve ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("worker_class", ["gthread", "sync"])
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread", "sync"])
 def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp, worker_class):
     manifests = tmp_path / "config"
     manifests.mkdir()
@@ -275,6 +277,8 @@ def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp, w
         assert "before forking the workers" in text
         assert len(re.findall(r"loaded 2 applications", text)) == 1, "only the master parses the first load"
         assert f"Using worker: {worker_class}" in text
+        # gevent: the master patched the standard library before importing anything that makes sockets or locks
+        assert "MonkeyPatchWarning" not in text and "Traceback" not in text, text
         token = httpx.post(base + "/oauth2/token", headers=basic("client-0", "pw"), data={
             "grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token_type": api.TOKEN_TYPE_JWT,
             "subject_token": idp.token(aud="api://tb", iat=int(time.time()), exp=int(time.time()) + 300)})

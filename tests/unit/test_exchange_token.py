@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jwt
 import pytest
@@ -108,6 +109,15 @@ def test_token_exchange_issues_a_signed_access_token(client, idp):
     assert claims["idp"] == "team-a/corp"
     assert claims["exp"] - claims["iat"] == 600 and claims["iat"] == int(NOW)
     assert len(claims["jti"]) >= 16
+
+
+def test_issued_token_ids_are_128_random_bits():
+    from tokenbridge_exchange.access_tokens import new_jti
+
+    ids = [new_jti() for _ in range(2000)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert len({i[12] for i in ids}) > 8, "no fixed version nibble: every bit is random"
 
 
 def test_defaults_are_every_application_audience_and_scope(client, idp):
