@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from tokenbridge.durations import DURATION_PATTERN
+from tokenbridge_exchange.config import WORKER_CLASSES
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -209,7 +210,8 @@ def values_schema() -> dict:
             "The token exchange server.",
             replicas=integer("Replicas (ignored with autoscaling).", 0),
             workers=integer("gunicorn workers per pod.", 1, 64),
-            threads=integer("Threads per worker.", 1, 256),
+            workerClass=string("gunicorn worker class.", enum=list(WORKER_CLASSES)),
+            threads=integer("Threads per worker (workerClass gthread only).", 1, 256),
             jwksLifespan=duration("Refresh interval of cached IdP keys."),
             jwksMaxStaleness=duration("Serve last good IdP keys this long."),
             **pod_settings(),

@@ -2,6 +2,7 @@
 (compared through pickle, which records shared objects), documents and errors."""
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -96,3 +97,80 @@ def test_dumped_data_loads_the_same(value, flow, explicit_start):
 def test_arbitrary_text_loads_or_fails_the_same(text):
     stock, ours = both(text)
     assert ours == stock
+
+
+# --- a large file parsed on several cores ------------------------------------------------------------------------
+
+from tokenbridge_exchange.sources import yaml_loader  # noqa: E402
+
+MANY = "".join(
+    f"---\nkind: Doc\nmetadata: {{name: d{i}}}\nspec:\n  text: |\n    line\n    --- not a start (indented)\n"
+    f"  quoted: \"a\n    --- b\"\n  anchor: &a{i} [x{i}]\n  alias: *a{i}\n  when: 2001-12-14\n  flag: yes\n"
+    + ("...\n" if i % 7 == 0 else "") + ("# --- a comment\n" if i % 5 == 0 else "")
+    for i in range(60))
+
+
+def parallel_and_serial(tmp_path, text: str, processes: int):
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+
+    def load(n):
+        try:
+            # document by document: equal immutable values of different documents may or may not be one object
+            return ("ok", [pickle.dumps(doc) for doc in yaml_loader.load_all(path, n, min_bytes=0)])
+        except Exception as exc:  # noqa: BLE001
+            return ("error", type(exc).__name__, str(exc))
+    return load(processes), load(1)
+
+
+@pytest.mark.parametrize("processes", [2, 3, 4, 8])
+def test_parts_parse_to_the_same_documents(tmp_path, processes):
+    path = tmp_path / "m.yaml"
+    path.write_text(MANY)
+    cuts = yaml_loader._cuts(path, processes)
+    assert len(cuts) == processes - 1, "a cut near every part's start"
+    data = path.read_bytes()
+    assert all(data[c - 1:c + 4] in (b"\n--- ", b"\n---\n") for c in cuts)
+    ours, serial = parallel_and_serial(tmp_path, MANY, processes)
+    assert ours == serial and ours[0] == "ok"
+    docs = list(yaml_loader.load_all(path, processes, min_bytes=0))
+    assert [d["metadata"]["name"] for d in docs] == [f"d{i}" for i in range(60)]
+    assert docs[59]["spec"]["alias"] is docs[59]["spec"]["anchor"]
+    with pytest.raises(ChildProcessError):  # every child reaped
+        os.waitpid(-1, os.WNOHANG)
+
+
+@pytest.mark.parametrize("broken, where", [("spec: [unclosed\n", 50), ("%YAML 1.1\n", 30), ("\tkey: tab\n", 45)])
+def test_a_part_that_fails_fails_as_the_whole_file_does(tmp_path, broken, where):
+    """A syntax error in a later part, or a directive cut off from its document, gives what the whole file
+    gives: the same error (same line) or, for the directive, the same documents."""
+    docs = MANY.split("---\n")
+    text = "---\n".join(docs[:where] + [docs[where] + broken] + docs[where + 1:])
+    for processes in (2, 4):
+        ours, serial = parallel_and_serial(tmp_path, text, processes)
+        assert ours == serial
+
+
+def test_small_files_and_one_process_do_not_fork(tmp_path, monkeypatch):
+    path = tmp_path / "m.yaml"
+    path.write_text(MANY)
+    monkeypatch.setattr(yaml_loader.os, "fork", lambda: pytest.fail("forked"))
+    assert len(list(yaml_loader.load_all(path, 4))) == 60  # under PARALLEL_MIN_BYTES
+    assert len(list(yaml_loader.load_all(path, 1, min_bytes=0))) == 60
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(values, min_size=1, max_size=12), st.integers(2, 4), st.sampled_from([None, False]))
+def test_generated_streams_parse_the_same_in_parts(tmp_path_factory, docs, processes, flow):
+    text = yaml.dump_all(docs, explicit_start=True, default_flow_style=flow)
+    ours, serial = parallel_and_serial(tmp_path_factory.mktemp("p"), text, processes)
+    assert ours == serial
+
+
+def test_a_directive_cut_off_from_its_document_still_loads(tmp_path):
+    text = "---\na: " + "x" * 1000 + "\n...\n%YAML 1.1\n---\nb: " + "y" * 1000 + "\n"
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    (cut,) = yaml_loader._cuts(path, 2)
+    assert text[:cut].endswith("%YAML 1.1\n"), "the first part ends with the directive and fails alone"
+    assert list(yaml_loader.load_all(path, 2, min_bytes=0)) == [{"a": "x" * 1000}, {"b": "y" * 1000}]

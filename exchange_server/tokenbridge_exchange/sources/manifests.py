@@ -17,6 +17,7 @@ import base64
 import gc
 import json
 import logging
+import os
 import pickle
 import re
 import threading
@@ -25,8 +26,6 @@ from array import array
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-import yaml
-
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.discovery import ProviderMetadata
@@ -34,7 +33,7 @@ from tokenbridge.signing import SECRET_KEY, SigningKeySet
 
 from ..jwks_cache import JwksCache, RemoteKeys
 from ..snapshot import Snapshot, build_snapshot
-from .yaml_loader import ManifestLoader
+from . import yaml_loader
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +122,12 @@ def _json_document(path: Path) -> Any:
     return value
 
 
-def _parse(path: Path) -> Iterator[Any]:
-    """The documents of one file, one at a time (YAML is parsed as a stream: no copy of the file is held)."""
+def _parse(path: Path, processes: int = 1) -> Iterator[Any]:
+    """The documents of one file, one at a time (YAML is parsed as a stream, or on ``processes`` cores)."""
     if path.suffix == ".json":
         yield _json_document(path)
         return
-    with open(path, "rb") as stream:  # bytes: libyaml detects UTF-8/UTF-16 itself, as kubectl's decoder does
-        yield from yaml.load_all(stream, Loader=ManifestLoader)
+    yield from yaml_loader.load_all(path, processes)
 
 
 def _secret_values(secret: Mapping[str, Any]) -> dict[str, str]:
@@ -165,6 +163,7 @@ class ManifestSource:
         self._discovered: dict[str, tuple[float, ProviderMetadata | Exception]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._processes = 1  # YAML parsing processes: more only in preload, before any thread runs
 
     def current(self) -> Snapshot | None:
         return self._snapshot
@@ -185,7 +184,11 @@ class ManifestSource:
         """The first load, without starting any thread: in a process that forks afterwards (the gunicorn master),
         whose children share the snapshot and each :meth:`start` their own poll thread. True when a snapshot is
         served (a bad file leaves none; the children keep polling for a good one)."""
-        self.reload_if_changed()
+        self._processes = len(os.sched_getaffinity(0))  # no thread runs yet: large YAML files parse on every core
+        try:
+            self.reload_if_changed()
+        finally:
+            self._processes = 1
         return self._snapshot is not None
 
     @property
@@ -237,7 +240,7 @@ class ManifestSource:
     def _documents(self) -> Iterator[dict[str, Any]]:
         """Every manifest, one at a time (``kind: List`` items one by one), with its namespace defaulted."""
         for path in self._files():
-            for doc in _parse(path):
+            for doc in _parse(path, self._processes):
                 if isinstance(doc, dict) and doc.get("kind") == "List":
                     items, doc = doc.get("items") or (), None  # a JSON List's: a generator, parsing as it goes
                     for item in _drain(items) if isinstance(items, list) else items:  # each let go once handed out

@@ -8,10 +8,16 @@ constructors, so the result is the same Python data as ``yaml.safe_load_all`` gi
 are made of: plain maps, sequences and scalars, aliases included. A document with anything else (merge keys
 ``<<``, ``!!set`` and other explicit collection tags, unhashable keys, recursive aliases) is constructed by
 PyYAML's own code, errors included.
+
+:func:`load_all` can also parse a large file on several cores at once (the gunicorn master's first load).
 """
 from __future__ import annotations
 
-from typing import Any
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Iterator
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -104,3 +110,109 @@ class ManifestLoader(BaseLoader):  # type: ignore[misc, valid-type]
             raise _LeftToPyYAML
         made[id(node)] = value
         return value
+
+
+# A line starting "---" and a blank always starts a document: libyaml checks for it at column 0 before anything else,
+# ends a plain or block scalar there (block scalar lines are indented) and refuses it inside a quoted one.
+_DOCUMENT_START = re.compile(rb"\n---(?=[ \t\r\n])")
+PARALLEL_MIN_BYTES = 4 << 20  # below this, forking costs more than it saves
+_WINDOW = 1 << 20
+
+
+def load_all(path: Path, processes: int = 1, *, min_bytes: int = PARALLEL_MIN_BYTES) -> Iterator[Any]:
+    """The documents of a YAML file, in order, one at a time.
+
+    With ``processes`` > 1 and a large file, the file is cut at document starts and the parts are parsed at the
+    same time, all but the first in forked children, each part parsed as it would be within the whole file.
+    Documents are handed out only once every part parsed; should any part fail, the whole file is parsed again
+    in one piece, so a bad file fails exactly as it does without cutting. Fork only where no thread runs (the
+    master before gunicorn starts): children must not inherit a lock someone holds.
+    """
+    cuts = _cuts(path, processes) if processes > 1 and path.stat().st_size >= min_bytes else []
+    if cuts:
+        frames = _parse_parts(path, [0, *cuts, path.stat().st_size])
+        if frames is not None:
+            for frame in _drain_frames(frames):
+                yield pickle.loads(frame)
+            return
+    with open(path, "rb") as stream:  # bytes: libyaml detects UTF-8/UTF-16 itself, as kubectl's decoder does
+        yield from yaml.load_all(stream, Loader=ManifestLoader)
+
+
+def _cuts(path: Path, parts: int) -> list[int]:
+    """Offsets of document starts near each ``1/parts`` of the file."""
+    size = path.stat().st_size
+    cuts: list[int] = []
+    with open(path, "rb") as f:
+        for k in range(1, parts):
+            start = max(size * k // parts - 1, cuts[-1] if cuts else 0)
+            while start < size:
+                f.seek(start)
+                window = f.read(_WINDOW + 4)
+                found = _DOCUMENT_START.search(window)
+                if found:
+                    cuts.append(start + found.start() + 1)
+                    break
+                start += _WINDOW
+    return sorted(set(cuts))
+
+
+def _frames(data: bytes) -> list[bytes]:
+    return [pickle.dumps(doc, pickle.HIGHEST_PROTOCOL) for doc in yaml.load_all(data, Loader=ManifestLoader)]
+
+
+def _read_part(path: Path, start: int, end: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(end - start)
+
+
+def _parse_parts(path: Path, bounds: list[int]) -> list[list[bytes]] | None:
+    """Each part's documents as pickles; None when any part failed (the caller parses the file whole)."""
+    children = []
+    parts: list[list[bytes]] | None = []
+    for start, end in zip(bounds[1:-1], bounds[2:]):
+        read_end, write_end = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:  # no more processes: parse whole, once the children started are reaped
+            os.close(read_end)
+            os.close(write_end)
+            parts = None
+            break
+        if pid == 0:  # the child: parse, send, leave without running the parent's exit handlers
+            status = 1
+            try:
+                os.close(read_end)
+                payload = pickle.dumps(_frames(_read_part(path, start, end)), pickle.HIGHEST_PROTOCOL)
+                with os.fdopen(write_end, "wb") as out:
+                    out.write(payload)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        children.append((pid, read_end))
+    try:
+        if parts is not None:
+            parts.append(_frames(_read_part(path, bounds[0], bounds[1])))
+    except Exception:  # noqa: BLE001 - the whole file is parsed again, and fails there as it always would
+        parts = None
+    for pid, read_end in children:
+        with os.fdopen(read_end, "rb") as stream:
+            payload = stream.read()
+        _, status = os.waitpid(pid, 0)
+        if parts is not None:
+            if status != 0:
+                parts = None
+            else:
+                parts.append(pickle.loads(payload))
+    return parts
+
+
+def _drain_frames(parts: list[list[bytes]]) -> Iterator[bytes]:
+    """Every frame in order, each let go as it is handed out."""
+    for frames in parts:
+        for index in range(len(frames)):
+            frame, frames[index] = frames[index], b""
+            yield frame
+        frames.clear()
