@@ -3,7 +3,7 @@
     .venv/bin/python bench/kid_storm.py [--baseline 15] [--storm 40] [--storm-threads 4] [--good-rate 40]
                                         [--out bench/results/kid_storm.md]
 
-A standalone ``tokenbridge serve --manifests`` (2 gthread workers, as shipped) with one IdP discovered from a local
+A standalone ``tokenbridge serve --manifests`` (2 workers of the default class, as shipped) with one IdP discovered from a local
 HTTPS IdP (tests/idp_server.py's LocalIdP, which records every request it gets, so every JWKS fetch is counted at
 the source) and one application. Two phases, loopback only:
 
@@ -36,6 +36,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tokenbridge_exchange.config import ServerConfig
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -49,6 +51,7 @@ JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 AUDIENCE = "api://kid-storm"
 COOLDOWN = 10.0  # tokenbridge_exchange.jwks_cache.JwksCache's floor; not configurable
 WORKERS = 2
+WORKER_CLASS = ServerConfig.worker_class
 
 
 def basic(client_id: str, secret: str) -> str:
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     text = f"""# Unknown-kid storm
 
 `bench/kid_storm.py` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}.
-`tokenbridge serve --manifests` with {WORKERS} gthread workers; one IdentityProvider discovered from a local HTTPS
+`tokenbridge serve --manifests` with {WORKERS} {WORKER_CLASS} workers (the default); one IdentityProvider discovered from a local HTTPS
 IdP (RS256, tests/idp_server.py), one application. Load generator: Python threads (httpx, keep-alive) in the same
 machine, so the generator competes with the server for the 2 cores.{f' bench/run.py was still running after {waited:.0f} s of waiting: measured alongside it.' if busy else f' Waited {waited:.0f} s for bench/run.py to finish.' if waited > 1 else ''}
 

@@ -37,12 +37,16 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tokenbridge_exchange.config import ServerConfig
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
 from controlplane import ControlPlane, build_binaries  # noqa: E402
 
 from harness import free_port, machine, percentile, stop, wait_for_quiet_machine  # noqa: E402
+
+WORKER_CLASS = ServerConfig.worker_class
 
 TOKENBRIDGE = str(Path(sys.executable).parent / "tokenbridge")
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
 `bench/propagation.py` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}.
 Real control plane (etcd + kube-apiserver + kube-controller-manager from tests/cluster, started in
-{cp_start:.0f} s), `tokenbridge operator` and `tokenbridge serve --kubernetes` (2 gthread workers) on loopback.
+{cp_start:.0f} s), `tokenbridge operator` and `tokenbridge serve --kubernetes` (2 {WORKER_CLASS} workers, the default) on loopback.
 {len(results)} changes, alternately removing and re-adding an audience of an OAuthApplication (a JSON merge PATCH
 sent straight to the API server); from the moment the PATCH is sent, exchanges for that audience go back to back
 on new connections until 4 in a row reflect the change.{f' bench/run.py was still running after {waited:.0f} s of waiting: measured alongside it.' if busy else f' Waited {waited:.0f} s for bench/run.py to finish.' if waited > 1 else ''}

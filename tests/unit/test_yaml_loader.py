@@ -154,7 +154,7 @@ def test_a_part_that_fails_fails_as_the_whole_file_does(tmp_path, broken, where)
 def test_small_files_and_one_process_do_not_fork(tmp_path, monkeypatch):
     path = tmp_path / "m.yaml"
     path.write_text(MANY)
-    monkeypatch.setattr(yaml_loader.os, "fork", lambda: pytest.fail("forked"))
+    monkeypatch.setattr(yaml_loader.posix, "fork", lambda: pytest.fail("forked"))
     assert len(list(yaml_loader.load_all(path, 4))) == 60  # under PARALLEL_MIN_BYTES
     assert len(list(yaml_loader.load_all(path, 1, min_bytes=0))) == 60
 
@@ -174,3 +174,22 @@ def test_a_directive_cut_off_from_its_document_still_loads(tmp_path):
     (cut,) = yaml_loader._cuts(path, 2)
     assert text[:cut].endswith("%YAML 1.1\n"), "the first part ends with the directive and fails alone"
     assert list(yaml_loader.load_all(path, 2, min_bytes=0)) == [{"a": "x" * 1000}, {"b": "y" * 1000}]
+
+
+def test_parts_parse_in_a_gevent_patched_master(tmp_path):
+    """tokenbridge serve patches the standard library for gevent workers before its master loads: fork and
+    waitpid are then gevent's."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.yaml"
+    path.write_text(MANY)
+    code = ("from gevent import monkey; monkey.patch_all()\n"
+            "import os, sys\nfrom pathlib import Path\n"
+            "from tokenbridge_exchange.sources import yaml_loader\n"
+            "assert yaml_loader.os.fork.__module__.startswith('gevent'), yaml_loader.os.fork.__module__\n"
+            "docs = list(yaml_loader.load_all(Path(sys.argv[1]), 3, min_bytes=0))\n"
+            "print(len(docs), docs[-1]['metadata']['name'])\n")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["60", "d59"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import posix
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -174,7 +175,9 @@ def _parse_parts(path: Path, bounds: list[int]) -> list[list[bytes]] | None:
     for start, end in zip(bounds[1:-1], bounds[2:]):
         read_end, write_end = os.pipe()
         try:
-            pid = os.fork()
+            # posix's, not os's: gevent (tokenbridge serve's default workers) patches os.fork and os.waitpid into
+            # versions that wait on its hub, which the master does not run; these children never touch it
+            pid = posix.fork()
         except OSError:  # no more processes: parse whole, once the children started are reaped
             os.close(read_end)
             os.close(write_end)
@@ -200,7 +203,7 @@ def _parse_parts(path: Path, bounds: list[int]) -> list[list[bytes]] | None:
     for pid, read_end in children:
         with os.fdopen(read_end, "rb") as stream:
             payload = stream.read()
-        _, status = os.waitpid(pid, 0)
+        _, status = posix.waitpid(pid, 0)
         if parts is not None:
             if status != 0:
                 parts = None
