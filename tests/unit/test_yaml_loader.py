@@ -124,7 +124,7 @@ def parallel_and_serial(tmp_path, text: str, processes: int):
 
 
 @pytest.mark.parametrize("processes", [2, 3, 4, 8])
-def test_parts_parse_to_the_same_documents(tmp_path, processes):
+def test_parts_parse_to_the_same_documents(tmp_path, processes, monkeypatch):
     path = tmp_path / "m.yaml"
     path.write_text(MANY)
     cuts = yaml_loader._cuts(path, processes)
@@ -133,11 +133,16 @@ def test_parts_parse_to_the_same_documents(tmp_path, processes):
     assert all(data[c - 1:c + 4] in (b"\n--- ", b"\n---\n") for c in cuts)
     ours, serial = parallel_and_serial(tmp_path, MANY, processes)
     assert ours == serial and ours[0] == "ok"
+    forked = []
+    fork = yaml_loader.posix.fork
+    monkeypatch.setattr(yaml_loader.posix, "fork", lambda: forked.append(fork()) or forked[-1])
     docs = list(yaml_loader.load_all(path, processes, min_bytes=0))
     assert [d["metadata"]["name"] for d in docs] == [f"d{i}" for i in range(60)]
     assert docs[59]["spec"]["alias"] is docs[59]["spec"]["anchor"]
-    with pytest.raises(ChildProcessError):  # every child reaped
-        os.waitpid(-1, os.WNOHANG)
+    assert len(forked) == processes - 1
+    for pid in forked:  # every child reaped
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 @pytest.mark.parametrize("broken, where", [("spec: [unclosed\n", 50), ("%YAML 1.1\n", 30), ("\tkey: tab\n", 45)])
@@ -177,14 +182,15 @@ def test_a_directive_cut_off_from_its_document_still_loads(tmp_path):
 
 
 def test_parts_parse_in_a_gevent_patched_master(tmp_path):
-    """tokenbridge serve patches the standard library for gevent workers before its master loads: fork and
-    waitpid are then gevent's."""
+    """tokenbridge serve patches the standard library for gevent workers before its master loads: os.fork,
+    os.waitpid and os.close are then gevent's, and wait for a hub loop the master does not run."""
     import subprocess
     import sys
 
     path = tmp_path / "m.yaml"
     path.write_text(MANY)
     code = ("from gevent import monkey; monkey.patch_all()\n"
+            "import gevent; gevent.get_hub()  # as in the master: a hub exists, its loop does not run\n"
             "import os, sys\nfrom pathlib import Path\n"
             "from tokenbridge_exchange.sources import yaml_loader\n"
             "assert yaml_loader.os.fork.__module__.startswith('gevent'), yaml_loader.os.fork.__module__\n"

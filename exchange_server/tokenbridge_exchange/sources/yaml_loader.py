@@ -169,31 +169,33 @@ def _read_part(path: Path, start: int, end: int) -> bytes:
 
 
 def _parse_parts(path: Path, bounds: list[int]) -> list[list[bytes]] | None:
-    """Each part's documents as pickles; None when any part failed (the caller parses the file whole)."""
+    """Each part's documents as pickles; None when any part failed (the caller parses the file whole).
+
+    Processes and pipes are handled with :mod:`posix`'s functions, not :mod:`os`'s: with gevent workers (the
+    default) the master runs patched, and gevent's ``os.fork``, ``os.waitpid`` and ``os.close`` wait for its hub's
+    loop, which the master never runs (a pipe's close was deferred forever, so its reader never saw the end)."""
     children = []
     parts: list[list[bytes]] | None = []
     for start, end in zip(bounds[1:-1], bounds[2:]):
-        read_end, write_end = os.pipe()
+        read_end, write_end = posix.pipe()
         try:
-            # posix's, not os's: gevent (tokenbridge serve's default workers) patches os.fork and os.waitpid into
-            # versions that wait on its hub, which the master does not run; these children never touch it
             pid = posix.fork()
         except OSError:  # no more processes: parse whole, once the children started are reaped
-            os.close(read_end)
-            os.close(write_end)
+            posix.close(read_end)
+            posix.close(write_end)
             parts = None
             break
         if pid == 0:  # the child: parse, send, leave without running the parent's exit handlers
             status = 1
             try:
-                os.close(read_end)
+                posix.close(read_end)
                 payload = pickle.dumps(_frames(_read_part(path, start, end)), pickle.HIGHEST_PROTOCOL)
                 with os.fdopen(write_end, "wb") as out:
                     out.write(payload)
                 status = 0
             finally:
                 os._exit(status)
-        os.close(write_end)
+        posix.close(write_end)
         children.append((pid, read_end))
     try:
         if parts is not None:
