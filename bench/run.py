@@ -403,13 +403,16 @@ PROFILE_GROUPS = [
      and "logging/" in f),
     ("uuid4", lambda f: f.startswith("uuid4 (uuid")),
     ("json (stdlib)", lambda f: "(json/" in f),
-    ("response write to the socket", lambda f: f.startswith(("write (gunicorn/util", "sendall ("))),
+    ("response write to the socket", lambda f: f.startswith(("write (gunicorn/util", "sendall (",
+                                                             "SocketMixin.sendall ("))),
 ]
 
 
-# Leaf frames of threads waiting for work (thread pool queue, the poll loop, condition waits): not CPU.
+# Leaf frames of threads waiting for work (thread pool queue, the poll loop, condition waits, gevent's idle hub):
+# not CPU.
 IDLE_LEAVES = {"_worker (concurrent/futures/thread.py)", "EpollSelector.select (selectors.py)",
-               "Condition.wait (threading.py)", "Event.wait (threading.py)", "sleep (time.py)"}
+               "Condition.wait (threading.py)", "Event.wait (threading.py)", "sleep (time.py)",
+               "Hub.run (gevent/hub.py)"}
 # Leaf frames of threads blocked on a lock held by another thread of the same worker: counted, and named.
 LOCK_LEAVES = {"Handler.acquire (logging/__init__.py)"}
 
