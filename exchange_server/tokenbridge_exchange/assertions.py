@@ -81,6 +81,10 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# one decoder for every token (json.loads with options builds a new one per call)
+_DECODE = json.JSONDecoder(parse_constant=_not_json, object_pairs_hook=_unique_members).decode
+
+
 def too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether UTF-8 JSON ``data`` nests arrays/objects more than ``limit`` deep (brackets inside strings do not
     count). Almost every token has fewer brackets than the limit in total and costs two ``bytes.count``; the rest
@@ -100,7 +104,7 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
     if too_deep(data):
         raise InvalidGrant(f"the JWT {what} nests JSON more than {MAX_JSON_DEPTH} levels deep")
     try:
-        value = json.loads(text, parse_constant=_not_json, object_pairs_hook=_unique_members)
+        value = _DECODE(text)
     except _Duplicate:
         raise InvalidGrant(f"the JWT {what} repeats a JSON member name") from None
     except (ValueError, RecursionError):  # RecursionError: cannot happen below the depth cap; never a 500

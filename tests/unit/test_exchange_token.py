@@ -12,6 +12,7 @@ from jwcrypto import jwk as jwcrypto_jwk, jwt as jwcrypto_jwt
 
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
+from tokenbridge.signing import generate_keyset
 from test_exchange_helpers import (NOW, PUBLIC_ISSUER, Clock, FixedSource, TestIdP, app_object, b64url, basic,
                                    idp_object, make_client, snapshot_of)
 
@@ -118,6 +119,28 @@ def test_issued_token_ids_are_128_random_bits():
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert len(set(ids)) == len(ids)
     assert len({i[12] for i in ids}) > 8, "no fixed version nibble: every bit is random"
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "EdDSA"])
+def test_issued_tokens_are_what_pyjwt_writes(alg):
+    """access_tokens writes the compact JWS itself (no per-token header sort or JSON encoder); RS256 and EdDSA
+    signatures are deterministic, so the token is byte for byte jwt.encode's; ES256's verifies with PyJWT."""
+    from tokenbridge_exchange import access_tokens
+
+    keys = generate_keyset(alg, NOW)
+    key = keys.active(NOW)
+    extra = {"act": {"sub": "svc", "iss": "https://idp.example"}, "groups": ["a", "é"], "n": 1.5}
+    token = access_tokens.issue(keys, issuer="https://tb.example", subject="alice", audiences=("a1", "a2"),
+                                client_id="c", scopes=("read", "write"), now=NOW, expires_at=NOW + 60,
+                                idp="ns/corp", jti="j" * 32, extra_claims=extra)
+    claims = {**extra, "iss": "https://tb.example", "sub": "alice", "aud": ["a1", "a2"], "client_id": "c",
+              "iat": int(NOW), "exp": int(NOW) + 60, "jti": "j" * 32, "scope": "read write", "idp": "ns/corp"}
+    if alg != "ES256":
+        assert token == jwt.encode(claims, key.private_key, algorithm=alg, headers={"kid": key.kid, "typ": "at+jwt"})
+    assert jwt.get_unverified_header(token) == {"alg": alg, "kid": key.kid, "typ": "at+jwt"}
+    decoded = jwt.decode(token, key.private_key.public_key(), algorithms=[alg], audience="a1",
+                         options={"verify_exp": False, "verify_iat": False})
+    assert decoded == claims and list(decoded) == list(claims)
 
 
 def test_defaults_are_every_application_audience_and_scope(client, idp):
