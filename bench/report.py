@@ -252,7 +252,7 @@ def write(results: dict, out_dir: Path) -> Path:
         "token from one of the client's IdPs, an audience and a scope), rotated through by the load generators. "
         "The floor gets the same shape of request with every token signed by its one key; Hydra gets RFC 7523 "
         "jwt-bearer requests for 20 clients and 100 trust relationships (the same 100 issuers and keys).")
-    add(f"- Closed loop: `wrk -t1 -c{16}` (Debian's wrk 4.1, `bench/wrk_pool.lua`), {plan['warmup_s']} s warm-up per "
+    add(f"- Closed loop: `wrk -t1 -c{plan.get('connections', 16)}` (Debian's wrk 4.1, `bench/wrk_pool.lua`), {plan['warmup_s']} s warm-up per "
         f"server, then {plan['rounds']} rounds of {plan['peak_s']} s, servers interleaved round by round (order "
         "reversed every other round); medians of the rounds. Only 200 responses count. Each gunicorn worker "
         "listens on its own `SO_REUSEPORT` socket and the kernel spreads connections by hash, so a run's "
@@ -261,7 +261,8 @@ def write(results: dict, out_dir: Path) -> Path:
         "a worker did less than 60 % of an even share is marked † and left out of the medians and paired ratios "
         "(kept when every run of a server is uneven).")
     add(f"- Open loop: `bench/loadgen.py` at 50 % and 80 % of each server's *own* median peak, {plan['open_rounds']} "
-        f"run(s) of {plan['open_s']} s after 1 s of warm-up each, up to 64 keep-alive connections; latency runs from "
+        f"run(s) of {plan['open_s']} s after 1 s of warm-up each, up to {plan.get('connections', 64)} keep-alive "
+        "connections (as many as wrk had for the peak); latency runs from "
         "each request's *scheduled* send time to the end of its response, so stalls are not hidden (no coordinated "
         "omission). It includes the generator's own timer slack (asyncio/epoll have 1 ms timer resolution: about "
         "0.5 ms of every p50); the service time from the actual send is in `results.json`.")
@@ -469,7 +470,7 @@ def findings(results: dict) -> list[str]:
                      + (f" and Ory Hydra {hydra80:.2f} ms" if hydra80 is not None else ""))
             if floor80 > TARGET_P99_MS:
                 text += (": 80 % of the peak wrk measured is close to saturation for every server here, because the "
-                         "open-loop generator (Python, 64 connections) spends more CPU per request than wrk on the "
+                         "open-loop generator (Python) spends more CPU per request than wrk on the "
                          "same 2 cores, leaving the servers less than the peak measurement had")
         gthread = (ol.get("tokenbridge-gthread") or {})
         if gthread.get("0.8") and gthread.get("0.5"):
