@@ -416,7 +416,7 @@ def findings(results: dict) -> list[str]:
     if s["floor_ratio"] is not None:
         verdict = "meets" if s["floor_ratio"] >= TARGET_FLOOR else "misses"
         text = (f"Tokenbridge {verdict} the floor target: {s['floor_ratio']:.2f}× the floor's throughput with 1,000 "
-                "applications, 100 IdPs, client authentication, scope/audience policy and metrics on.")
+                "applications, 100 IdPs, client authentication, scope/audience policy, metrics and audit records on.")
         tbp, flp = prof.get("tokenbridge", {}).get("inclusive_pct", {}), prof.get("floor", {}).get("inclusive_pct", {})
         handler = "the resource's on_post (whole handler)"
         if tbp and flp:

@@ -690,7 +690,7 @@ def main(argv: list[str]) -> int:
             wrk(floor_variant, plan["warmup_s"], results)
             runs = [wrk(floor_variant, plan["variant_s"], results) for _ in range(plan["variant_rounds"])]
             results["peak"][key] = {"runs": runs, "median_rps": peak_median(runs)}
-            results["targets"][key] = {"label": floor_variant.label, "notes": {}}
+            results["targets"][key] = {"label": floor_variant.label, "notes": {"sanity": sanity(floor_variant)}}
             targets.pop(key).stop()
 
         # where the time goes
