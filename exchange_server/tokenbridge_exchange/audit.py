@@ -11,9 +11,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import sys
 import threading
 import time
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     from .pipeline import Exchange
@@ -51,11 +52,13 @@ class StreamAudit:
     def __init__(self, stream: IO[str], interval: float = 0.05):
         self._stream, self._interval = stream, interval
         self._lines: collections.deque[str] = collections.deque()
+        self._call: Callable[..., Any] = _direct
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._stopping.clear()
+        self._call = _blocking_call()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -81,13 +84,30 @@ class StreamAudit:
                 pending.append(self._lines.popleft())
         except IndexError:
             pass
-        if not pending:
-            return
+        if pending:
+            self._call(self._write_out, "\n".join(pending) + "\n")
+
+    def _write_out(self, text: str) -> None:
         try:
-            self._stream.write("\n".join(pending) + "\n")
+            self._stream.write(text)
             self._stream.flush()
         except (OSError, ValueError):  # stdout closed or gone: lose the records, not the worker
             pass
+
+
+def _direct(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+def _blocking_call() -> Callable[..., Any]:
+    """How the writer makes a blocking write. A gevent worker's greenlets share one OS thread, so a write to a
+    stdout nobody reads (a stalled log pipe) would hold every request of the worker: there the write runs in
+    gevent's pool of native threads and only the writer greenlet waits for it."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        from gevent import get_hub
+        return lambda fn, *args: get_hub().threadpool.apply(fn, args)
+    return _direct
 
 
 _second: list = [None, ""]  # the last whole second formatted (RFC 3339 up to the seconds)

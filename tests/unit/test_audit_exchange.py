@@ -124,3 +124,38 @@ def test_stream_audit_writes_every_line_in_order_and_drains_on_stop(tmp_path):
     assert len(lines) == 2000
     for t in range(4):
         assert [r["i"] for r in lines if r["thread"] == t] == list(range(500))
+
+
+def test_a_stalled_stdout_holds_only_the_audit_writer_under_gevent():
+    """gevent workers (the default) run every request on one OS thread: a write to a stdout nobody reads must not
+    hold them. The lines wait and are all written once the reader catches up."""
+    import subprocess
+    import sys
+
+    code = """
+from gevent import monkey; monkey.patch_all()
+import os, time, gevent
+from tokenbridge_exchange.audit import StreamAudit
+read_end, write_end = os.pipe()  # nobody reads yet: 200 lines of 1 KiB overflow the pipe's buffer
+sink = StreamAudit(os.fdopen(write_end, "w"), interval=0.01)
+sink.start()
+for i in range(200):
+    sink.write(f"{i:04d}" + "x" * 1020)
+ticks, until = 0, time.monotonic() + 0.5
+while time.monotonic() < until:  # a request's worth of work, again and again, meanwhile
+    gevent.sleep(0.005)
+    ticks += 1
+print("ticks", ticks, flush=True)
+data = b""
+while data.count(b"\\n") < 200:
+    data += os.read(read_end, 65536)
+sink.stop()
+lines = data.decode().splitlines()
+assert [line[:4] for line in lines] == [f"{i:04d}" for i in range(200)], lines[:3]
+print("lines", len(lines))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ticks = int(run.stdout.split()[1])
+    assert ticks > 40, f"the other greenlets ran {ticks} times in 0.5 s: the blocked write held them"
+    assert "lines 200" in run.stdout
