@@ -557,10 +557,9 @@ def recommendations(results: dict) -> list[str]:
                      f"{p99['tokenbridge-gthread']:.1f} ms.")
         if max(models.values()) < 1:
             text += (f" {default} stays the default: a greenlet per connection keeps connections alive with no "
-                     "thread-pool hand-off and no GIL contention between request threads. Its cost: CPU-bound work "
-                     "in a worker (a manifests reload, a snapshot rebuild) holds that worker's requests until it is "
-                     "done, where threads would interleave; choose `--worker-class gthread` for very large "
-                     "configurations that change often.")
+                     "thread-pool hand-off and no GIL contention between request threads. CPU-bound work in a "
+                     "worker (a manifests reload, a snapshot rebuild) would hold all of the worker's requests: it "
+                     "pauses every 64 documents (`sources.cooperative`), and the requests waiting run then.")
         else:
             best = max(models.items(), key=lambda kv: kv[1])[0]
             text += f" {best} is faster on this machine: the default should be reconsidered."

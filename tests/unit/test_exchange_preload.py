@@ -294,3 +294,46 @@ def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp, w
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# --- reloads do not hold a gevent worker's requests ---------------------------------------------------------------
+
+def test_a_reload_lets_a_gevent_workers_requests_run_between_documents(tmp_path, idp):
+    """In a gevent worker (one OS thread) a CPU-bound reload would hold every request until done: the reload
+    pauses every 64 documents (and every 64 applications while building), and whatever waits runs then."""
+    manifests = tmp_path / "m.yaml"
+    manifests.write_text(yaml.safe_dump_all(documents(idp, apps=400)))
+    code = """
+from gevent import monkey; monkey.patch_all()
+import sys, time, gevent
+from tokenbridge.signing import generate_keyset
+from tokenbridge_exchange.jwks_cache import JwksCache
+from tokenbridge_exchange.sources.manifests import ManifestSource
+ran = []
+def request():  # stands for the requests of the worker, each ready to run
+    while True:
+        gevent.sleep(0)
+        ran.append(1)
+gevent.spawn(request)
+gevent.sleep(0)
+source = ManifestSource(sys.argv[1], JwksCache(lambda uri, spec: None), lambda spec: None,
+                        signing_keys=generate_keyset("ES256", time.time()))
+before = len(ran)
+snapshot = source.load()
+print(len(snapshot.applications), len(ran) - before)
+"""
+    run = subprocess.run([sys.executable, "-c", code, str(manifests)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    applications, ran = map(int, run.stdout.split())
+    assert applications == 400
+    # 801 documents and 400 applications: at least 12 + 6 pauses, each letting the waiting greenlet run once
+    assert ran >= 18, f"the waiting greenlet ran {ran} times during the reload"
+
+
+def test_cooperative_hands_out_every_item_and_pauses_every_nth(monkeypatch):
+    from tokenbridge_exchange import sources
+
+    pauses = []
+    monkeypatch.setattr(sources.time, "sleep", pauses.append)
+    assert list(sources.cooperative(range(200), every=64)) == list(range(200))
+    assert pauses == [0, 0, 0]

@@ -20,6 +20,7 @@ from tokenbridge.signing import SigningKeySet
 
 from ..jwks_cache import JwksCache
 from ..snapshot import Snapshot, build_snapshot
+from . import cooperative
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class KubernetesSource:
                 self._signing_keys = SigningKeySet.from_secret_data(data or {})
             except ValueError as exc:
                 log.error("signing key Secret %s/%s: %s", *self._signing_secret, exc)
-        return build_snapshot(identity_providers=stores[api.PLURAL_IDP],
-                              cluster_identity_providers=stores[api.PLURAL_CLUSTER_IDP],
-                              applications=stores[api.PLURAL_APP], signing_keys=self._signing_keys,
+        return build_snapshot(identity_providers=cooperative(stores[api.PLURAL_IDP]),
+                              cluster_identity_providers=cooperative(stores[api.PLURAL_CLUSTER_IDP]),
+                              applications=cooperative(stores[api.PLURAL_APP]), signing_keys=self._signing_keys,
                               cache=self._cache)

@@ -33,7 +33,7 @@ from tokenbridge.signing import SECRET_KEY, SigningKeySet
 
 from ..jwks_cache import JwksCache, RemoteKeys
 from ..snapshot import Snapshot, build_snapshot
-from . import yaml_loader
+from . import cooperative, yaml_loader
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class ManifestSource:
     def _documents(self) -> Iterator[dict[str, Any]]:
         """Every manifest, one at a time (``kind: List`` items one by one), with its namespace defaulted."""
         for path in self._files():
-            for doc in _parse(path, self._processes):
+            for doc in cooperative(_parse(path, self._processes)):
                 if isinstance(doc, dict) and doc.get("kind") == "List":
                     items, doc = doc.get("items") or (), None  # a JSON List's: a generator, parsing as it goes
                     for item in _drain(items) if isinstance(items, list) else items:  # each let go once handed out
@@ -288,9 +288,10 @@ class ManifestSource:
         for doc in cluster_idps:
             doc["metadata"].pop("namespace", None)
         apps = by_kind.pop(api.KIND_APP)
-        snapshot = build_snapshot(identity_providers=idps, cluster_identity_providers=cluster_idps,
+        snapshot = build_snapshot(identity_providers=cooperative(idps),
+                                  cluster_identity_providers=cooperative(cluster_idps),
                                   applications=(self._with_credentials(pickle.loads(doc), secrets)
-                                                for doc in _drain(apps)),
+                                                for doc in cooperative(_drain(apps))),
                                   signing_keys=signing_keys, cache=self._cache)
         self._seed_keys(snapshot)
         log.info("loaded %d applications and %d identity providers from %s", len(snapshot.applications),
