@@ -1,9 +1,10 @@
 """Standalone configuration: the same manifests a cluster would hold, read from a file or a directory.
 
 ``.yaml``/``.yml`` files are YAML 1.1 as kubectl reads them (PyYAML's safe loader, libyaml's parser when PyYAML has
-it, through :mod:`.yaml_loader`: ``yes`` is a boolean, merge keys ``<<`` work), any number of documents per file. ``.json`` files are parsed as
-JSON by the standard library's ``json`` (exact JSON: no NaN/Infinity, no comments, one value per file: a single
-object or a ``kind: List``), several times faster than any YAML parser: prefer JSON for large configurations.
+it, through :mod:`.yaml_loader`: ``yes`` is a boolean, merge keys ``<<`` work), any number of documents per file.
+``.json`` files are parsed as JSON by the standard library's ``json`` (exact JSON: no NaN/Infinity, no comments, one
+value per file: a single object or a ``kind: List``), faster than any YAML parser: prefer JSON for large
+configurations.
 
 Besides the three Tokenbridge kinds, ``Secret``s provide what the operator would otherwise publish: an
 application's ``credentials.secretName`` Secret holds ``client_id`` and ``client_secret`` (hashed at load, the

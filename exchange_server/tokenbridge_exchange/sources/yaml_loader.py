@@ -31,7 +31,8 @@ _SCALAR_CONSTRUCTORS = {tag: BaseLoader.yaml_constructors[tag] for tag in (
     "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
     "tag:yaml.org,2002:binary", "tag:yaml.org,2002:timestamp")}
 _KEY_TAGS_LEFT_TO_PYYAML = ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")
-_REMEMBERED_LENGTH = 64  # plain scalars this short are resolved once per load (keys, enums repeat; keys do not)
+_REMEMBERED_LENGTH = 64  # plain scalars this short are resolved once per load: map keys and enum-like values repeat,
+#                          long ones (key material, secrets) hardly ever do
 _BUSY = object()
 
 
