@@ -124,7 +124,8 @@ def test_refused_exchange_exits_1_with_the_oauth_error(server):
 
 def test_flags_win_over_the_environment(server):
     proc = server.exchange("--issuer", server.base, "--grant", "client_credentials",
-                           "--client-id", dev.CLIENT_ID, "--client-secret", server.secret,
+                           # "=": a generated secret may start with "-", which argparse would read as an option
+                           "--client-id", dev.CLIENT_ID, f"--client-secret={server.secret}",
                            env=server.env(TOKENBRIDGE_CLIENT_ID="nobody", TOKENBRIDGE_CLIENT_SECRET="wrong"))
     assert proc.returncode == 0, proc.stderr
 
