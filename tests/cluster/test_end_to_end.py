@@ -9,7 +9,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from jwcrypto import jwk, jwt as jose_jwt
 
 from tokenbridge import api
-from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
+from controlplane import free_port, stop_group  # tests/cluster is on sys.path (tests/conftest.py)
 
 pytestmark = pytest.mark.cluster
 
@@ -43,16 +42,6 @@ def wait_for(predicate, timeout: float, what: str) -> float:
 def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen([TOKENBRIDGE, *args], env={**os.environ, **env}, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 class Stack:
@@ -107,8 +96,8 @@ def deployed(cp, logs: Path, prefix: str, **env_extra: str):
             sys.stderr.write(f"--- {name}\n{(logs / name).read_text(errors='replace')[-4000:]}\n")
         raise
     finally:
-        stop(server)
-        stop(operator)
+        stop_group(server)
+        stop_group(operator)
         cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 

@@ -42,7 +42,7 @@ from tokenbridge.client_secrets import verify_client_secret
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import idp_server  # noqa: E402
 from idp_server import LocalIdP  # noqa: E402
-from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
+from controlplane import free_port, stop_group  # tests/cluster is on sys.path (tests/conftest.py)
 
 pytestmark = pytest.mark.cluster
 
@@ -67,17 +67,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([TOKENBRIDGE, *args], env={**os.environ, **env}, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def terminate(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 class Stack:
@@ -122,8 +111,8 @@ class Stack:
         wait_for(both_workers_ready, 60, "both server workers ready")
 
     def close(self) -> None:
-        terminate(self.server)
-        terminate(self.operator)
+        stop_group(self.server)
+        stop_group(self.operator)
         for kind in ("oauthapplications", "identityproviders"):  # the operator is gone: release its finalizers
             names = self.cp.kubectl("get", kind, "-n", self.ns, "-o", "name", check=False).stdout.split()
             for name in names:

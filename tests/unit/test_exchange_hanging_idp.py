@@ -7,7 +7,6 @@ here one worker serves good tokens while its only other request waits on an IdP 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import yaml
 
 from tokenbridge import api
 from test_exchange_helpers import basic
-from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
+from controlplane import free_port, stop_group  # tests/cluster is on sys.path (tests/conftest.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from idp_server import LocalIdP  # noqa: E402
@@ -94,11 +93,6 @@ def test_good_tokens_are_served_while_a_refresh_waits_on_a_hanging_idp(tmp_path)
         assert forged_answer.status_code == 400 and forged_answer.json()["error"] == "invalid_grant", \
             forged_answer.text
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
         idp.delay = 0.0
         idp.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.sources import manifests as manifests_module
 from tokenbridge_exchange.sources.manifests import ManifestSource
 from test_exchange_helpers import TestIdP, basic
-from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
+from controlplane import free_port, stop_group  # tests/cluster is on sys.path (tests/conftest.py)
 
 
 def never_discover(spec):
@@ -288,12 +287,7 @@ def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp, w
         assert len(workers_answering(3)) == 2  # each worker's poll thread reloads
         assert len(re.findall(r"loaded 3 applications", log_path.read_text())) == 2
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 # --- reloads do not hold a gevent worker's requests ---------------------------------------------------------------
