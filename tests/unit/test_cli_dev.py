@@ -155,3 +155,10 @@ def test_the_walkthrough_runs_as_printed(tmp_path):
     assert f"curl -sS -X POST http://127.0.0.1:{port}/oauth2/token" in ran.stdout
     assert ran.returncode == 1, "the last command is the refused exchange"
     assert "invalid_grant: the token's aud 'someone-else'" in ran.stderr
+
+
+def test_the_dev_client_secret_comes_from_the_operators_generator(tmp_path, monkeypatch):
+    """Never starting with "-", so the walkthrough's commands can take it as an argument."""
+    monkeypatch.setattr(dev, "generate_client_secret", lambda: "from-the-shared-generator")
+    assert dev.prepare(tmp_path, reset=True) == "from-the-shared-generator"
+    assert docs(tmp_path)["Secret"]["stringData"]["client_secret"] == "from-the-shared-generator"

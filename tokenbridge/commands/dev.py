@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import api
+from ..client_secrets import generate_client_secret
 from ..durations import parse_duration
 from ..signing import thumbprint
 from . import EXIT_FAILED, EXIT_OK, fail, parser
@@ -140,7 +140,7 @@ def prepare(directory: Path, reset: bool = False) -> str:
         for doc in yaml.safe_load_all(manifest_path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "Secret":
                 return str((doc.get("stringData") or {}).get("client_secret", ""))
-    client_secret = secrets.token_urlsafe(32)
+    client_secret = generate_client_secret()  # as the operator's: never starting with "-"
     text = yaml.dump_all(manifests(public_jwk(load_key(directory)), client_secret), Dumper=_QuotingDumper,
                          sort_keys=False)
     _write_private(manifest_path, (f"# Written by 'tokenbridge dev'. {WARNING}\n---\n" + text).encode())
