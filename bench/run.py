@@ -353,6 +353,14 @@ def open_loop(target: Target, rate: float, duration: float, results: dict) -> di
     return out
 
 
+def open_loop_rate(target: Target, rate: float, rounds: int, duration: float, results: dict) -> dict[str, Any]:
+    """``rounds`` open-loop runs at one rate, summarised (medians of p50/p99, sums of failures)."""
+    runs = [open_loop(target, rate, duration, results) for _ in range(rounds)]
+    return {"rate": rate, "runs": runs, "p50_ms": med([x["p50_ms"] for x in runs]),
+            "p99_ms": med([x["p99_ms"] for x in runs]), "non200": sum(x["non200"] for x in runs),
+            "errors": sum(x["errors"] + x["missing"] for x in runs)}
+
+
 def memory(target: Target) -> dict[str, Any]:
     """RSS and PSS (shared pages split) of the workers, from /proc/<pid>/smaps_rollup."""
     def rollup(pid: int) -> dict[str, float]:
@@ -622,12 +630,8 @@ def main(argv: list[str]) -> int:
             peak = results["peak"][key]["median_rps"]
             results["open_loop"][key] = {}
             for frac in (0.5, 0.8):
-                runs = [open_loop(targets[key], peak * frac, plan["open_s"], results)
-                        for _ in range(plan["open_rounds"])]
-                results["open_loop"][key][str(frac)] = {
-                    "rate": peak * frac, "runs": runs, "p50_ms": med([x["p50_ms"] for x in runs]),
-                    "p99_ms": med([x["p99_ms"] for x in runs]), "non200": sum(x["non200"] for x in runs),
-                    "errors": sum(x["errors"] + x["missing"] for x in runs)}
+                results["open_loop"][key][str(frac)] = open_loop_rate(targets[key], peak * frac, plan["open_rounds"],
+                                                                      plan["open_s"], results)
                 log(f"  open loop {key} at {frac:.0%} ({peak * frac:.0f}/s): p50 "
                     f"{results['open_loop'][key][str(frac)]['p50_ms']:.2f} ms, p99 "
                     f"{results['open_loop'][key][str(frac)]['p99_ms']:.2f} ms")
@@ -654,7 +658,8 @@ def main(argv: list[str]) -> int:
         # variants: signing algorithm and worker model, each beside a fresh baseline run
         variants = [("tokenbridge-verify-every-token", dict(remember_signatures=False)),
                     ("tokenbridge-RS256", dict(alg="RS256")), ("tokenbridge-EdDSA", dict(alg="EdDSA")),
-                    ("tokenbridge-gthread", dict(worker_class="gthread")), ("tokenbridge-sync", dict(worker_class="sync"))]
+                    ("tokenbridge-gthread", dict(worker_class="gthread")),
+                    ("tokenbridge-sync", dict(worker_class="sync"))]
         for key, kw in variants:
             try:
                 v = start_tokenbridge(work, config.manifest_path.parent, tb_pool, **kw)
@@ -673,13 +678,9 @@ def main(argv: list[str]) -> int:
                                     "baseline_median_rps": peak_median(base_runs)}
             results["targets"][key] = {"label": v.label, "notes": v.notes}
             if "worker_class" in kw and not quick:  # the worker model changes tail latency most: measure it too
-                results["open_loop"][key] = {}
-                for frac in (0.5, 0.8):
-                    rate = results["peak"][key]["median_rps"] * frac
-                    run_ = open_loop(v, rate, plan["open_s"], results)
-                    results["open_loop"][key][str(frac)] = {"rate": rate, "runs": [run_], "p50_ms": run_["p50_ms"],
-                                                           "p99_ms": run_["p99_ms"], "non200": run_["non200"],
-                                                           "errors": run_["errors"] + run_["missing"]}
+                results["open_loop"][key] = {
+                    str(frac): open_loop_rate(v, results["peak"][key]["median_rps"] * frac, 1, plan["open_s"], results)
+                    for frac in (0.5, 0.8)}
             results["memory"][key] = memory(v)
             log(f"  {key}: {results['peak'][key]['median_rps']:.0f}/s "
                 f"(baseline beside it {results['peak'][key]['baseline_median_rps']:.0f}/s)")

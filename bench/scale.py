@@ -277,12 +277,8 @@ def _server_text(name: str, srv: dict) -> str:
     return text + "."
 
 
-def _f2(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds:.2f} s"
-
-
-def _f1(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds:.1f} s"
+def _seconds(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f} s"
 
 
 def markdown(r: dict) -> list[str]:
@@ -303,7 +299,7 @@ def markdown(r: dict) -> list[str]:
     L += [f"| YAML parse alone, one process: stock PyYAML (`CSafeLoader`) | "
           f"{small.get('yaml_c_parse_s', 0):.2f} s | {big.get('yaml_c_parse_s', 0):.1f} s | |",
           f"| YAML parse alone, one process: Tokenbridge's loader (`sources/yaml_loader.py`, same data) | "
-          f"{_f2(small.get('yaml_parse_s'))} | {_f1(big.get('yaml_parse_s'))} | |",
+          f"{_seconds(small.get('yaml_parse_s'), 2)} | {_seconds(big.get('yaml_parse_s'), 1)} | |",
           f"| of the YAML load: `build_snapshot` alone (shared with the Kubernetes source) | "
           f"{small.get('build_snapshot_s', 0):.2f} s | {big.get('build_snapshot_s', 0):.1f} s | |",
           f"| RSS with the snapshot served (peak during load) | {small['rss_loaded_mb']:.0f} MB "
