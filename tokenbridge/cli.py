@@ -31,6 +31,38 @@ get started (development only):
 
 exit codes: 0 success, 1 refused or failed, 2 usage error"""
 
+DISTRIBUTION = "tokenbridge"
+# a source tree run without installing (PYTHONPATH=.): the version its pyproject.toml states
+PYPROJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+
+
+def version() -> str:
+    """The installed distribution's version; else the source tree's pyproject.toml's; else ``unknown``."""
+    from importlib import metadata  # only for --version: it costs more to import than the rest of this module
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+        with open(PYPROJECT, "rb") as f:
+            project = tomllib.load(f).get("project", {})
+    except (OSError, ValueError):
+        return "unknown"
+    return str(project["version"]) if project.get("name") == DISTRIBUTION and "version" in project else "unknown"
+
+
+class VersionAction(argparse.Action):
+    """``--version``: like argparse's own, but the version is looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -40,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
