@@ -9,12 +9,13 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/tokenbridge
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY tokenbridge/ tokenbridge/
 COPY operator/ operator/
 COPY exchange_server/ exchange_server/
-RUN /opt/tokenbridge/bin/pip install . \
- && /opt/tokenbridge/bin/python -c "import tokenbridge.cli, tokenbridge_exchange.serve, tokenbridge_operator.main"
+# the versions the tests ran with (constraints.txt, `make lock`), not whatever is newest today
+RUN /opt/tokenbridge/bin/pip install -c constraints.txt . \
+ && /opt/tokenbridge/bin/python -c "import tokenbridge.cli, tokenbridge_exchange.serve, tokenbridge_operator.main, gunicorn.workers.ggevent"
 
 # ---- runtime: the virtualenv only, run as an unprivileged numeric user -------------------------------------------
 FROM python:3.11-slim

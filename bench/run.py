@@ -67,7 +67,9 @@ def ensure_python_deps() -> None:
     missing = [m for m in ("matplotlib", "httpx") if importlib.util.find_spec(m) is None]
     if missing:
         log(f"missing {', '.join(missing)}: installing the bench extra (pip install -e '.[bench]')")
-        subprocess.run([PY, "-m", "pip", "install", "-q", "-e", f"{ROOT}[bench]"], check=True)
+        # constraints.txt does not pin the bench's own packages, but keeps what they share with the rest as tested
+        subprocess.run([PY, "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), "-e",
+                        f"{ROOT}[bench]"], check=True)
 
 
 def hydra_binary(build: bool) -> tuple[str | None, str]:

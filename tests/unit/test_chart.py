@@ -629,7 +629,8 @@ def test_dockerfile():
     (entrypoint,) = [json.loads(rest) for op, rest in instructions if op == "ENTRYPOINT"]
     (cmd,) = [json.loads(rest) for op, rest in instructions if op == "CMD"]
     assert entrypoint == ["tokenbridge"] and cmd[0] == "serve"
-    assert "pip install ." in text and "[dev]" not in text
+    assert "pip install -c constraints.txt ." in text and "[dev]" not in text  # the tested versions, no dev extras
     ignore = (REPO / ".dockerignore").read_text()
-    for needed in ("pyproject.toml", "README.md", "tokenbridge/", "operator/", "exchange_server/"):
+    for needed in ("pyproject.toml", "README.md", "LICENSE", "constraints.txt", "tokenbridge/", "operator/",
+                   "exchange_server/"):
         assert f"!{needed}" in ignore

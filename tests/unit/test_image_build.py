@@ -9,13 +9,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_dockerfile_build_context_installs_both_entrypoints(tmp_path):
+def copy_build_context(context: Path) -> list[str]:
+    """Copy what the Dockerfile's build stage COPYs from the repository into ``context``; returns those sources."""
     dockerfile = (REPO / "Dockerfile").read_text()
-    context = tmp_path / "context"
     context.mkdir()
     copied = re.findall(r"^COPY (?!--from)(\S+(?: \S+)*) \S+$", dockerfile, re.MULTILINE)
     sources = [s for line in copied for s in line.split()]
-    assert {"pyproject.toml", "README.md", "tokenbridge/", "operator/", "exchange_server/"} <= set(sources)
     for source in sources:
         src = REPO / source
         if src.is_dir():
@@ -23,6 +22,13 @@ def test_dockerfile_build_context_installs_both_entrypoints(tmp_path):
                                                                                  "*.egg-info"))
         else:
             shutil.copy2(src, context / source)
+    return sources
+
+
+def test_dockerfile_build_context_installs_both_entrypoints(tmp_path):
+    context = tmp_path / "context"
+    sources = copy_build_context(context)
+    assert {"pyproject.toml", "README.md", "tokenbridge/", "operator/", "exchange_server/"} <= set(sources)
     wheels = tmp_path / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                             "-w", str(wheels), str(context)], capture_output=True, text=True, timeout=300)
