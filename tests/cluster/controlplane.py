@@ -6,8 +6,7 @@ ServiceAccount signing key (ECDSA P-256, so ServiceAccount tokens are ES256), an
 
 Used by the ``control_plane`` pytest fixture and, as a script, by ``make cluster-up`` / ``make cluster-down``:
 
-    python tests/cluster/controlplane.py up [--dir DIR] [--node]   # starts, prints the kubeconfig path, stays
-                                                                   # detached; --node adds tests/cluster/node.py
+    python tests/cluster/controlplane.py up [--dir DIR]     # starts, prints the kubeconfig path, stays detached
     python tests/cluster/controlplane.py down [--dir DIR]
 """
 from __future__ import annotations
@@ -278,16 +277,13 @@ class ControlPlane:
             proc.wait()
 
     def stop(self) -> None:
-        for name in CONTROL_PLANE_PROCESSES:
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             self._terminate(name)
 
 
-CONTROL_PLANE_PROCESSES = ("kube-controller-manager", "kube-apiserver", "etcd")
-
-
-def stop_pid_files(workdir: Path, names) -> None:
-    """Stop the process groups named by ``workdir/<name>.pid``, in order: SIGTERM, then SIGKILL after 20 s."""
-    for name in names:
+def _down(workdir: Path) -> None:
+    """Stop what ``up`` left running in ``workdir``: SIGTERM, then SIGKILL after 20 s."""
+    for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
         pid_file = workdir / f"{name}.pid"
         if not pid_file.exists():
             continue
@@ -305,16 +301,6 @@ def stop_pid_files(workdir: Path, names) -> None:
         pid_file.unlink()
 
 
-def _down(workdir: Path) -> None:
-    """Stop what ``up`` left running in ``workdir``: the node first, when there is one, then the control plane."""
-    if (workdir / "node").exists():
-        from node import NodeNetwork, teardown
-
-        teardown(workdir / "node", build_binaries())
-        NodeNetwork().down()
-    stop_pid_files(workdir, CONTROL_PLANE_PROCESSES)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -329,34 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--node", action="store_true", help="also start a node (root): kubelet, containerd, "
-                        "kube-proxy, kube-scheduler, with the images built by image/ imported")
     args = parser.parse_args(argv)
     if args.action == "down":
         _down(args.dir)
         print(f"control plane in {args.dir} stopped")
         return 0
     _down(args.dir)
-    network = node = None
-    if args.node:
-        from node import GATEWAY, NODE_NAME, Node, NodeNetwork, built_image
-
-        images = built_image("build-pause.sh"), built_image("build.sh")
-        network = NodeNetwork().up()
-    cp = ControlPlane(args.dir, build_binaries(), node_ip=GATEWAY if network else None)
+    cp = ControlPlane(args.dir, build_binaries())
     try:
         cp.start()
         cp.install_crds()
-        if network:
-            node = Node(cp, args.dir / "node").start(images[0], [images[1]])
     except BaseException:
-        _down(args.dir)
-        if network:
-            network.down()
+        cp.stop()
         raise
     print(f"control plane up: {cp.server} (ServiceAccount issuer {cp.issuer})\n"
-          + (f"node {NODE_NAME} Ready, with the image {images[1][1]}\n" if node else "")
-          + f"export KUBECONFIG={cp.kubeconfig}\n"
+          f"export KUBECONFIG={cp.kubeconfig}\n"
           f"kubectl: {cp.bin / 'kubectl'}\nstop with: make cluster-down")
     return 0
 

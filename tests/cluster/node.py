@@ -31,9 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from controlplane import free_port, stop_pid_files
+from controlplane import free_port, stop_group
 
-REPO = Path(__file__).resolve().parents[2]
 BRIDGE = "tb0"
 POD_CIDR = "10.244.0.0/24"
 GATEWAY = "10.244.0.1"
@@ -45,14 +44,7 @@ PACKAGES = {"containerd": "containerd", "ctr": "containerd", "runc": "runc", "ip
 CNI_BIN = "/usr/lib/cni"
 SYSCTLS = {"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"}
 CTR_NAMESPACE = "k8s.io"
-LEFTOVER_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
-
-
-def built_image(script: str) -> tuple[Path, str]:
-    """Run an image/ build script (cached by its inputs; progress on stderr): (OCI archive, image reference)."""
-    out = subprocess.run(["bash", str(REPO / "image" / script)], check=True, stdout=subprocess.PIPE, text=True,
-                         timeout=1800).stdout.split()
-    return next(Path(word) for word in out if word.endswith(".tar")), out[-1]
+KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY")
 
 
 def can_run() -> str | None:
@@ -109,32 +101,29 @@ def _iptables_guard(action: str) -> None:
 
 
 class NodeNetwork:
-    """The bridge, sysctls and guard rules; set up before the API server starts (it advertises ``GATEWAY``).
+    """The bridge, sysctls and guard rules; set up before the API server starts (it advertises ``GATEWAY``)."""
 
-    The sysctls' values from before are kept in ``STATE`` until ``down``, so a run that died (or ``make
-    cluster-up`` followed by ``make cluster-down`` in another process) still restores them."""
-
-    STATE = Path("/run/tokenbridge-node-network.json")
+    def __init__(self) -> None:
+        self.saved: dict[str, str] = {}
 
     def up(self) -> "NodeNetwork":
         if _run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
             _run("ip", "link", "add", BRIDGE, "type", "bridge")
         _run("ip", "addr", "replace", f"{GATEWAY}/{ipaddress.ip_network(POD_CIDR).prefixlen}", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
-        if not self.STATE.exists():
-            self.STATE.write_text(json.dumps({key: (Path("/proc/sys") / key).read_text().strip() for key in SYSCTLS}))
         for key, value in SYSCTLS.items():
-            (Path("/proc/sys") / key).write_text(value)
+            path = Path("/proc/sys") / key
+            self.saved.setdefault(key, path.read_text().strip())
+            path.write_text(value)
         _iptables_guard("-A")
         return self
 
     def down(self) -> None:
         _iptables_guard("-D")
         _run("ip", "link", "del", BRIDGE, check=False)
-        if self.STATE.exists():
-            for key, value in json.loads(self.STATE.read_text()).items():
-                (Path("/proc/sys") / key).write_text(value)
-            self.STATE.unlink()
+        for key, value in self.saved.items():
+            (Path("/proc/sys") / key).write_text(value)
+        self.saved.clear()
 
 
 class Node:
@@ -220,7 +209,6 @@ state = "{d}/containerd/state"
         (self.dir / f"{name}.pid").write_text(str(self.procs[name].pid))
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """Run ctr against the node's containerd, in the namespace the kubelet uses."""
         proc = subprocess.run(["ctr", "--address", str(self.socket), "--namespace", CTR_NAMESPACE, *args],
                               capture_output=True, text=True, timeout=600)
         if check and proc.returncode != 0:
@@ -289,43 +277,30 @@ state = "{d}/containerd/state"
         return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
     def stop(self) -> None:
-        teardown(self.dir, self.bin)
+        """Stop the node and remove what it left in the kernel: its pods' sandboxes, mounts and kube-proxy rules."""
+        for name in ("kube-proxy", "kubelet", "kube-scheduler"):
+            stop_group(self.procs.pop(name, None))
+        if "containerd" in self.procs:
+            self._remove_sandboxes()
+            stop_group(self.procs.pop("containerd"))
+        _run(str(self.bin / "kube-proxy"), "--cleanup", check=False)
+        for table in ("filter", "nat", "mangle"):  # the kubelet's own chains
+            _remove_chains(table, KUBELET_CHAINS)
+        # Volumes (tmpfs for projected tokens, overlay roots) stay mounted when their owners are killed.
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(str(self.dir) + "/")]
+        for mount in sorted(mounts, key=len, reverse=True):
+            _run("umount", "-l", mount, check=False)
 
-
-NODE_PROCESSES = ("kube-proxy", "kubelet", "kube-scheduler")
-
-
-def teardown(workdir: Path, bin_dir: Path) -> None:
-    """Stop the node in ``workdir`` (by its pid files, so ``make cluster-down`` can too) and remove what it left in
-    the kernel: its containers, mounts and iptables chains."""
-    stop_pid_files(workdir, NODE_PROCESSES)
-    socket = workdir / "containerd.sock"
-    if socket.exists():
-        _kill_containers(socket)
-    stop_pid_files(workdir, ("containerd",))
-    _run(str(bin_dir / "kube-proxy"), "--cleanup", check=False)
-    for table in ("filter", "nat", "mangle"):  # the kubelet's chains and kube-proxy's hint
-        _remove_chains(table, LEFTOVER_CHAINS)
-    # Volumes (tmpfs for projected tokens, overlay roots, netns) stay mounted when their owners are killed.
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-              if line.split()[1].startswith(str(workdir) + "/")]
-    for mount in sorted(mounts, key=len, reverse=True):
-        _run("umount", "-l", mount, check=False)
-
-
-def _kill_containers(socket: Path) -> None:
-    """SIGKILL every task of the node's namespace and delete it, so shims and runc containers end with the node."""
-    def ctr(*args: str) -> str:
-        return subprocess.run(["ctr", "--address", str(socket), "--namespace", CTR_NAMESPACE, *args],
-                              capture_output=True, text=True, timeout=60).stdout
-
-    tasks = ctr("tasks", "list", "--quiet").split()
-    for task in tasks:
-        ctr("tasks", "kill", "--signal", "SIGKILL", task)
-    for task in tasks:
+    def _remove_sandboxes(self) -> None:
+        """Kill every task in the node's namespace, so their shims and runc containers end with the test."""
+        listing = self.ctr("tasks", "list", "--quiet", check=False).stdout.split()
+        for task in listing:
+            self.ctr("tasks", "kill", "--signal", "SIGKILL", task, check=False)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "STOPPED" not in ctr("tasks", "list").split(task, 1)[-1][:80]:
-            if task not in ctr("tasks", "list", "--quiet").split():
-                break
+        while time.monotonic() < deadline and any(
+                line.split()[-1] != "STOPPED" for line in self.ctr("tasks", "list", check=False).stdout.splitlines()[1:]
+                if line.split()):
             time.sleep(0.5)
-        ctr("tasks", "delete", task)
+        for task in listing:
+            self.ctr("tasks", "delete", task, check=False)
