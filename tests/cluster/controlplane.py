@@ -98,12 +98,9 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 class ControlPlane:
     """Start/stop the three processes; helpers to talk to the API server as the admin user."""
 
-    def __init__(self, workdir: Path, bin_dir: Path, node_ip: str | None = None):
+    def __init__(self, workdir: Path, bin_dir: Path):
         self.dir = workdir.resolve()  # kubeconfigs name files by absolute path
         self.bin = bin_dir
-        # With a node (tests/cluster/node.py) the API server also listens on node_ip, the host's address on the
-        # pods' bridge, and advertises it: pods reach it through the kubernetes Service.
-        self.node_ip = node_ip
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
@@ -116,47 +113,34 @@ class ControlPlane:
     # ----- set-up -----------------------------------------------------------------------------------------
     def _write_pki(self) -> None:
         d = self.dir
-        self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.ca = _cert(_name("tokenbridge-test-ca"), self.ca_key, ca=True)
-        (d / "ca.crt").write_bytes(self.ca.public_bytes(serialization.Encoding.PEM))
-        (d / "ca.key").write_bytes(_pem_key(self.ca_key))
-        ips = ["127.0.0.1", "10.0.0.1", *([self.node_ip] if self.node_ip else [])]
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = _cert(_name("tokenbridge-test-ca"), ca_key, ca=True)
+        (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        (d / "ca.key").write_bytes(_pem_key(ca_key))
         sans = [x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default.svc"),
-                *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]
-        self._write_key_pair("apiserver", _name("kube-apiserver"), sans=sans)
-        # The API server's client certificate towards kubelets (logs, exec, port-forward).
-        self._write_key_pair("apiserver-kubelet-client", _name("kube-apiserver-kubelet-client", "system:masters"),
-                             client=True)
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]
+        for name, subject, kw in (
+            ("apiserver", _name("kube-apiserver"), {"sans": sans}),
+            ("admin", _name("tokenbridge-admin", "system:masters"), {"client": True}),
+            ("controller-manager", _name("system:kube-controller-manager"), {"client": True}),
+        ):
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = _cert(subject, key, ca, ca_key, **kw)
+            (d / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            (d / f"{name}.key").write_bytes(_pem_key(key))
         sa_key = ec.generate_private_key(ec.SECP256R1())
         (d / "sa.key").write_bytes(_pem_key(sa_key))
         (d / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.write_client_kubeconfig(self.kubeconfig, "tokenbridge-admin", "system:masters")
-        self.write_client_kubeconfig(d / "controller-manager.kubeconfig", "system:kube-controller-manager")
-
-    def issue_certificate(self, key, cn: str, org: str | None = None, *, sans=(), client: bool = False):
-        """A certificate for ``key`` signed by the test CA (server auth, or client auth with ``client``)."""
-        return _cert(_name(cn, org), key, self.ca, self.ca_key, sans=sans, client=client)
-
-    def _write_key_pair(self, stem: str, subject: x509.Name, *, sans=(), client: bool = False,
-                        where: Path | None = None) -> tuple[Path, Path]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(subject, key, self.ca, self.ca_key, sans=sans, client=client)
-        crt_path, key_path = (where or self.dir) / f"{stem}.crt", (where or self.dir) / f"{stem}.key"
-        crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(_pem_key(key))
-        return crt_path, key_path
-
-    def write_client_kubeconfig(self, path: Path, cn: str, org: str | None = None) -> None:
-        """A kubeconfig at ``path`` for user ``cn`` (group ``org``) with a fresh client certificate beside it."""
-        crt, key = self._write_key_pair(path.stem, _name(cn, org), client=True, where=path.parent)
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.server,
-                                                       "certificate-authority": str(self.ca_file)}}],
-            "users": [{"name": cn, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": cn}}],
-        }, indent=2))
+        for user in ("admin", "controller-manager"):
+            (d / f"{user}.kubeconfig").write_text(json.dumps({
+                "apiVersion": "v1", "kind": "Config", "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": self.server,
+                                                           "certificate-authority": str(d / "ca.crt")}}],
+                "users": [{"name": user, "user": {"client-certificate": str(d / f"{user}.crt"),
+                                                  "client-key": str(d / f"{user}.key")}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
+            }, indent=2))
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.dir / f"{name}.log", "ab")
@@ -201,12 +185,8 @@ class ControlPlane:
             "--etcd-servers", self.etcd_url, "--cert-dir", str(d / "apiserver-certs"),
             "--tls-cert-file", str(d / "apiserver.crt"), "--tls-private-key-file", str(d / "apiserver.key"),
             "--client-ca-file", str(d / "ca.crt"),
-            "--secure-port", str(self.port),
-            "--bind-address", "0.0.0.0" if self.node_ip else "127.0.0.1",
-            "--advertise-address", self.node_ip or "127.0.0.1",
-            "--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
-            "--kubelet-client-certificate", str(d / "apiserver-kubelet-client.crt"),
-            "--kubelet-client-key", str(d / "apiserver-kubelet-client.key"),
+            "--secure-port", str(self.port), "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--authorization-mode", "RBAC",
             "--service-account-issuer", self.issuer,
             "--service-account-key-file", str(d / "sa.pub"),
             "--service-account-signing-key-file", str(d / "sa.key"),
