@@ -11,11 +11,12 @@ RUN python -m venv /opt/tokenbridge
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY tokenbridge/ tokenbridge/
+COPY tokenbridge_cli/ tokenbridge_cli/
 COPY operator/ operator/
 COPY exchange_server/ exchange_server/
 # the versions the tests ran with (constraints.txt, `make lock`), not whatever is newest today
 RUN /opt/tokenbridge/bin/pip install -c constraints.txt . \
- && /opt/tokenbridge/bin/python -c "import tokenbridge.cli, tokenbridge_exchange.serve, tokenbridge_operator.main, gunicorn.workers.ggevent"
+ && /opt/tokenbridge/bin/python -c "import tokenbridge_cli.cli, tokenbridge_exchange.serve, tokenbridge_operator.main, gunicorn.workers.ggevent"
 
 # ---- runtime: the virtualenv only, run as an unprivileged numeric user -------------------------------------------
 FROM python:3.11-slim

@@ -99,7 +99,7 @@ def test_example_is_admitted_unchanged(control_plane, namespace, path):
 @pytest.mark.cluster
 def test_tokenbridge_dev_manifests_are_admitted_unchanged(control_plane, namespace, tmp_path):
     """What ``tokenbridge dev`` writes is valid for a cluster too (its YAML quotes the JWK's "y")."""
-    from tokenbridge.commands import dev
+    from tokenbridge_cli.commands import dev
 
     dev.prepare(tmp_path)
     path = tmp_path / dev.MANIFEST_FILE

@@ -11,7 +11,7 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tokenbridge.commands import decode
+from tokenbridge_cli.commands import decode
 
 TB = str(Path(sys.executable).parent / "tokenbridge")
 KEY = ec.generate_private_key(ec.SECP256R1())

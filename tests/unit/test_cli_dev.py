@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tokenbridge import api
-from tokenbridge.commands import dev
+from tokenbridge_cli.commands import dev
 from tokenbridge.jwks import parse_jwks
 
 TB = str(Path(sys.executable).parent / "tokenbridge")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from idp_server import LocalIdP
-from tokenbridge.commands import discover
+from tokenbridge_cli.commands import discover
 
 TB = str(Path(sys.executable).parent / "tokenbridge")
 

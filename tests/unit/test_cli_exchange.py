@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tokenbridge import api
-from tokenbridge.commands import dev
+from tokenbridge_cli.commands import dev
 from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
 
 TB = str(Path(sys.executable).parent / "tokenbridge")
@@ -177,7 +177,7 @@ def test_curl_with_client_secret_post(server):
 
 
 def test_basic_credentials_are_form_urlencoded():
-    from tokenbridge.commands.exchange import basic_header
+    from tokenbridge_cli.commands.exchange import basic_header
     assert base64.b64decode(basic_header("a b", "p:%+").split()[1]).decode() == "a+b:p%3A%25%2B"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenbridge import cli
+from tokenbridge_cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]

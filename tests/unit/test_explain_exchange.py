@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tokenbridge import api
-from tokenbridge.commands import explain as explain_cli
+from tokenbridge_cli.commands import explain as explain_cli
 from test_exchange_helpers import (Clock, FixedSource, TestIdP, app_object, expect_error, idp_object, make_client,
                                    post_form, snapshot_of)
 

@@ -28,7 +28,7 @@ def copy_build_context(context: Path) -> list[str]:
 def test_dockerfile_build_context_installs_both_entrypoints(tmp_path):
     context = tmp_path / "context"
     sources = copy_build_context(context)
-    assert {"pyproject.toml", "README.md", "tokenbridge/", "operator/", "exchange_server/"} <= set(sources)
+    assert {"pyproject.toml", "README.md", "tokenbridge/", "tokenbridge_cli/", "operator/", "exchange_server/"} <= set(sources)
     wheels = tmp_path / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                             "-w", str(wheels), str(context)], capture_output=True, text=True, timeout=300)
@@ -40,10 +40,10 @@ def test_dockerfile_build_context_installs_both_entrypoints(tmp_path):
     assert install.returncode == 0, install.stderr[-3000:]
     assert not (target / "operator").exists(), "the wheel must not ship a top-level 'operator' package"
     # Run away from the repository, the installed wheel first on the path (dependencies from this venv).
-    code = ("import operator, tokenbridge.cli, tokenbridge_exchange.serve, tokenbridge_operator.main, sys; "
-            "assert tokenbridge.cli.__file__.startswith(sys.argv[1]), tokenbridge.cli.__file__; "
+    code = ("import operator, tokenbridge_cli.cli, tokenbridge_exchange.serve, tokenbridge_operator.main, sys; "
+            "assert tokenbridge_cli.cli.__file__.startswith(sys.argv[1]), tokenbridge_cli.cli.__file__; "
             "assert operator.__file__.startswith(sys.base_prefix); "
-            "sys.argv = ['tokenbridge', '--help']; tokenbridge.cli.main()")
+            "sys.argv = ['tokenbridge', '--help']; tokenbridge_cli.cli.main()")
     run = subprocess.run([sys.executable, "-c", code, str(target)], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert run.returncode == 0, run.stderr[-3000:]

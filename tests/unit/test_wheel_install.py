@@ -91,8 +91,8 @@ def test_installed_wheel_serves_a_token_exchange_with_the_default_worker_class(v
            if not k.startswith("TOKENBRIDGE_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["TOKENBRIDGE_PUBLIC_ISSUER"] = ""
     # the installed code, not the repository's; and no dev extras came along
-    code = ("import importlib.util, sys, tokenbridge.cli, tokenbridge_exchange.serve, tokenbridge_operator.main; "
-            "assert tokenbridge.cli.__file__.startswith(sys.prefix), tokenbridge.cli.__file__; "
+    code = ("import importlib.util, sys, tokenbridge_cli.cli, tokenbridge_exchange.serve, tokenbridge_operator.main; "
+            "assert tokenbridge_cli.cli.__file__.startswith(sys.prefix), tokenbridge_cli.cli.__file__; "
             "assert importlib.util.find_spec('pytest') is None, 'dev extras installed'")
     run([str(bin_dir / "python"), "-c", code], cwd=tmp_path, env=env, timeout=60)
 

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from .. import api
-from ..discovery import DiscoveryError, KubeCredentials, ProviderMetadata, discover
-from ..fetch import FetchPolicy
-from ..issuers import TENANT_PLACEHOLDER
+from tokenbridge import api
+from tokenbridge.discovery import DiscoveryError, KubeCredentials, ProviderMetadata, discover
+from tokenbridge.fetch import FetchPolicy
+from tokenbridge.issuers import TENANT_PLACEHOLDER
 from . import EXIT_OK, fail, parser
 
 # --allow-private: loopback and RFC 1918. Link-local stays blocked (cloud metadata), as do IPv6 unique-local

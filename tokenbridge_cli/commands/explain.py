@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from .. import api
+from tokenbridge import api
 from . import EXIT_FAILED, EXIT_OK, fail, parser, read_argument
 
 GRANTS = {"token-exchange": api.GRANT_TOKEN_EXCHANGE, "jwt-bearer": api.GRANT_JWT_BEARER,

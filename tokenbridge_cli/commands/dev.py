@@ -26,10 +26,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .. import api
-from ..client_secrets import generate_client_secret
-from ..durations import parse_duration
-from ..signing import thumbprint
+from tokenbridge import api
+from tokenbridge.client_secrets import generate_client_secret
+from tokenbridge.durations import parse_duration
+from tokenbridge.signing import thumbprint
 from . import EXIT_FAILED, EXIT_OK, fail, parser
 
 DEFAULT_DIR = ".tokenbridge-dev"
@@ -153,7 +153,7 @@ def command_name() -> str:
     found = shutil.which("tokenbridge")
     if found and (not script.exists() or Path(found).resolve() == script.resolve()):
         return "tokenbridge"
-    return str(script) if script.exists() else f"{sys.executable} -m tokenbridge.cli"
+    return str(script) if script.exists() else f"{sys.executable} -m tokenbridge_cli"
 
 
 def walkthrough(base: str, directory: Path, client_secret: str) -> str:
@@ -227,7 +227,7 @@ def serve(argv: list[str]) -> int:
         return fail(f"cannot prepare {args.dir}: {exc}", "fix or remove the directory, or pass --reset")
     base = f"http://127.0.0.1:{args.port}"
     print(f"starting tokenbridge serve on {base} (manifests in {args.dir}/) ...", file=sys.stderr)
-    proc = subprocess.Popen([sys.executable, "-m", "tokenbridge.cli", "serve", "--manifests", str(args.dir),
+    proc = subprocess.Popen([sys.executable, "-m", "tokenbridge_cli", "serve", "--manifests", str(args.dir),
                              "--bind", f"127.0.0.1:{args.port}", "--issuer", base, "--workers", "1"])
 
     def stop(signum: int, frame: Any) -> None:

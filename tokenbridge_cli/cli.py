@@ -15,11 +15,11 @@ import sys
 SUBCOMMANDS = {
     "serve": ("tokenbridge_exchange.serve", "run the token exchange server (standalone from manifests, or from a cluster)"),
     "operator": ("tokenbridge_operator.run", "run the Kubernetes operator that reconciles Tokenbridge resources"),
-    "discover": ("tokenbridge.commands.discover", "show what the operator would discover from a well-known URL"),
-    "exchange": ("tokenbridge.commands.exchange", "exchange a token at a token endpoint (or print the curl command)"),
-    "explain": ("tokenbridge.commands.explain", "show step by step what the token endpoint would decide for a token"),
-    "decode": ("tokenbridge.commands.decode", "show a JWT's header and claims (NOT verified)"),
-    "dev": ("tokenbridge.commands.dev", "DEVELOPMENT ONLY: a local server and issuer, ready to exchange in a minute"),
+    "discover": ("tokenbridge_cli.commands.discover", "show what the operator would discover from a well-known URL"),
+    "exchange": ("tokenbridge_cli.commands.exchange", "exchange a token at a token endpoint (or print the curl command)"),
+    "explain": ("tokenbridge_cli.commands.explain", "show step by step what the token endpoint would decide for a token"),
+    "decode": ("tokenbridge_cli.commands.decode", "show a JWT's header and claims (NOT verified)"),
+    "dev": ("tokenbridge_cli.commands.dev", "DEVELOPMENT ONLY: a local server and issuer, ready to exchange in a minute"),
 }
 
 EPILOG = """\

@@ -18,7 +18,7 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from .. import api
+from tokenbridge import api
 from . import EXIT_FAILED, EXIT_OK, fail, parser, read_argument
 
 ENV_CLIENT_ID = "TOKENBRIDGE_CLIENT_ID"
