@@ -1,12 +1,12 @@
 """Client credentials: generation and the published hash the exchange server verifies against.
 
 Client secrets are 256 random bits, so a fast hash is enough (no dictionary to guess from) and lets the server
-verify without ever reading the Secret. Comparison is constant-time.
+verify without ever reading the Secret. The server compares hashes in constant time
+(``tokenbridge_exchange.client_auth``).
 """
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 
 HASH_PREFIX = "sha256:"
@@ -28,8 +28,3 @@ def generate_client_secret() -> str:
 def hash_client_secret(secret: str) -> str:
     return HASH_PREFIX + hashlib.sha256(secret.encode()).hexdigest()
 
-
-def verify_client_secret(secret: str, expected_hash: str | None) -> bool:
-    if not expected_hash or not expected_hash.startswith(HASH_PREFIX):
-        return False
-    return hmac.compare_digest(hash_client_secret(secret), expected_hash)

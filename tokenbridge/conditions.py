@@ -59,8 +59,3 @@ def get_condition(conditions: Iterable[Mapping[str, Any]] | None, type: str) -> 
         if condition.get("type") == type:
             return condition
     return None
-
-
-def is_true(conditions: Iterable[Mapping[str, Any]] | None, type: str) -> bool:
-    condition = get_condition(conditions, type)
-    return condition is not None and condition.get("status") == TRUE

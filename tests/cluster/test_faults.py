@@ -37,7 +37,7 @@ from jwcrypto import jwk, jwt as jose_jwt
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenbridge import api
-from tokenbridge.client_secrets import verify_client_secret
+from tokenbridge.client_secrets import hash_client_secret
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import idp_server  # noqa: E402
@@ -483,7 +483,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicate_or_changed_cr
         assert len(owned) == 1, f"{name} owns {[o['metadata']['name'] for o in owned]}"
         creds = {k: base64.b64decode(v).decode() for k, v in owned[0]["data"].items()}
         assert app["status"]["clientID"] == creds["client_id"]
-        assert verify_client_secret(creds["client_secret"], app["status"]["clientSecretHash"]), name
+        assert hash_client_secret(creds["client_secret"]) == app["status"]["clientSecretHash"], name
         if f"{name}-credentials" in before:
             old = before[f"{name}-credentials"]
             assert (creds["client_id"], creds["client_secret"]) == (old["client_id"], old["client_secret"]), \

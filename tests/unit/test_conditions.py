@@ -2,7 +2,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tokenbridge.conditions import FALSE, TRUE, get_condition, is_true, rfc3339, set_condition
+from tokenbridge.conditions import FALSE, TRUE, get_condition, rfc3339, set_condition
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
 T1 = T0 + timedelta(minutes=5)
@@ -36,7 +36,7 @@ def test_other_conditions_and_order_are_kept():
     conditions = set_condition(conditions, "Discovered", TRUE, "Discovered", "", 1, T0)
     conditions = set_condition(conditions, "Ready", FALSE, "X", "", 1, T1)
     assert [c["type"] for c in conditions] == ["Ready", "Discovered"]
-    assert is_true(conditions, "Discovered") and not is_true(conditions, "Ready")
+    assert [c["status"] for c in conditions] == [FALSE, TRUE]
     assert get_condition(conditions, "Missing") is None
 
 

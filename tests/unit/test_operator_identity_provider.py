@@ -60,6 +60,15 @@ def test_success_sets_effective_values_conditions_and_one_event(okta):
     assert is_ready(status)
 
 
+def test_is_ready_only_for_a_true_ready_condition():
+    ready = {"type": "Ready", "status": "True"}
+    assert is_ready({"conditions": [{"type": "Discovered", "status": "False"}, ready]})
+    assert not is_ready({"conditions": [{"type": "Discovered", "status": "True"}, {**ready, "status": "False"}]})
+    assert not is_ready({"conditions": [{**ready, "status": "Unknown"}]})
+    assert not is_ready({"conditions": [{"type": "Discovered", "status": "True"}]})
+    assert not is_ready({}) and not is_ready(None)
+
+
 def test_refresh_keeps_transition_times_and_posts_no_event(okta):
     first = run(spec_of(okta)).status
     second = run(spec_of(okta), first, now=T0 + timedelta(minutes=5))
