@@ -3,9 +3,13 @@
 #   docker run IMAGE operator             -> tokenbridge operator
 #   docker run IMAGE serve --manifests /m -> standalone server from mounted manifests
 # Build: docker build -t tokenbridge:0.1.0 .   (see charts/tokenbridge/README.md for kind + helm)
+# Without Docker: `make image` builds the same image from Debian packages (image/build.sh; what the tests run).
+# The base is pinned by digest (python:3.11-slim-bookworm, the Debian release image/build.sh builds on); to move it,
+# `docker buildx imagetools inspect python:3.11-slim-bookworm` and replace the digest.
+ARG BASE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 
 # ---- build: install the project and its runtime dependencies (no dev extras) into a virtualenv ----------------
-FROM python:3.11-slim AS build
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/tokenbridge
 WORKDIR /src
@@ -19,7 +23,15 @@ RUN /opt/tokenbridge/bin/pip install -c constraints.txt . \
  && /opt/tokenbridge/bin/python -c "import tokenbridge_cli.cli, tokenbridge_exchange.serve, tokenbridge_operator.main, gunicorn.workers.ggevent"
 
 # ---- runtime: the virtualenv only, run as an unprivileged numeric user -------------------------------------------
-FROM python:3.11-slim
+FROM ${BASE}
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="tokenbridge" \
+      org.opencontainers.image.description="Kubernetes-native OAuth 2.0 token exchange (RFC 8693 / RFC 7523)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/tokenbridge/tokenbridge" \
+      org.opencontainers.image.licenses="Apache-2.0"
 ENV PATH=/opt/tokenbridge/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

@@ -13,7 +13,7 @@ PORT ?= 8080
 CONSTRAINTS := constraints.txt
 LOCK_VENV   := .cache/lock-venv
 
-.PHONY: install binaries run test test-unit test-cluster cluster-up cluster-down clean generate bench lock
+.PHONY: install binaries run test test-unit test-cluster cluster-up cluster-down clean generate bench lock image
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 required"; exit 1; }
@@ -41,6 +41,11 @@ test-cluster: $(STAMP) binaries
 
 cluster-up: $(STAMP) binaries
 	$(PY) tests/cluster/controlplane.py up --dir $(CLUSTER_DIR) $(if $(NODE),--node)
+
+# The OCI image without a container engine (image/README.md; root): Debian bookworm's python3 from mmdebstrap, the
+# locked wheel in a venv, assembled with umoci; cached by its inputs. Prints the OCI archive and the reference.
+image: $(STAMP)
+	TOKENBRIDGE_PYTHON=$(PY) bash image/build.sh
 
 cluster-down:
 	$(PY) tests/cluster/controlplane.py down --dir $(CLUSTER_DIR)

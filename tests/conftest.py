@@ -1,7 +1,10 @@
 """Shared fixtures. ``control_plane`` is a real etcd + kube-apiserver + kube-controller-manager (see
-tests/cluster/controlplane.py), started once per session and always torn down."""
+tests/cluster/controlplane.py), started once per session and always torn down. Where a node can run (root), the
+node's network (tests/cluster/node.py) is set up first, so the API server is reachable from pods; the node itself
+is started by the tests that need it."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "cluster"))
 from controlplane import ControlPlane, build_binaries  # noqa: E402
+from node import GATEWAY, NodeNetwork, can_run  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -16,10 +20,21 @@ def control_plane(tmp_path_factory, pytestconfig):
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():  # show build progress: a cold build takes minutes
         bin_dir = build_binaries()
-    cp = ControlPlane(tmp_path_factory.mktemp("control-plane"), bin_dir)
+    network = NodeNetwork().up() if can_run() is None else None
+    cp = ControlPlane(tmp_path_factory.mktemp("control-plane"), bin_dir, node_ip=GATEWAY if network else None)
     try:
         cp.start()
         cp.install_crds()
         yield cp
     finally:
         cp.stop()
+        if network:
+            network.down()
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """helm, built from its Go module by tests/cluster/build-helm.sh (cached)."""
+    out = subprocess.run(["bash", str(Path(__file__).parent / "cluster" / "build-helm.sh")], check=True,
+                         stdout=subprocess.PIPE, text=True)
+    return str(Path(out.stdout.strip().splitlines()[-1]) / "helm")

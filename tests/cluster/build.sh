@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds (or reuses) the test control plane binaries from the Go modules pinned in this folder's go.mod.
+# Builds (or reuses) the test control plane binaries, and the node's kube-scheduler, kubelet and kube-proxy, from
+# the Go modules pinned in this folder's go.mod.
 # Binaries are cached by version under ${TOKENBRIDGE_CACHE:-~/.cache/tokenbridge}/k8s-<version>/bin, so a
 # rerun with the same pins does nothing. Prints the bin directory on stdout; progress goes to stderr.
 set -euo pipefail
@@ -10,7 +11,7 @@ minor=$(echo "$k8s_version" | cut -d. -f2)
 # The key covers every pin: a changed go.mod or go.sum means a new build.
 key=$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-12)
 bin="${TOKENBRIDGE_CACHE:-$HOME/.cache/tokenbridge}/k8s-${k8s_version}-etcd-${etcd_version}-${key}/bin"
-wanted=(kube-apiserver kube-controller-manager kubectl etcd)
+wanted=(kube-apiserver kube-controller-manager kubectl etcd kube-scheduler kubelet kube-proxy)
 
 have_all() { for b in "${wanted[@]}"; do [ -x "$bin/$b" ] || return 1; done; }
 if have_all; then echo "$bin"; exit 0; fi
@@ -36,4 +37,7 @@ build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 build kubectl k8s.io/kubernetes/cmd/kubectl
+build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+build kubelet k8s.io/kubernetes/cmd/kubelet
+build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
 echo "$bin"

@@ -6,7 +6,8 @@ ServiceAccount signing key (ECDSA P-256, so ServiceAccount tokens are ES256), an
 
 Used by the ``control_plane`` pytest fixture and, as a script, by ``make cluster-up`` / ``make cluster-down``:
 
-    python tests/cluster/controlplane.py up [--dir DIR]     # starts, prints the kubeconfig path, stays detached
+    python tests/cluster/controlplane.py up [--dir DIR] [--node]   # starts, prints the kubeconfig path, stays
+                                                                   # detached; --node adds tests/cluster/node.py
     python tests/cluster/controlplane.py down [--dir DIR]
 """
 from __future__ import annotations
@@ -98,9 +99,12 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 class ControlPlane:
     """Start/stop the three processes; helpers to talk to the API server as the admin user."""
 
-    def __init__(self, workdir: Path, bin_dir: Path):
+    def __init__(self, workdir: Path, bin_dir: Path, node_ip: str | None = None):
         self.dir = workdir.resolve()  # kubeconfigs name files by absolute path
         self.bin = bin_dir
+        # With a node (tests/cluster/node.py) the API server also listens on node_ip, the host's address on the
+        # pods' bridge, and advertises it: pods reach it through the kubernetes Service.
+        self.node_ip = node_ip
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
@@ -113,34 +117,47 @@ class ControlPlane:
     # ----- set-up -----------------------------------------------------------------------------------------
     def _write_pki(self) -> None:
         d = self.dir
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _cert(_name("tokenbridge-test-ca"), ca_key, ca=True)
-        (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        (d / "ca.key").write_bytes(_pem_key(ca_key))
+        self.ca_key = ec.generate_private_key(ec.SECP256R1())
+        self.ca = _cert(_name("tokenbridge-test-ca"), self.ca_key, ca=True)
+        (d / "ca.crt").write_bytes(self.ca.public_bytes(serialization.Encoding.PEM))
+        (d / "ca.key").write_bytes(_pem_key(self.ca_key))
+        ips = ["127.0.0.1", "10.0.0.1", *([self.node_ip] if self.node_ip else [])]
         sans = [x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default.svc"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]
-        for name, subject, kw in (
-            ("apiserver", _name("kube-apiserver"), {"sans": sans}),
-            ("admin", _name("tokenbridge-admin", "system:masters"), {"client": True}),
-            ("controller-manager", _name("system:kube-controller-manager"), {"client": True}),
-        ):
-            key = ec.generate_private_key(ec.SECP256R1())
-            cert = _cert(subject, key, ca, ca_key, **kw)
-            (d / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            (d / f"{name}.key").write_bytes(_pem_key(key))
+                *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]
+        self._write_key_pair("apiserver", _name("kube-apiserver"), sans=sans)
+        # The API server's client certificate towards kubelets (logs, exec, port-forward).
+        self._write_key_pair("apiserver-kubelet-client", _name("kube-apiserver-kubelet-client", "system:masters"),
+                             client=True)
         sa_key = ec.generate_private_key(ec.SECP256R1())
         (d / "sa.key").write_bytes(_pem_key(sa_key))
         (d / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        for user in ("admin", "controller-manager"):
-            (d / f"{user}.kubeconfig").write_text(json.dumps({
-                "apiVersion": "v1", "kind": "Config", "current-context": "test",
-                "clusters": [{"name": "test", "cluster": {"server": self.server,
-                                                           "certificate-authority": str(d / "ca.crt")}}],
-                "users": [{"name": user, "user": {"client-certificate": str(d / f"{user}.crt"),
-                                                  "client-key": str(d / f"{user}.key")}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
-            }, indent=2))
+        self.write_client_kubeconfig(self.kubeconfig, "tokenbridge-admin", "system:masters")
+        self.write_client_kubeconfig(d / "controller-manager.kubeconfig", "system:kube-controller-manager")
+
+    def issue_certificate(self, key, cn: str, org: str | None = None, *, sans=(), client: bool = False):
+        """A certificate for ``key`` signed by the test CA (server auth, or client auth with ``client``)."""
+        return _cert(_name(cn, org), key, self.ca, self.ca_key, sans=sans, client=client)
+
+    def _write_key_pair(self, stem: str, subject: x509.Name, *, sans=(), client: bool = False,
+                        where: Path | None = None) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _cert(subject, key, self.ca, self.ca_key, sans=sans, client=client)
+        crt_path, key_path = (where or self.dir) / f"{stem}.crt", (where or self.dir) / f"{stem}.key"
+        crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(_pem_key(key))
+        return crt_path, key_path
+
+    def write_client_kubeconfig(self, path: Path, cn: str, org: str | None = None) -> None:
+        """A kubeconfig at ``path`` for user ``cn`` (group ``org``) with a fresh client certificate beside it."""
+        crt, key = self._write_key_pair(path.stem, _name(cn, org), client=True, where=path.parent)
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": self.server,
+                                                       "certificate-authority": str(self.ca_file)}}],
+            "users": [{"name": cn, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": cn}}],
+        }, indent=2))
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.dir / f"{name}.log", "ab")
@@ -185,8 +202,14 @@ class ControlPlane:
             "--etcd-servers", self.etcd_url, "--cert-dir", str(d / "apiserver-certs"),
             "--tls-cert-file", str(d / "apiserver.crt"), "--tls-private-key-file", str(d / "apiserver.key"),
             "--client-ca-file", str(d / "ca.crt"),
-            "--secure-port", str(self.port), "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-            "--authorization-mode", "RBAC",
+            "--secure-port", str(self.port),
+            "--bind-address", "0.0.0.0" if self.node_ip else "127.0.0.1",
+            "--advertise-address", self.node_ip or "127.0.0.1",
+            "--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
+            "--kubelet-client-certificate", str(d / "apiserver-kubelet-client.crt"),
+            "--kubelet-client-key", str(d / "apiserver-kubelet-client.key"),
+            # logs and exec reach the kubelet at the node's IP (no DNS here) and check its serving certificate
+            "--kubelet-preferred-address-types", "InternalIP", "--kubelet-certificate-authority", str(d / "ca.crt"),
             "--service-account-issuer", self.issuer,
             "--service-account-key-file", str(d / "sa.pub"),
             "--service-account-signing-key-file", str(d / "sa.key"),
@@ -257,13 +280,16 @@ class ControlPlane:
             proc.wait()
 
     def stop(self) -> None:
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in CONTROL_PLANE_PROCESSES:
             self._terminate(name)
 
 
-def _down(workdir: Path) -> None:
-    """Stop what ``up`` left running in ``workdir``: SIGTERM, then SIGKILL after 20 s."""
-    for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+CONTROL_PLANE_PROCESSES = ("kube-controller-manager", "kube-apiserver", "etcd")
+
+
+def stop_pid_files(workdir: Path, names) -> None:
+    """Stop the process groups named by ``workdir/<name>.pid``, in order: SIGTERM, then SIGKILL after 20 s."""
+    for name in names:
         pid_file = workdir / f"{name}.pid"
         if not pid_file.exists():
             continue
@@ -281,6 +307,16 @@ def _down(workdir: Path) -> None:
         pid_file.unlink()
 
 
+def _down(workdir: Path) -> None:
+    """Stop what ``up`` left running in ``workdir``: the node first, when there is one, then the control plane."""
+    if (workdir / "node").exists():
+        from node import NodeNetwork, teardown
+
+        teardown(workdir / "node", build_binaries())
+        NodeNetwork().down()
+    stop_pid_files(workdir, CONTROL_PLANE_PROCESSES)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -295,21 +331,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--node", action="store_true", help="also start a node (root): kubelet, containerd, "
+                        "kube-proxy, kube-scheduler, with the images built by image/ imported")
     args = parser.parse_args(argv)
     if args.action == "down":
         _down(args.dir)
         print(f"control plane in {args.dir} stopped")
         return 0
     _down(args.dir)
-    cp = ControlPlane(args.dir, build_binaries())
+    network = node = None
+    if args.node:
+        from node import GATEWAY, NODE_NAME, Node, NodeNetwork, built_image
+
+        images = built_image("build-pause.sh"), built_image("build.sh")
+        network = NodeNetwork().up()
+    cp = ControlPlane(args.dir, build_binaries(), node_ip=GATEWAY if network else None)
     try:
         cp.start()
         cp.install_crds()
+        if network:
+            node = Node(cp, args.dir / "node").start(images[0], [images[1]])
     except BaseException:
-        cp.stop()
+        _down(args.dir)
+        if network:
+            network.down()
         raise
     print(f"control plane up: {cp.server} (ServiceAccount issuer {cp.issuer})\n"
-          f"export KUBECONFIG={cp.kubeconfig}\n"
+          + (f"node {NODE_NAME} Ready, with the image {images[1][1]}\n" if node else "")
+          + f"export KUBECONFIG={cp.kubeconfig}\n"
           f"kubectl: {cp.bin / 'kubectl'}\nstop with: make cluster-down")
     return 0
 

@@ -50,13 +50,6 @@ INSTALLS = {
 }
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
-    out = subprocess.run(["bash", str(REPO / "tests" / "cluster" / "build-helm.sh")], check=True,
-                         stdout=subprocess.PIPE, text=True)
-    return str(Path(out.stdout.strip().splitlines()[-1]) / "helm")
-
-
 def render(helm: str, tmp_path: Path, release: str, namespace: str, values: dict) -> list[dict]:
     path = tmp_path / f"{release}.json"
     path.write_text(json.dumps(values))

@@ -1,0 +1,196 @@
+"""The shipped artefacts on a real node: the OCI image built by image/, installed with the Helm chart, pods run by
+kubelet + containerd, Ready through the chart's own probes. A workload Pod exchanges its projected ServiceAccount
+token through the chart's Service, and the issued token verifies against the server's JWKS; deleting the server
+pod loses nothing (same client, same signing key).
+
+Nothing is pulled: both images are built from source (image/build.sh, image/build-pause.sh, cached by their inputs)
+and imported into the node's containerd.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from node import Node, built_image, can_run
+
+pytestmark = [pytest.mark.cluster, pytest.mark.node]
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "tokenbridge"
+RELEASE, NAMESPACE, APP_NS = "tb", "tokenbridge", "tb-node-app"
+ISSUER = "https://tokens.example.com"
+AUDIENCE = "https://payments.example.com"
+TOKEN_DIR = "/var/run/secrets/tokenbridge"
+
+# Runs in the workload Pod (the Tokenbridge image has Python and httpx): one RFC 8693 exchange of the projected
+# ServiceAccount token through the Service, then the server's JWKS through the same Service; prints both as JSON.
+WORKLOAD = f"""
+import json, os, httpx
+base = "http://" + os.environ["TB_HOST"] + ":" + os.environ["TB_PORT"]
+token = open("{TOKEN_DIR}/token").read().strip()
+r = httpx.post(base + "/oauth2/token", auth=(os.environ["CLIENT_ID"], os.environ["CLIENT_SECRET"]), data={{
+    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": token,
+    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "audience": "{AUDIENCE}"}})
+print(json.dumps({{"status": r.status_code, "body": r.json(), "jwks": httpx.get(base + "/.well-known/jwks.json").json()}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def node(control_plane, tmp_path_factory, pytestconfig):
+    reason = can_run()
+    if reason:
+        pytest.fail(f"the node tests cannot run here: {reason}")
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # a cold image build takes minutes: show its progress
+        pause, image = built_image("build-pause.sh"), built_image("build.sh")
+    n = Node(control_plane, tmp_path_factory.mktemp("node"))
+    try:
+        n.start(pause, [image])
+        yield n, image[1]
+    finally:
+        n.stop()
+
+
+def kubectl_json(cp, *args: str):
+    return json.loads(cp.kubectl(*args, "-o", "json").stdout)
+
+
+def apply(cp, *docs: dict) -> None:
+    cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)}))
+
+
+def wait_for(predicate, timeout: float, what: str, diagnose=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"{what} not within {timeout}s\n{diagnose()}")
+
+
+def condition(obj: dict, kind: str) -> str | None:
+    return next((c["status"] for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
+
+
+@pytest.fixture(scope="module")
+def release(node, control_plane, helm, tmp_path_factory):
+    """The chart installed with the built image; the application's credentials once the operator wrote them."""
+    cp, (n, reference) = control_plane, node
+    repository, tag = reference.rsplit(":", 1)
+    values = tmp_path_factory.mktemp("values") / "values.json"
+    values.write_text(json.dumps({
+        "publicIssuer": ISSUER,
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "server": {"replicas": 1, "workers": 1},
+        # The kubernetes Service's address: the operator reads the ServiceAccount issuer through it.
+        "fetch": {"allowedNetworks": ["10.0.0.1/32"]},
+    }))
+
+    def diagnose() -> str:
+        pods = cp.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+        events = cp.kubectl("get", "events", "-n", NAMESPACE, check=False).stdout[-3000:]
+        logs = "".join(cp.kubectl("logs", "-n", NAMESPACE, "-l", f"app.kubernetes.io/component={c}", "--tail", "30",
+                                  check=False).stdout for c in ("operator", "server"))
+        return f"{pods}\n{events}\n{logs}\nkubelet:\n{n.log('kubelet', 2000)}"
+
+    install = subprocess.run([helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
+                              "--skip-crds", "--kubeconfig", str(cp.kubeconfig), "-f", str(values),
+                              "--wait", "--timeout", "240s"], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, f"{install.stderr}\n{diagnose()}"
+    cp.kubectl("create", "namespace", APP_NS)
+    apply(cp, {
+        "apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider",
+        "metadata": {"name": "this-cluster", "namespace": APP_NS},
+        "spec": {"type": "Kubernetes", "description": "this cluster's ServiceAccount tokens",
+                 # In a pod the API server is the kubernetes Service (there is no cluster DNS on this node).
+                 "wellKnownURL": "https://10.0.0.1/.well-known/openid-configuration",
+                 "jwksURI": "https://10.0.0.1/openid/v1/jwks",
+                 "allowedAudiences": ["tokenbridge"], "allowedAlgorithms": ["ES256"],
+                 "kubernetes": {"useOperatorCredentials": True}},
+    }, {
+        "apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication",
+        "metadata": {"name": "payments-worker", "namespace": APP_NS},
+        "spec": {"description": "payments-worker pods", "grantTypes": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+                 "identityProviders": [{"name": "this-cluster"}], "audiences": [AUDIENCE],
+                 "credentials": {"secretName": "payments-worker-client"}},
+    }, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "payments-worker", "namespace": APP_NS}})
+    wait_for(lambda: condition(kubectl_json(cp, "get", "oauthapplication", "payments-worker", "-n", APP_NS),
+                               "Ready") == "True", 120, "the application Ready",
+             lambda: cp.kubectl("get", "idp,oauthapp", "-n", APP_NS, "-o", "yaml", check=False).stdout + diagnose())
+    service = kubectl_json(cp, "get", "service", f"{RELEASE}-tokenbridge-server", "-n", NAMESPACE)
+    yield service["spec"]["clusterIP"], str(service["spec"]["ports"][0]["port"]), reference, diagnose
+    cp.kubectl("delete", "namespace", APP_NS, "--wait=false", check=False)
+    subprocess.run([helm, "uninstall", RELEASE, "--namespace", NAMESPACE, "--kubeconfig", str(cp.kubeconfig),
+                    "--wait", "--timeout", "120s"], capture_output=True, timeout=180)
+
+
+def run_workload(cp, release, name: str) -> dict:
+    """Run the workload Pod to completion on the node; its printed result."""
+    host, port, reference, diagnose = release
+    secret = {"name": "payments-worker-client"}
+    apply(cp, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": APP_NS}, "spec": {
+        "serviceAccountName": "payments-worker", "automountServiceAccountToken": False, "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "worker", "image": reference, "imagePullPolicy": "Never",
+            "command": ["python", "-c", WORKLOAD],
+            "env": [{"name": "TB_HOST", "value": host}, {"name": "TB_PORT", "value": port},
+                    {"name": "CLIENT_ID", "valueFrom": {"secretKeyRef": {**secret, "key": "client_id"}}},
+                    {"name": "CLIENT_SECRET", "valueFrom": {"secretKeyRef": {**secret, "key": "client_secret"}}}],
+            "volumeMounts": [{"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}],
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+        }],
+        "volumes": [{"name": "token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "tokenbridge", "expirationSeconds": 3600, "path": "token"}}]}}],
+    }})
+
+    def finished():
+        phase = kubectl_json(cp, "get", "pod", name, "-n", APP_NS).get("status", {}).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = wait_for(finished, 120, f"pod {name} finished", diagnose)
+    logs = cp.kubectl("logs", name, "-n", APP_NS).stdout
+    assert phase == "Succeeded", f"{phase}: {logs}\n{diagnose()}"
+    return json.loads(logs.strip().splitlines()[-1])
+
+
+def verify(result: dict) -> dict:
+    assert result["status"] == 200, result["body"]
+    token = result["body"]["access_token"]
+    kid = jwt.get_unverified_header(token)["kid"]
+    (key,) = [k for k in result["jwks"]["keys"] if k["kid"] == kid]
+    claims = jwt.decode(token, jwt.PyJWK(key).key, algorithms=[key["alg"]], audience=AUDIENCE, issuer=ISSUER)
+    assert claims["sub"] == f"system:serviceaccount:{APP_NS}:payments-worker"
+    assert claims["idp"] == f"{APP_NS}/this-cluster"
+    return {"kid": kid, "claims": claims, "token": token}
+
+
+def test_workload_exchanges_its_projected_token_through_the_service(control_plane, release):
+    first = verify(run_workload(control_plane, release, "worker-1"))
+    assert first["claims"]["client_id"]
+
+
+def test_deleting_the_server_pod_loses_no_configuration(control_plane, release):
+    cp = control_plane
+    before = verify(run_workload(cp, release, "worker-before"))
+    selector = "app.kubernetes.io/component=server"
+    (old,) = [p["metadata"]["name"] for p in kubectl_json(cp, "get", "pods", "-n", NAMESPACE, "-l", selector)["items"]]
+    cp.kubectl("delete", "pod", old, "-n", NAMESPACE, "--wait=true")
+
+    def replaced():
+        pods = kubectl_json(cp, "get", "pods", "-n", NAMESPACE, "-l", selector)["items"]
+        return [p for p in pods if p["metadata"]["name"] != old and condition(p, "Ready") == "True"
+                and not p["metadata"].get("deletionTimestamp")]
+
+    wait_for(replaced, 180, "a new Ready server pod", release[3])
+    after = verify(run_workload(cp, release, "worker-after"))
+    # The same client and the same signing key: the new pod read everything back from the API server.
+    assert after["claims"]["client_id"] == before["claims"]["client_id"]
+    assert after["kid"] == before["kid"]
