@@ -7,12 +7,12 @@ same key, and makes the private directory of the replay cache every worker share
 
 Standalone (``--manifests``), the master also loads the first snapshot, once, before forking: the workers inherit
 it (copy-on-write; ``gc.freeze()`` keeps the collector from writing to, and so copying, its pages) instead of each
-parsing the manifests again at boot, so no worker's boot grows with the configuration (a large YAML file is parsed
-on every core: :func:`.sources.yaml_loader.load_all`). Each worker then starts its own threads (threads and locks do
-not survive a fork; greenlets under gevent workers): the manifests poll thread, which reloads a changed file in that
-worker, and the JWKS refresh thread. When the master forks a worker again (one died, or ``SIGHUP``), it first
-reloads the manifests if they changed since, so a new worker never starts from an older configuration than the file
-holds. The cluster source (``--kubernetes``) is built in each worker (its watches are threads).
+parsing the manifests again at boot, so no worker's boot grows with the configuration. Each worker then starts its
+own threads (threads and locks do not survive a fork; greenlets under gevent workers): the manifests poll thread,
+which reloads a changed file in that worker, and the JWKS refresh thread. When the master forks a worker again
+(one died, or ``SIGHUP``), it first reloads the manifests if they changed since, so a new worker never starts from
+an older configuration than the file holds. The cluster source (``--kubernetes``) is built in each worker (its
+watches are threads).
 """
 from __future__ import annotations
 

@@ -105,6 +105,53 @@ def test_invalid_yaml_keeps_the_last_good_snapshot(tmp_path, idp):
     assert exchange(make_client(source, clock=time.time), fresh(idp)).status_code == 200
 
 
+# --- how manifest files read ------------------------------------------------------------------------------------
+
+def documents_of(tmp_path: Path, name: str, data: bytes) -> list[dict]:
+    (tmp_path / name).write_bytes(data)
+    return list(ManifestSource(tmp_path, JwksCache(never_discover), never_discover)._documents())
+
+
+def test_yaml_reads_as_kubectl_reads_it(tmp_path):
+    """YAML 1.1, as kubectl's decoder reads it: booleans such as yes/Off, octal, sexagesimal, timestamps, explicit
+    tags, anchors and merge keys."""
+    text = ("kind: ConfigMap\nmetadata: {name: x}\ndata:\n  a: yes\n  b: Off\n  c: 0777\n  d: 0x1F\n  e: 1:30\n"
+            "  f: .inf\n  g: ~\n  h: 2001-12-14t21:59:43.10-05:00\n  i: 2002-12-14\n  j: '1'\n  k: !!str 12\n"
+            "  l: !!binary aGVsbG8=\n  m: 1_000\nbase: &b {x: 1, y: 2}\nderived:\n  <<: *b\n  y: 3\nagain: *b\n")
+    [doc] = documents_of(tmp_path, "m.yaml", text.encode())
+    data = doc["data"]
+    assert (data["a"], data["b"], data["c"], data["d"], data["e"], data["f"], data["g"]) == (
+        True, False, 0o777, 31, 90, float("inf"), None)
+    assert data["h"].isoformat() == "2001-12-14T21:59:43.100000-05:00" and data["i"].isoformat() == "2002-12-14"
+    assert (data["j"], data["k"], data["l"], data["m"]) == ("1", "12", b"hello", 1000)
+    assert doc["derived"] == {"x": 1, "y": 3} and doc["again"] == {"x": 1, "y": 2}
+    assert doc["metadata"] == {"name": "x", "namespace": "default"}
+
+
+def test_a_yaml_file_holds_any_number_of_documents(tmp_path):
+    text = "---\nkind: A\n---\n---\nkind: B\n...\n--- {kind: C}\n# the end\n"
+    assert [d["kind"] for d in documents_of(tmp_path, "m.yaml", text.encode())] == ["A", "B", "C"]
+    with pytest.raises(ValueError, match="a manifest is not a mapping"):
+        documents_of(tmp_path, "m.yaml", b"kind: A\n--- plain text\n")
+
+
+def test_utf16_yaml_reads_as_utf8_does(tmp_path):
+    text = "kind: ConfigMap\nmetadata: {name: é}\n"  # encode("utf-16") writes the byte-order mark
+    assert documents_of(tmp_path, "m.yaml", text.encode("utf-16")) == documents_of(tmp_path, "m.yaml", text.encode())
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("bad.yaml", "kind: A\n---\nkind: [unclosed\nname: b\n", 'bad.yaml", line 3'),
+    ("bad.yml", "kind: A\n\tname: tab\n", 'bad.yml", line 2'),
+    ("bad.json", '{"kind": "A",\n "name": }', "bad.json: Expecting value: line 2"),
+])
+def test_a_bad_file_is_refused_naming_the_file_and_the_line(tmp_path, name, text, where):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(Exception) as refused:
+        ManifestSource(tmp_path, JwksCache(never_discover), never_discover).load()
+    assert where in str(refused.value) and str(tmp_path) in str(refused.value)
+
+
 def test_signing_key_secret_in_the_manifests_signs(tmp_path, idp):
     keyset = generate_keyset("ES256", time.time() - 10)
     signing = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "signing", "namespace": "tokenbridge"},

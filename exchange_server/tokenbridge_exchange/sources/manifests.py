@@ -1,10 +1,10 @@
 """Standalone configuration: the same manifests a cluster would hold, read from a file or a directory.
 
-``.yaml``/``.yml`` files are YAML 1.1 as kubectl reads them (PyYAML's safe loader, libyaml's parser when PyYAML has
-it, through :mod:`.yaml_loader`: ``yes`` is a boolean, merge keys ``<<`` work), any number of documents per file.
-``.json`` files are parsed as JSON by the standard library's ``json`` (exact JSON: no NaN/Infinity, no comments, one
-value per file: a single object or a ``kind: List``), faster than any YAML parser: prefer JSON for large
-configurations.
+``.yaml``/``.yml`` files are YAML 1.1 as kubectl reads them (PyYAML's safe loader, on libyaml when PyYAML has it:
+``yes`` is a boolean, merge keys ``<<`` work), any number of documents per file. ``.json`` files are read with the
+standard library's ``json`` (exact JSON: no NaN/Infinity, no comments, one value per file: a single object or a
+``kind: List``), several times faster than YAML: large configurations (thousands of applications) are JSON, or live
+in a cluster.
 
 Besides the three Tokenbridge kinds, ``Secret``s provide what the operator would otherwise publish: an
 application's ``credentials.secretName`` Secret holds ``client_id`` and ``client_secret`` (hashed at load, the
@@ -18,14 +18,13 @@ import base64
 import gc
 import json
 import logging
-import os
 import pickle
-import re
 import threading
 import time
-from array import array
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
+
+import yaml
 
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
@@ -34,12 +33,13 @@ from tokenbridge.signing import SECRET_KEY, SigningKeySet
 
 from ..jwks_cache import JwksCache, RemoteKeys
 from ..snapshot import Snapshot, build_snapshot
-from . import cooperative, yaml_loader
+from . import cooperative
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DISCOVERY_RETRY = 30.0
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser, unless PyYAML was built without it
 
 # discover(spec) -> ProviderMetadata; raises DiscoveryError
 Discover = Callable[[Mapping[str, Any]], ProviderMetadata]
@@ -49,86 +49,18 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
-_JSON = json.JSONDecoder(parse_constant=_not_json)
-_JSON_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-def _json_value(text: str, index: int) -> tuple[Any, int]:
-    return _JSON.raw_decode(text, index)
-
-
-def _json_expect(text: str, index: int, char: str, what: str) -> int:
-    if not text.startswith(char, index):
-        raise json.JSONDecodeError(f"Expecting {what}", text, index)
-    return _JSON_SPACE.match(text, index + 1).end()
-
-
-def _json_starts(text: str, index: int) -> tuple[array, int]:
-    """Where each element of the array at ``index`` starts (each is parsed to find its end, then let go), and
-    where the array ends."""
-    starts = array("q")
-    index = _json_expect(text, index, "[", "'['")
-    if text.startswith("]", index):
-        return starts, index + 1
-    while True:
-        starts.append(index)
-        index = _JSON_SPACE.match(text, _json_value(text, index)[1]).end()
-        if text.startswith("]", index):
-            return starts, index + 1
-        index = _json_expect(text, index, ",", "',' delimiter")
-
-
-def _json_document(path: Path) -> Any:
-    """``json.loads`` of the file, to the same result and errors, except that when the file is an object whose
-    ``items`` is an array (a ``kind: List``), the items are parsed again one at a time as they are iterated, so
-    the parsed items of a large List are never all held at once."""
-    data = path.read_bytes()
-    text = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads(bytes) decodes
-    del data
-    index = _JSON_SPACE.match(text).end()
-    if not text.startswith("{", index):
-        value, index = _json_value(text, index)
-        starts = None
-    else:
-        value, starts = {}, None
-        index = _JSON_SPACE.match(text, index + 1).end()
-        if text.startswith("}", index):
-            index += 1
-        else:
-            while True:
-                if not text.startswith('"', index):
-                    raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, index)
-                key, index = json.decoder.scanstring(text, index + 1, True)
-                index = _json_expect(text, _JSON_SPACE.match(text, index).end(), ":", "':' delimiter")
-                if key == "items" and text.startswith("[", index):
-                    starts, index = _json_starts(text, index)
-                    value[key] = None  # its place among the keys; the items are read when iterated
-                else:
-                    if key == "items":  # a later "items" wins, as in json.loads
-                        starts = None
-                    value[key], index = _json_value(text, index)
-                index = _JSON_SPACE.match(text, index).end()
-                if text.startswith("}", index):
-                    index += 1
-                    break
-                if not text.startswith(",", index):
-                    raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
-                index = _JSON_SPACE.match(text, index + 1).end()
-    index = _JSON_SPACE.match(text, index).end()
-    if index != len(text):
-        raise json.JSONDecodeError("Extra data", text, index)
-    if starts is not None:
-        items = (_json_value(text, start)[0] for start in starts)
-        value["items"] = items if value.get("kind") == "List" else list(items)
-    return value
-
-
-def _parse(path: Path, processes: int = 1) -> Iterator[Any]:
-    """The documents of one file, one at a time (YAML is parsed as a stream, or on ``processes`` cores)."""
-    if path.suffix == ".json":
-        yield _json_document(path)
-        return
-    yield from yaml_loader.load_all(path, processes)
+def _parse(path: Path) -> Iterator[Any]:
+    """The documents of one file, one at a time (a YAML file is parsed as a stream); an error names the file and
+    the line."""
+    with open(path, "rb") as stream:  # bytes: both parsers detect UTF-8/UTF-16 themselves, as kubectl's decoder does
+        if path.suffix != ".json":
+            yield from yaml.load_all(stream, Loader=YAML_LOADER)  # its errors say "in <path>, line L, column C"
+            return
+        try:
+            document = json.load(stream, parse_constant=_not_json)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+    yield document
 
 
 def _secret_values(secret: Mapping[str, Any]) -> dict[str, str]:
@@ -164,7 +96,6 @@ class ManifestSource:
         self._discovered: dict[str, tuple[float, ProviderMetadata | Exception]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._processes = 1  # YAML parsing processes: more only in preload, before any thread runs
 
     def current(self) -> Snapshot | None:
         return self._snapshot
@@ -185,11 +116,7 @@ class ManifestSource:
         """The first load, without starting any thread: in a process that forks afterwards (the gunicorn master),
         whose children share the snapshot and each :meth:`start` their own poll thread. True when a snapshot is
         served (a bad file leaves none; the children keep polling for a good one)."""
-        self._processes = len(os.sched_getaffinity(0))  # no thread runs yet: large YAML files parse on every core
-        try:
-            self.reload_if_changed()
-        finally:
-            self._processes = 1
+        self.reload_if_changed()
         return self._snapshot is not None
 
     @property
@@ -241,9 +168,9 @@ class ManifestSource:
     def _documents(self) -> Iterator[dict[str, Any]]:
         """Every manifest, one at a time (``kind: List`` items one by one), with its namespace defaulted."""
         for path in self._files():
-            for doc in cooperative(_parse(path, self._processes)):
+            for doc in cooperative(_parse(path)):
                 if isinstance(doc, dict) and doc.get("kind") == "List":
-                    items, doc = doc.get("items") or (), None  # a JSON List's: a generator, parsing as it goes
+                    items, doc = doc.get("items") or (), None
                     for item in _drain(items) if isinstance(items, list) else items:  # each let go once handed out
                         if isinstance(item, dict):
                             yield _namespaced(item)
