@@ -5,12 +5,10 @@ as its key leaves the JWKS, exactly as it stops verifying at resource servers.
 """
 from __future__ import annotations
 
-import base64
-import functools
-import json
 import os
 from typing import Any
 
+import jwt
 from jwt.algorithms import get_default_algorithms
 
 from tokenbridge.signing import SigningKeySet
@@ -20,21 +18,6 @@ from .errors import InvalidGrant
 
 JWT_TYPE = "at+jwt"
 _ALGORITHMS = get_default_algorithms()
-
-# RFC 7515 compact serialization, written here rather than by jwt.encode, which serialises and sorts the same
-# header again and builds a JSON encoder for every token; the signature is still PyJWT's algorithm (for ECDSA the
-# R||S form RFC 7518 §3.4 requires). Byte for byte what jwt.encode(claims, key, alg, headers={kid, typ}) writes.
-_CLAIMS_JSON = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _b64(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
-@functools.lru_cache(maxsize=64)
-def _header_segment(kid: str, alg: str) -> bytes:
-    header = {"alg": alg, "kid": kid, "typ": JWT_TYPE}
-    return _b64(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
 
 
 def new_jti() -> str:
@@ -63,8 +46,8 @@ def issue(signing_keys: SigningKeySet, *, issuer: str, subject: str, audiences: 
         claims["scope"] = " ".join(scopes)
     if idp is not None:
         claims["idp"] = idp
-    signing_input = _header_segment(key.kid, key.alg) + b"." + _b64(_CLAIMS_JSON(claims).encode())
-    return (signing_input + b"." + _b64(_ALGORITHMS[key.alg].sign(signing_input, key.private_key))).decode("ascii")
+    # the key object parsed once (SigningKey), used by PyJWT as it is
+    return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": JWT_TYPE})
 
 
 def verify(token: str, signing_keys: SigningKeySet, *, issuer: str, now: float, max_bytes: int) -> dict[str, Any] | None:

@@ -123,8 +123,8 @@ def test_issued_token_ids_are_128_random_bits():
 
 @pytest.mark.parametrize("alg", ["ES256", "RS256", "EdDSA"])
 def test_issued_tokens_are_what_pyjwt_writes(alg):
-    """access_tokens writes the compact JWS itself (no per-token header sort or JSON encoder); RS256 and EdDSA
-    signatures are deterministic, so the token is byte for byte jwt.encode's; ES256's verifies with PyJWT."""
+    """The header and claims as issued (kid, typ at+jwt; claims in their order); RS256 and EdDSA signatures are
+    deterministic, so the token is byte for byte jwt.encode's; ES256's verifies with PyJWT."""
     from tokenbridge_exchange import access_tokens
 
     keys = generate_keyset(alg, NOW)
