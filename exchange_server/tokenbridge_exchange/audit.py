@@ -1,10 +1,11 @@
-"""The audit record of every token request: one JSON line, never a token or a secret.
+"""The audit record of every token request: one JSON line, never a token or a secret, written by
+:class:`AuditMiddleware`.
 
 Records go to a sink. ``create_app`` defaults to the logger ``tokenbridge.audit`` (embedding, tests);
-``tokenbridge serve`` passes a :class:`StreamAudit` on stdout instead: a request thread only appends its line and
-one writer thread per worker writes what has gathered, a few times a second, in one call. A request then never
-waits on stdout or a handler's lock, and skips logging's record machinery (LogRecord, caller lookup, QueueHandler
-copy).
+``tokenbridge serve`` passes a :class:`StreamAudit` on stdout instead (one per worker): a request thread only
+appends its line and one writer thread per worker writes what has gathered, a few times a second, in one call. A
+request then never waits on stdout or a handler's lock, and skips logging's record machinery (LogRecord, caller
+lookup, QueueHandler copy).
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import logging
 import sys
 import threading
 import time
-from typing import IO, TYPE_CHECKING, Any, Callable, Protocol
+from typing import IO, Any, Callable, Protocol
 
-if TYPE_CHECKING:
-    from .pipeline import Exchange
+import falcon
+
+from .pipeline import Exchange
 
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
@@ -93,6 +95,30 @@ class StreamAudit:
             self._stream.flush()
         except (OSError, ValueError):  # stdout closed or gone: lose the records, not the worker
             pass
+
+
+class AuditMiddleware:
+    """One record per token endpoint response (``path``), refusals included (they pass the error handler first)."""
+
+    def __init__(self, sink: AuditSink, path: str):
+        self._sink, self._path = sink, path
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        if req.path != self._path or req.method != "POST" or not self._sink.enabled:
+            return
+        state, status, error, description = token_response(req, resp)
+        self._sink.write(record(state, status, error, description, req.remote_addr))
+
+
+def token_response(req: falcon.Request, resp: falcon.Response) -> tuple[Exchange, int, str | None, str | None]:
+    """A token endpoint response as the metrics and the audit see it: the request as far as it got, the status,
+    and a refusal's OAuth error and description."""
+    status = resp.status_code
+    if status == 200:
+        return req.context.get("exchange") or Exchange(), status, None, None
+    media = resp.media if isinstance(resp.media, dict) else {}
+    return (req.context.get("exchange") or Exchange(), status, media.get("error", "server_error"),
+            media.get("error_description"))
 
 
 def _direct(fn: Callable[..., Any], *args: Any) -> Any:

@@ -3,7 +3,9 @@
 
 The master generates the fallback signing key (standalone mode) once, before forking, so every worker signs with the
 same key, and makes the private directory of the replay cache every worker shares (:mod:`.replay`). Audit records
-(:mod:`.audit`) go to stdout as bare JSON lines; everything else is logged to stderr.
+(:mod:`.audit`) go to stdout as bare JSON lines, from a sink each worker makes; everything else is logged to stderr.
+The master also makes the :class:`~.telemetry.Telemetry` the sources, the JWKS caches and the apps share, and
+:func:`build_source` the policy cache its source keeps across rebuilds.
 
 Standalone (``--manifests``), the master also loads the first snapshot, once, before forking: the workers inherit
 it (copy-on-write; ``gc.freeze()`` keeps the collector from writing to, and so copying, its pages) instead of each
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import falcon
 from gunicorn.app.base import BaseApplication
@@ -33,18 +36,23 @@ from tokenbridge.discovery import KubeCredentials, discover, fetch_keys
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge.signing import SigningKeySet, generate_keyset
 
-from .audit import StreamAudit
 from .config import ServerConfig
 from .jwks_cache import JwksCache
+from .snapshot import PolicyCache
 from .sources import SnapshotSource
+from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .audit import StreamAudit
 
 log = logging.getLogger("tokenbridge_exchange")
 READY_WAIT = 10.0  # seconds; below gunicorn's 30 s worker timeout
 
 
-def build_source(config: ServerConfig, signing_keys: SigningKeySet | None, *, start: bool = True) -> SnapshotSource:
-    """The configured source with its JWKS cache, both started (call in the serving process) unless ``start`` is
-    false (see :func:`start_source`)."""
+def build_source(config: ServerConfig, signing_keys: SigningKeySet | None, telemetry: Telemetry, *,
+                 start: bool = True) -> SnapshotSource:
+    """The configured source with its JWKS cache and policy cache, reporting on ``telemetry``; both started (call
+    in the serving process) unless ``start`` is false (see :func:`start_source`)."""
     policy = FetchPolicy.from_env()
     credentials = None
     if config.kubernetes:
@@ -53,18 +61,21 @@ def build_source(config: ServerConfig, signing_keys: SigningKeySet | None, *, st
     def fetch(jwks_uri, spec):
         return fetch_keys(jwks_uri, spec, policy, credentials=credentials)[1]
 
-    cache = JwksCache(fetch, lifespan=config.jwks_lifespan, cooldown=config.jwks_cooldown,
+    cache = JwksCache(fetch, telemetry=telemetry, lifespan=config.jwks_lifespan, cooldown=config.jwks_cooldown,
                       max_staleness=config.jwks_max_staleness)
+    policies = PolicyCache()  # one per source: every rebuild compiles only the policies that changed
     source: SnapshotSource
     if config.kubernetes:
         from .sources.kubernetes import KubernetesSource
         source = KubernetesSource.from_kubeconfig(
             config.kubeconfig, cache, signing_secret=(config.signing_secret_namespace, config.signing_secret_name),
-            namespace=config.watch_namespace, cluster_identity_providers=config.cluster_identity_providers)
+            namespace=config.watch_namespace, cluster_identity_providers=config.cluster_identity_providers,
+            policies=policies, telemetry=telemetry)
     else:
         from .sources.manifests import ManifestSource
         source = ManifestSource(config.manifests, cache, lambda spec: discover(spec, policy),
-                                signing_keys=signing_keys, poll_interval=config.manifests_poll_interval)
+                                signing_keys=signing_keys, poll_interval=config.manifests_poll_interval,
+                                policies=policies, telemetry=telemetry)
     if start:
         start_source(source, cache)
     return source
@@ -77,9 +88,9 @@ def start_source(source: SnapshotSource, cache: JwksCache | None = None) -> None
     (cache if cache is not None else source.cache).start()  # type: ignore[attr-defined]
 
 
-def preload_source(config: ServerConfig, signing_keys: SigningKeySet | None) -> SnapshotSource:
+def preload_source(config: ServerConfig, signing_keys: SigningKeySet | None, telemetry: Telemetry) -> SnapshotSource:
     """Standalone: the manifests source with its first snapshot loaded, no thread started (call in the master)."""
-    source = build_source(config, signing_keys, start=False)
+    source = build_source(config, signing_keys, telemetry, start=False)
     started = time.monotonic()
     if source.preload():  # type: ignore[attr-defined]
         log.info("first snapshot loaded in %.1fs, before forking the workers", time.monotonic() - started)
@@ -112,11 +123,6 @@ def wait_until_ready(source: SnapshotSource, timeout: float) -> None:
     log.warning("no configuration loaded after %.0fs; serving 503 until it is", timeout)
 
 
-# One bare JSON line per token request on stdout, written by one thread per worker (started in the worker, stopped
-# and drained by gunicorn's worker_exit): request threads never wait on stdout.
-AUDIT = StreamAudit(sys.stdout)
-
-
 def worker_exited(server, worker) -> None:
     """gunicorn ``child_exit`` (in the master): a dead worker's live gauges (snapshot, JWKS age) stop counting."""
     from prometheus_client import multiprocess  # the workers forked already; they import it themselves
@@ -125,11 +131,15 @@ def worker_exited(server, worker) -> None:
 
 
 class Server(BaseApplication):
+    """``telemetry``: the one a preloaded ``source`` was built with; forked into every worker, whose app listens."""
+
     def __init__(self, config: ServerConfig, signing_keys: SigningKeySet | None, metrics_dir: str | None,
-                 replay_dir: str | None = None, source: SnapshotSource | None = None):
+                 replay_dir: str | None = None, source: SnapshotSource | None = None, *, telemetry: Telemetry):
         self._config, self._signing_keys, self._metrics_dir = config, signing_keys, metrics_dir
         self._replay_dir = replay_dir
         self._source = source  # standalone: preloaded in the master (preload_source); None: built per worker
+        self._telemetry = telemetry
+        self._audit: StreamAudit | None = None  # made in each worker (load)
         super().__init__()
 
     def load_config(self) -> None:
@@ -152,7 +162,7 @@ class Server(BaseApplication):
             # limits before our own: request line and header sizes
             "limit_request_line": 8190,
             "limit_request_field_size": 16384,
-            "worker_exit": AUDIT.stop,
+            "worker_exit": self.worker_exit,
         }
         if self._source is not None:
             settings["pre_fork"] = self.before_fork
@@ -176,16 +186,26 @@ class Server(BaseApplication):
             gc.freeze()  # whatever the master allocated since (cheap: no collection)
 
     def load(self) -> falcon.App:
+        """In the worker, after the fork: its audit writer, its source's threads, its app."""
         from .app import create_app  # imports prometheus_client: only now, in the worker (see metrics.py)
+        from .audit import StreamAudit
 
-        AUDIT.start()
+        # one bare JSON line per token request on stdout, written by this worker's writer thread (stopped and
+        # drained by worker_exit): request threads never wait on stdout
+        self._audit = StreamAudit(sys.stdout)
+        self._audit.start()
         if self._source is not None:  # loaded in the master: this worker only starts its threads
             source = self._source
             start_source(source)
         else:
-            source = build_source(self._config, self._signing_keys)
+            source = build_source(self._config, self._signing_keys, self._telemetry)
         wait_until_ready(source, READY_WAIT)
-        return create_app(self._config, source, audit=AUDIT)
+        return create_app(self._config, source, audit=self._audit, telemetry=self._telemetry)
+
+    def worker_exit(self, server: object = None, worker: object = None) -> None:
+        """gunicorn ``worker_exit`` (in the worker): the audit records queued so far are written before it goes."""
+        if self._audit is not None:
+            self._audit.stop()
 
 
 def run(config: ServerConfig) -> int:
@@ -200,6 +220,7 @@ def run(config: ServerConfig) -> int:
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tokenbridge-metrics-")
     log.info("serving %s as issuer %s on %s (%s workers)", "the cluster's configuration" if config.kubernetes
              else config.manifests, config.issuer, config.bind, config.worker_class)
-    source = None if config.kubernetes else preload_source(config, signing_keys)
-    Server(config, signing_keys, metrics_dir, replay_dir, source).run()
+    telemetry = Telemetry()  # no listener in the master: each worker's app subscribes to its forked copy
+    source = None if config.kubernetes else preload_source(config, signing_keys, telemetry)
+    Server(config, signing_keys, metrics_dir, replay_dir, source, telemetry=telemetry).run()
     return 0

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from tokenbridge.jwks import KeySet, VerificationKey
 
-from . import telemetry
+from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,10 @@ class RemoteKeys:
     """The keys behind one IdP's ``jwks_uri``; thread-safe, shared by every snapshot that uses the same IdP."""
 
     def __init__(self, name: str, jwks_uri: str, spec: Mapping[str, Any], fetch: Fetcher, *,
-                 clock: Callable[[], float], lifespan: float, cooldown: float, max_staleness: float):
+                 clock: Callable[[], float], telemetry: Telemetry, lifespan: float, cooldown: float,
+                 max_staleness: float):
         self.name, self.jwks_uri, self.spec = name, jwks_uri, spec
-        self._fetch, self._clock = fetch, clock
+        self._fetch, self._clock, self._telemetry = fetch, clock, telemetry
         self.lifespan, self.cooldown, self.max_staleness = lifespan, cooldown, max_staleness
         self._keys: KeySet | None = None
         self._fetched_at = float("-inf")
@@ -67,7 +68,7 @@ class RemoteKeys:
             if fetched_at <= self._fetched_at:
                 return
             self._keys, self._fetched_at = keys, fetched_at
-        telemetry.emit("jwks_fetch", idp=self.name, result="seeded", fetched_at=fetched_at)
+        self._telemetry.emit("jwks_fetch", idp=self.name, result="seeded", fetched_at=fetched_at)
 
     @property
     def fetched_at(self) -> float:
@@ -85,7 +86,7 @@ class RemoteKeys:
         if found:
             return found
         refreshed = self.refresh(min_interval=self.cooldown)
-        telemetry.emit("jwks_unknown_kid", idp=self.name, refreshed=refreshed)
+        self._telemetry.emit("jwks_unknown_kid", idp=self.name, refreshed=refreshed)
         if refreshed:
             keys = self._usable(self._clock())
             found = keys.candidates(kid, alg) if keys is not None else []
@@ -132,20 +133,22 @@ class RemoteKeys:
         except Exception as exc:  # any failure keeps the last good keys; the reason is what clients see
             self._last_error = str(exc) or type(exc).__name__
             log.warning("refreshing the keys of %s from %s failed: %s", self.name, self.jwks_uri, self._last_error)
-            telemetry.emit("jwks_fetch", idp=self.name, result="failure", fetched_at=None)
+            self._telemetry.emit("jwks_fetch", idp=self.name, result="failure", fetched_at=None)
             return
         with self._lock:
             self._keys, self._fetched_at = keys, self._clock()
-        telemetry.emit("jwks_fetch", idp=self.name, result="success", fetched_at=self._fetched_at)
+        self._telemetry.emit("jwks_fetch", idp=self.name, result="success", fetched_at=self._fetched_at)
         log.info("fetched %d keys of %s from %s", len(keys), self.name, self.jwks_uri)
 
 
 class JwksCache:
-    """Every remote IdP's :class:`RemoteKeys`, kept across snapshot rebuilds, refreshed by one thread."""
+    """Every remote IdP's :class:`RemoteKeys`, kept across snapshot rebuilds, refreshed by one thread. Fetches are
+    reported on ``telemetry`` (none: nobody listens, as in ``tokenbridge explain``)."""
 
-    def __init__(self, fetch: Fetcher, *, clock: Callable[[], float] = time.time, lifespan: float = 300.0,
-                 cooldown: float = 10.0, max_staleness: float = 86400.0, tick: float = 1.0):
+    def __init__(self, fetch: Fetcher, *, clock: Callable[[], float] = time.time, telemetry: Telemetry | None = None,
+                 lifespan: float = 300.0, cooldown: float = 10.0, max_staleness: float = 86400.0, tick: float = 1.0):
         self._fetch, self._clock, self._tick = fetch, clock, tick
+        self._telemetry = telemetry if telemetry is not None else Telemetry()
         self._settings = {"lifespan": lifespan, "cooldown": max(cooldown, 10.0), "max_staleness": max_staleness}
         self._entries: dict[str, RemoteKeys] = {}
         self._lock = threading.Lock()
@@ -163,7 +166,8 @@ class JwksCache:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                entry = RemoteKeys(name, jwks_uri, spec, self._fetch, clock=self._clock, **self._settings)
+                entry = RemoteKeys(name, jwks_uri, spec, self._fetch, clock=self._clock, telemetry=self._telemetry,
+                                   **self._settings)
                 self._entries[key] = entry
             return entry
 

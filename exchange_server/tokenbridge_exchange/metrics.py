@@ -1,4 +1,4 @@
-"""Prometheus metrics at ``/metrics``, and the middleware that counts and audits (:mod:`.audit`) every token request.
+"""Prometheus metrics at ``/metrics``, and the middleware that counts every token request.
 
 Under gunicorn every worker counts for itself; ``tokenbridge serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
 directory before forking (prometheus_client reads it at import, so this module is only imported in workers) and a
@@ -31,13 +31,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from tokenbridge import api
 
-from . import telemetry
-from .audit import AuditSink, outcome, record
+from .audit import outcome, token_response
 from .jwks_cache import RemoteKeys
-from .pipeline import Exchange
 from .sources import SnapshotSource
-
-TOKEN_PATH = "/oauth2/token"
+from .telemetry import Telemetry
 
 
 class _Children(dict):
@@ -54,9 +51,10 @@ class _Children(dict):
 
 
 class Metrics:
-    """The server's metrics in their own registry (one per app, so tests can build many apps)."""
+    """The server's metrics in their own registry (one per app, so tests can build many apps). Snapshots and JWKS
+    fetches are counted from ``telemetry``'s events (none: the gauges show only the snapshot served at start)."""
 
-    def __init__(self, source: SnapshotSource | None = None) -> None:
+    def __init__(self, source: SnapshotSource | None = None, telemetry: Telemetry | None = None) -> None:
         self._source = source
         self.registry = CollectorRegistry()
         self.latency = Histogram("tokenbridge_token_request_seconds", "Token endpoint latency by grant type",
@@ -91,7 +89,8 @@ class Metrics:
             for provider in current.providers.values():
                 if isinstance(provider.keys, RemoteKeys) and provider.keys.fetched_at > 0:
                     self.jwks_fetched_at.labels(provider.label).set(provider.keys.fetched_at)
-        telemetry.subscribe(self._on_event)
+        if telemetry is not None:
+            telemetry.subscribe(self._on_event)
 
     # --- collector ------------------------------------------------------------------------------------------
     def describe(self) -> list:
@@ -135,10 +134,10 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts and audits every token endpoint response, refusals included (they pass the error handler first)."""
+    """Counts every token endpoint response (``path``), refusals included (they pass the error handler first)."""
 
-    def __init__(self, metrics: Metrics, audit: AuditSink):
-        self._audit = audit
+    def __init__(self, metrics: Metrics, path: str):
+        self._path = path
         self._latency = _Children(metrics.latency.labels)
         self._exchanges = _Children(metrics.exchanges.labels)
         self._replays = _Children(metrics.replay_rejections.labels)
@@ -147,21 +146,16 @@ class MetricsMiddleware:
         req.context.started = time.perf_counter()
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
-        if req.path != TOKEN_PATH or req.method != "POST":
+        if req.path != self._path or req.method != "POST":
             return
         elapsed = time.perf_counter() - req.context.started
-        state: Exchange = req.context.get("exchange") or Exchange()
+        state, status, error, _ = token_response(req, resp)
         grant = state.grant_type if state.grant_type in api.GRANT_TYPES else "other"
-        status = resp.status_code
-        media = resp.media if status != 200 and isinstance(resp.media, dict) else {}
-        error = media.get("error", "server_error") if status != 200 else None
         self._latency[(grant,)].observe(elapsed)
         self._exchanges[(grant, outcome(status), state.idp or "", state.app.label if state.app is not None else "",
                          error or "")].inc()
         if state.replayed_idp is not None:
             self._replays[(state.replayed_idp,)].inc()
-        if self._audit.enabled:
-            self._audit.write(record(state, status, error, media.get("error_description"), req.remote_addr))
 
 
 class MetricsResource:

@@ -5,8 +5,8 @@ A source (cluster watch or manifests on disk) hands :func:`build_snapshot` the r
 reconciled, invalid, a CEL policy that does not compile) is left out with a logged reason; it never breaks the
 rest of the snapshot, and the server never serves half a policy.
 
-Policies (:mod:`tokenbridge.policy`) are compiled here, once per configuration change: an unchanged expression
-keeps its compiled program across rebuilds.
+Policies (:mod:`tokenbridge.policy`) are compiled here, once per configuration change: a source hands every build
+its :class:`PolicyCache`, so an unchanged expression keeps its compiled program across rebuilds.
 
 Sized for 100,000 applications: within one build, equal values (grant types, scopes, audiences, the index of the
 IdPs an application trusts) are one shared object, and the resources are slotted dataclasses.
@@ -29,8 +29,8 @@ from tokenbridge.jwks import parse_jwks
 from tokenbridge.policy import Policy, compile_policy
 from tokenbridge.signing import SigningKeySet
 
-from . import telemetry
 from .jwks_cache import JwksCache, KeySource, RemoteKeys, StaticKeys
+from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ DEFAULT_LIFETIME = 900.0
 DEFAULT_CLOCK_SKEW = 60.0
 NO_POLICY = Policy.EMPTY  # type: ignore[attr-defined]
 _generations = itertools.count(1)
-# compiled policies by (kind, owner, expressions): reused while they stay in the configuration
-_policies: dict[str, Policy] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +97,20 @@ class Snapshot:
         return self.signing_keys is not None
 
 
+class PolicyCache:
+    """Compiled policies by (kind, owner, expressions), from one build to the next: made once by whoever builds
+    the source, so its rebuilds compile only what changed. It keeps what the newest snapshot uses, nothing else."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, Policy] = {}
+
+    def get(self, key: str) -> Policy | None:
+        return self._kept.get(key)
+
+    def keep(self, used: dict[str, Policy]) -> None:
+        self._kept = used
+
+
 class _Shared:
     """One object per distinct value within one build (not kept afterwards: it keys IdPs by ``id``)."""
 
@@ -144,7 +156,7 @@ def _timestamp(text: Any) -> float | None:
     return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
 
 
-def _policy(spec: Mapping[str, Any], kind: str, owner: str, used: dict[str, Policy]) -> Policy:
+def _policy(spec: Mapping[str, Any], kind: str, owner: str, kept: PolicyCache, used: dict[str, Policy]) -> Policy:
     """The compiled policy of a spec (PolicyError, a ValueError, when it does not compile)."""
     fields = {k: spec[k] for k in ("claimMappings", "condition") if spec.get(k)}
     if kind == api.KIND_APP:
@@ -152,14 +164,14 @@ def _policy(spec: Mapping[str, Any], kind: str, owner: str, used: dict[str, Poli
     if not fields:
         return NO_POLICY
     key = json.dumps([kind, owner, fields], sort_keys=True)
-    policy = _policies.get(key) or used.get(key)
+    policy = kept.get(key) or used.get(key)
     if policy is None:
         policy = compile_policy(fields, kind=kind, owner=owner)
     used[key] = policy
     return policy
 
 
-def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache, used: dict[str, Policy],
+def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache, kept: PolicyCache, used: dict[str, Policy],
               shared: _Shared) -> IdentityProvider:
     namespace, name = _meta(obj)
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
@@ -182,7 +194,7 @@ def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache, used: dict[st
         keys = cache.remote(label, jwks_uri, spec)
     max_age = spec.get("maxTokenAge")
     owner = "cluster identity provider" if kind == api.KIND_CLUSTER_IDP else "identity provider"
-    policy = _policy(spec, kind, f"{owner} {label}", used)
+    policy = _policy(spec, kind, f"{owner} {label}", kept, used)
     return IdentityProvider(
         ref=(kind, namespace, name), label=label, issuer=issuer, allowed_audiences=audiences,
         allowed_algorithms=algorithms,
@@ -192,7 +204,7 @@ def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache, used: dict[st
     )
 
 
-def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvider],
+def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvider], kept: PolicyCache,
                  used: dict[str, Policy], shared: _Shared) -> Application:
     namespace, name = _meta(obj)
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
@@ -207,7 +219,7 @@ def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvide
             allowed.append(providers[key])
     lifetime = spec.get("accessTokenLifetime")
     audiences = shared.strings(dict.fromkeys(spec.get("audiences") or ()), tuple)
-    policy = _policy(spec, api.KIND_APP, f"application {namespace}/{name}", used)
+    policy = _policy(spec, api.KIND_APP, f"application {namespace}/{name}", kept, used)
     return Application(
         namespace=shared.value(namespace), name=name, client_id=client_id, secret_hash=secret_hash,
         previous_secret_hash=status.get("previousClientSecretHash"),
@@ -259,9 +271,13 @@ def build_snapshot(
     applications: Iterable[Mapping[str, Any]],
     signing_keys: SigningKeySet | None,
     cache: JwksCache,
+    policies: PolicyCache | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Snapshot:
-    """Index the resources; the cache keeps (and afterwards only keeps) the remote key sets still in use."""
-    global _policies
+    """Index the resources; ``cache`` and ``policies`` keep (and afterwards only keep) the remote key sets and
+    compiled policies still in use. Without ``policies`` (a one-off build) every policy is compiled; the snapshot
+    is announced on ``telemetry``, if any."""
+    kept = policies if policies is not None else PolicyCache()
     skipped: list[str] = []
     used: dict[str, Policy] = {}
     shared = _Shared()
@@ -270,7 +286,7 @@ def build_snapshot(
         for obj in objects:
             namespace, name = _meta(obj)
             try:
-                provider = _provider(kind, obj, cache, used, shared)
+                provider = _provider(kind, obj, cache, kept, used, shared)
             except Exception as exc:  # one bad resource must not take the others down
                 skipped.append(f"{kind} {namespace}/{name}: {exc}")
                 continue
@@ -279,7 +295,7 @@ def build_snapshot(
     for obj in applications:
         namespace, name = _meta(obj)
         try:
-            app = _application(obj, providers, used, shared)
+            app = _application(obj, providers, kept, used, shared)
         except Exception as exc:
             skipped.append(f"{api.KIND_APP} {namespace}/{name}: {exc}")
             continue
@@ -290,10 +306,11 @@ def build_snapshot(
         if owner is not None:
             apps[client_id] = owner
     cache.retain([p.keys for p in providers.values() if isinstance(p.keys, RemoteKeys)])
-    _policies = used
+    kept.keep(used)
     for reason in skipped:
         log.info("not serving %s", reason)
     snapshot = Snapshot(MappingProxyType(apps), MappingProxyType(providers), signing_keys, tuple(skipped),
                         generation=next(_generations), built_at=time.time())
-    telemetry.emit("snapshot", snapshot=snapshot)
+    if telemetry is not None:
+        telemetry.emit("snapshot", snapshot=snapshot)
     return snapshot

@@ -118,11 +118,12 @@ def no_fetch(uri, spec):
     raise AssertionError(f"unexpected fetch of {uri}")
 
 
-def snapshot_of(idps=(), cluster_idps=(), apps=(), *, signing_keys="generate", cache=None, clock=None):
+def snapshot_of(idps=(), cluster_idps=(), apps=(), *, signing_keys="generate", cache=None, clock=None, policies=None):
+    """``policies``: a PolicyCache shared with other builds (none: every policy compiled afresh)."""
     clock = clock or Clock()
     keys = generate_keyset("ES256", clock() - 60) if signing_keys == "generate" else signing_keys
     return build_snapshot(identity_providers=idps, cluster_identity_providers=cluster_idps, applications=apps,
-                          signing_keys=keys, cache=cache or JwksCache(no_fetch, clock=clock))
+                          signing_keys=keys, cache=cache or JwksCache(no_fetch, clock=clock), policies=policies)
 
 
 class StrictClient(falcon.testing.TestClient):
@@ -136,9 +137,10 @@ class StrictClient(falcon.testing.TestClient):
         return result
 
 
-def make_client(source, clock=None, **config: Any) -> StrictClient:
+def make_client(source, clock=None, telemetry=None, **config: Any) -> StrictClient:
+    """``telemetry``: the one the source's JWKS cache reports on, for the metrics."""
     cfg = ServerConfig(issuer=PUBLIC_ISSUER, **config)
-    return StrictClient(create_app(cfg, source, clock=clock or Clock()))
+    return StrictClient(create_app(cfg, source, clock=clock or Clock(), telemetry=telemetry))
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:

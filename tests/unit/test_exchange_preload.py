@@ -22,6 +22,7 @@ from tokenbridge_exchange.config import ServerConfig
 from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.sources import manifests as manifests_module
 from tokenbridge_exchange.sources.manifests import ManifestSource
+from tokenbridge_exchange.telemetry import Telemetry
 from test_exchange_helpers import TestIdP, basic
 from controlplane import free_port, stop_group  # tests/cluster is on sys.path (tests/conftest.py)
 
@@ -75,12 +76,14 @@ def test_preloaded_source_hands_its_snapshot_to_the_worker_without_reparsing(tmp
     monkeypatch.setattr(manifests_module, "ManifestSource", counting)
     config = ServerConfig(issuer="http://tb.test", manifests=str(tmp_path), manifests_poll_interval=0.05,
                           replay_cache_path=str(tmp_path / "replay.sqlite3"))
-    source = gunicorn_app.preload_source(config, generate_keyset("ES256", time.time()))
+    telemetry = Telemetry()
+    source = gunicorn_app.preload_source(config, generate_keyset("ES256", time.time()), telemetry)
     snapshot = source.current()
     assert counting.loads == 1 and snapshot is not None and len(snapshot.applications) == 2
     assert source._thread is None, "no thread may run in the master: it would not survive the fork"
 
-    server = gunicorn_app.Server(config, generate_keyset("ES256", time.time()), None, source=source)
+    server = gunicorn_app.Server(config, generate_keyset("ES256", time.time()), None, source=source,
+                                 telemetry=telemetry)
     assert server.cfg.pre_fork == server.before_fork
     server.before_fork()  # nothing changed: one stat, same snapshot
     assert source.current() is snapshot and counting.loads == 1
@@ -97,18 +100,22 @@ def test_preloaded_source_hands_its_snapshot_to_the_worker_without_reparsing(tmp
             assert time.monotonic() < deadline, "the changed manifests were not served"
             time.sleep(0.05)
         assert counting.loads == 2
+        # the reload was heard by the worker's metrics: the source and the app share the telemetry
+        generation = source.current().generation
+        assert f"tokenbridge_snapshot_generation {float(generation)}" in client.simulate_get("/metrics").text
     finally:
         source.stop()
         source.cache.stop()
-        gunicorn_app.AUDIT.stop()
+        server.cfg.worker_exit(None, None)  # stops the worker's audit writer
 
 
 def test_master_reloads_a_changed_file_before_forking_a_worker(tmp_path, idp):
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump_all(documents(idp)))
     config = ServerConfig(issuer="http://tb.test", manifests=str(tmp_path))
-    source = gunicorn_app.preload_source(config, generate_keyset("ES256", time.time()))
-    server = gunicorn_app.Server(config, None, None, source=source)
+    telemetry = Telemetry()
+    source = gunicorn_app.preload_source(config, generate_keyset("ES256", time.time()), telemetry)
+    server = gunicorn_app.Server(config, None, None, source=source, telemetry=telemetry)
     first = source.current()
     replace_file(path, yaml.safe_dump_all(documents(idp, apps=1)))
     server.before_fork()  # a respawned worker must not start from the older configuration
@@ -230,11 +237,14 @@ def test_worker_class_flag_env_and_settings(tmp_path, capsys):
         server_config.load(["--manifests", str(tmp_path)], env={"TOKENBRIDGE_WORKER_CLASS": "eventlet"})
     assert "TOKENBRIDGE_WORKER_CLASS" in capsys.readouterr().err
 
-    sync = gunicorn_app.Server(ServerConfig(issuer="http://x", worker_class="sync", threads=8), None, None)
+    sync = gunicorn_app.Server(ServerConfig(issuer="http://x", worker_class="sync", threads=8), None, None,
+                               telemetry=Telemetry())
     assert (sync.cfg.worker_class_str, sync.cfg.threads) == ("sync", 1)  # gunicorn turns sync + threads into gthread
-    threaded = gunicorn_app.Server(ServerConfig(issuer="http://x", worker_class="gthread", threads=4), None, None)
+    threaded = gunicorn_app.Server(ServerConfig(issuer="http://x", worker_class="gthread", threads=4), None, None,
+                                   telemetry=Telemetry())
     assert (threaded.cfg.worker_class_str, threaded.cfg.threads) == ("gthread", 4)
-    default = gunicorn_app.Server(ServerConfig(issuer="http://x", threads=4), None, None)
+    default = gunicorn_app.Server(ServerConfig(issuer="http://x", threads=4), None, None,
+                                  telemetry=Telemetry())
     assert (default.cfg.worker_class_str, default.cfg.threads) == ("gevent", 1)
 
 

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tokenbridge import api
 from tokenbridge.jwks import parse_jwks
 from tokenbridge_exchange.jwks_cache import JwksCache
+from tokenbridge_exchange.telemetry import Telemetry
 from test_exchange_helpers import (NOW, Clock, FixedSource, TestIdP, app_object, idp_object, make_client,
                                    post_form, snapshot_of)
 
@@ -40,12 +41,13 @@ def world(tmp_path):
             raise OSError("connection refused")
         return parse_jwks(remote.jwks(), frozenset(api.DEFAULT_ALLOWED_ALGORITHMS))
 
-    cache = JwksCache(fetch, clock=clock, cooldown=10)
+    telemetry = Telemetry()
+    cache = JwksCache(fetch, clock=clock, cooldown=10, telemetry=telemetry)
     idps = [idp_object("remote", remote.issuer, jwks_uri="https://remote.example.test/jwks"),
             idp_object("local", local.issuer, jwks=local.jwks(), requireJTI=True, preventReplay=True)]
     apps = [app_object("web", CLIENT, SECRET, providers=[{"name": "remote"}, {"name": "local"}])]
     snap = snapshot_of(idps, apps=apps, clock=clock, cache=cache)
-    client = make_client(FixedSource(snap), clock, replay_cache_path=str(tmp_path / "replay.sqlite3"))
+    client = make_client(FixedSource(snap), clock, telemetry, replay_cache_path=str(tmp_path / "replay.sqlite3"))
     return client, clock, remote, local, snap, fetches
 
 

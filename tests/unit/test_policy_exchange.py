@@ -151,13 +151,14 @@ def test_policies_compile_once_and_are_reused_while_unchanged(monkeypatch):
     monkeypatch.setattr(snapshot_module, "compile_policy", lambda *a, **k: calls.append(a) or real(*a, **k))
     idps = [idp_object("corp", idp.issuer, jwks=idp.jwks(), condition="assertion.sub == 'alice'")]
     apps = [app_object("web", CLIENT, SECRET, condition="request.namespace == 'team-a'")]
-    first = snapshot_of(idps, apps=apps)
-    second = snapshot_of(idps, apps=apps + [app_object("other", "c2", "s2")])  # another resource changed
+    policies = snapshot_module.PolicyCache()  # a source's, shared by its rebuilds
+    first = snapshot_of(idps, apps=apps, policies=policies)
+    second = snapshot_of(idps, apps=apps + [app_object("other", "c2", "s2")], policies=policies)  # another changed
     assert len(calls) == 2  # one IdP, one application: compiled for the first snapshot only
     key = ("IdentityProvider", "team-a", "corp")
     assert first.providers[key].policy is second.providers[key].policy
     changed = [idp_object("corp", idp.issuer, jwks=idp.jwks(), condition="assertion.sub == 'bob'")]
-    snapshot_of(changed, apps=apps)
+    snapshot_of(changed, apps=apps, policies=policies)
     assert len(calls) == 3
 
 

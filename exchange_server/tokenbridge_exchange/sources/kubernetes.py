@@ -19,7 +19,8 @@ from tokenbridge import api
 from tokenbridge.signing import SigningKeySet
 
 from ..jwks_cache import JwksCache
-from ..snapshot import Snapshot, build_snapshot
+from ..snapshot import PolicyCache, Snapshot, build_snapshot
+from ..telemetry import Telemetry
 from . import cooperative
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,17 @@ Key = tuple[str, str]  # (namespace, name)
 
 class KubernetesSource:
     """``namespace`` limits IdentityProviders and OAuthApplications to one namespace (namespace-scoped RBAC);
-    ``cluster_identity_providers=False`` leaves ClusterIdentityProviders out (not readable with that RBAC)."""
+    ``cluster_identity_providers=False`` leaves ClusterIdentityProviders out (not readable with that RBAC).
+    ``policies``: kept across rebuilds (its own when not given); each snapshot is announced on ``telemetry``."""
 
     def __init__(self, api_client: client.ApiClient, cache: JwksCache, *, signing_secret: Key, namespace: str = "",
-                 cluster_identity_providers: bool = True):
+                 cluster_identity_providers: bool = True, policies: PolicyCache | None = None,
+                 telemetry: Telemetry | None = None):
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._cache, self._signing_secret, self._namespace = cache, signing_secret, namespace
+        self._policies = policies if policies is not None else PolicyCache()
+        self._telemetry = telemetry
         self._stores: dict[str, dict[Key, dict[str, Any]]] = {
             api.PLURAL_IDP: {}, api.PLURAL_CLUSTER_IDP: {}, api.PLURAL_APP: {}, SECRETS: {}}
         self._listed = {plural: threading.Event() for plural in self._stores}
@@ -163,7 +168,8 @@ class KubernetesSource:
             stores = {plural: list(objects.values()) for plural, objects in self._stores.items()}
         return build_snapshot(identity_providers=stores[api.PLURAL_IDP],
                               cluster_identity_providers=stores[api.PLURAL_CLUSTER_IDP],
-                              applications=stores[api.PLURAL_APP], signing_keys=None, cache=self._cache)
+                              applications=stores[api.PLURAL_APP], signing_keys=None, cache=self._cache,
+                              policies=self._policies, telemetry=self._telemetry)
 
     # --- snapshot -------------------------------------------------------------------------------------------
     def _rebuild_loop(self) -> None:
@@ -195,4 +201,4 @@ class KubernetesSource:
         return build_snapshot(identity_providers=cooperative(stores[api.PLURAL_IDP]),
                               cluster_identity_providers=cooperative(stores[api.PLURAL_CLUSTER_IDP]),
                               applications=cooperative(stores[api.PLURAL_APP]), signing_keys=self._signing_keys,
-                              cache=self._cache)
+                              cache=self._cache, policies=self._policies, telemetry=self._telemetry)

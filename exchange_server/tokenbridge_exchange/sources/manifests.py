@@ -32,7 +32,8 @@ from tokenbridge.discovery import ProviderMetadata
 from tokenbridge.signing import SECRET_KEY, SigningKeySet
 
 from ..jwks_cache import JwksCache, RemoteKeys
-from ..snapshot import Snapshot, build_snapshot
+from ..snapshot import PolicyCache, Snapshot, build_snapshot
+from ..telemetry import Telemetry
 from . import cooperative
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,17 @@ def _drain(items: list[Any]) -> Iterator[Any]:
 
 
 class ManifestSource:
+    """``policies``: kept across this source's reloads (its own when not given); each snapshot is announced on
+    ``telemetry``, if given."""
+
     def __init__(self, path: str | Path, cache: JwksCache, discover: Discover, *,
                  signing_keys: SigningKeySet | None = None, poll_interval: float = 1.0,
-                 clock: Callable[[], float] = time.time, credentials_optional: bool = False):
+                 clock: Callable[[], float] = time.time, credentials_optional: bool = False,
+                 policies: PolicyCache | None = None, telemetry: Telemetry | None = None):
         self._path = Path(path)
         self._cache, self._discover, self._fallback_keys = cache, discover, signing_keys
+        self._policies = policies if policies is not None else PolicyCache()
+        self._telemetry = telemetry
         self._poll_interval, self._clock = poll_interval, clock
         self._credentials_optional = credentials_optional  # explain: an application without its Secret is kept
         self._snapshot: Snapshot | None = None
@@ -220,7 +227,8 @@ class ManifestSource:
                                   cluster_identity_providers=cooperative(cluster_idps),
                                   applications=(self._with_credentials(pickle.loads(doc), secrets)
                                                 for doc in cooperative(_drain(apps))),
-                                  signing_keys=signing_keys, cache=self._cache)
+                                  signing_keys=signing_keys, cache=self._cache, policies=self._policies,
+                                  telemetry=self._telemetry)
         self._seed_keys(snapshot)
         log.info("loaded %d applications and %d identity providers from %s", len(snapshot.applications),
                  len(snapshot.providers), self._path)
