@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from tokenbridge import api
 from tokenbridge_exchange import snapshot as snapshot_module
+from tokenbridge_exchange.jwks_cache import JwksCache
+from tokenbridge_exchange.sources.manifests import ManifestSource
 from test_exchange_helpers import (NOW, Clock, FixedSource, TestIdP, app_object, claims_of, expect_error,
-                                   idp_object, make_client, post_form, snapshot_of)
+                                   idp_object, make_client, no_fetch, post_form, snapshot_of)
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 AUTH = (CLIENT, SECRET)
@@ -160,6 +163,25 @@ def test_policies_compile_once_and_are_reused_while_unchanged(monkeypatch):
     changed = [idp_object("corp", idp.issuer, jwks=idp.jwks(), condition="assertion.sub == 'bob'")]
     snapshot_of(changed, apps=apps, policies=policies)
     assert len(calls) == 3
+
+
+def test_a_source_compiles_a_policy_once_across_its_reloads(monkeypatch, tmp_path):
+    """A source keeps one PolicyCache for all its rebuilds: a reload that leaves a policy alone compiles nothing."""
+    idp = TestIdP()
+    calls = []
+    real = snapshot_module.compile_policy
+    monkeypatch.setattr(snapshot_module, "compile_policy", lambda *a, **k: calls.append(a) or real(*a, **k))
+    corp = idp_object("corp", idp.issuer, jwks=idp.jwks(), condition="assertion.sub == 'alice'")
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump_all([corp]))
+    source = ManifestSource(tmp_path, JwksCache(no_fetch), no_fetch)
+    assert source.reload_if_changed()
+    first = source.current()
+    path.write_text(yaml.safe_dump_all([corp, idp_object("other", "https://other.example.test", jwks=idp.jwks())]))
+    assert source.reload_if_changed()
+    second, key = source.current(), ("IdentityProvider", "team-a", "corp")
+    assert len(second.providers) == 2 and second.providers[key].policy is first.providers[key].policy
+    assert len(calls) == 1
 
 
 def test_no_policy_means_no_cel_on_the_request_path(monkeypatch):
