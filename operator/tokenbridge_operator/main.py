@@ -1,9 +1,10 @@
 """kopf wiring: every decorator of the operator, and nothing else of substance.
 
 Handlers here translate kopf's kwargs into explicit arguments for the reconcilers in ``handlers/``, apply what
-they return (``patch.status``, Events) and turn failures into ``kopf.TemporaryError`` (retried with backoff) or
-``kopf.PermanentError`` (until the spec changes; the periodic refresh still re-checks). Each reconcile is counted
-by that result in ``metrics``, whose endpoint the startup handler starts.
+they return (``patch.status``, Events: :func:`_apply`, one for every kind) and turn failures into
+``kopf.TemporaryError`` (retried with backoff) or ``kopf.PermanentError`` (until the spec changes; the periodic
+refresh still re-checks). Each reconcile is counted by that result in ``metrics``, whose endpoint the startup
+handler starts.
 
 Periodic work runs on a short fixed ``TIMER_TICK``; each object's own interval (from ``OperatorConfig``, loaded
 at startup, never at import) decides whether a tick does anything. kopf timers put the finalizer
@@ -120,6 +121,18 @@ async def _signing_keys_loop(memo: kopf.Memo) -> None:
         await _check_signing_keys(memo)
 
 
+# --- outcomes --------------------------------------------------------------------------------------------------
+
+def _apply(body: kopf.Body, patch: kopf.Patch, outcome: identity_provider.Outcome | application.Outcome) -> None:
+    """Write a reconcile's outcome, IdP or application alike: its status (kopf patches it even when the handler
+    raises), its Events, and an invalid expression as a PermanentError (retrying cannot fix the spec)."""
+    patch.status.update(outcome.status)
+    for type_, reason, message in outcome.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    if outcome.invalid_expression is not None:
+        raise kopf.PermanentError(f"{INVALID_EXPRESSION}: {outcome.invalid_expression}")
+
+
 # --- identity providers ----------------------------------------------------------------------------------------
 
 def _idp_key(body: kopf.Body) -> tuple[str, str, str]:
@@ -133,19 +146,13 @@ def _reconcile_idp(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: i
     outcome = identity_provider.reconcile(
         body["spec"], status, body["metadata"].get("generation"), kind=body["kind"], policy=config.fetch_policy,
         load_credentials=_operator_credentials, now=application.utcnow)
-    patch.status.update(outcome.status)
-    for type_, reason, message in outcome.events:
-        kopf.event(body, type=type_, reason=reason, message=message)
-    if outcome.invalid_expression is not None:
-        memo.next_refresh = time.monotonic() + config.idp_refresh_interval
-        raise kopf.PermanentError(f"{INVALID_EXPRESSION}: {outcome.invalid_expression}")
+    memo.next_refresh = time.monotonic() + config.idp_refresh_interval  # sooner only after a temporary error
+    _apply(body, patch, outcome)
     if outcome.error is None:
         metrics.IDP_KEYS.labels(*_idp_key(body)).set(outcome.status["keyCount"])
-        memo.next_refresh = time.monotonic() + config.idp_refresh_interval
         return
     metrics.DISCOVERY_FAILURES.labels(outcome.error.reason).inc()
     if outcome.error.permanent:
-        memo.next_refresh = time.monotonic() + config.idp_refresh_interval
         raise kopf.PermanentError(f"{outcome.error.reason}: {outcome.error.message}")
     delay = config.backoff(retry)
     memo.next_refresh = time.monotonic() + delay
@@ -234,17 +241,11 @@ def _reconcile_app(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: i
         memo.next_check = time.monotonic() + delay
         what = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else type(exc).__name__
         raise kopf.TemporaryError(f"Kubernetes API error {what}", delay=delay) from None
-    patch.status.update(outcome.status)
-    for type_, reason, message in outcome.events:
-        kopf.event(body, type=type_, reason=reason, message=message)
-    if outcome.invalid_expression is not None:
-        memo.next_check = time.monotonic() + config.app_recheck_interval
-        raise kopf.PermanentError(f"{INVALID_EXPRESSION}: {outcome.invalid_expression}")
-    next_check = time.monotonic() + config.app_recheck_interval
-    if outcome.next_check is not None:
+    memo.next_check = time.monotonic() + config.app_recheck_interval
+    _apply(body, patch, outcome)
+    if outcome.next_check is not None:  # a rotation grace ends sooner
         grace_left = (outcome.next_check - application.utcnow()).total_seconds()
-        next_check = min(next_check, time.monotonic() + max(grace_left, 0.0))
-    memo.next_check = next_check
+        memo.next_check = min(memo.next_check, time.monotonic() + max(grace_left, 0.0))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL_APP)
