@@ -68,6 +68,7 @@ def create_app(verify_jwk: dict, subject_issuer: str, subject_audience: str, sig
 def main(argv: list[str]) -> int:
     from tokenbridge_exchange.config import WORKER_CLASSES, ServerConfig
     from tokenbridge_exchange.gunicorn_app import Server
+    from tokenbridge_exchange.telemetry import Telemetry
 
     p = argparse.ArgumentParser(prog="floor_app")
     p.add_argument("--bind", required=True)
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
 
     config = ServerConfig(issuer=ISSUER, bind=args.bind, workers=args.workers, threads=args.threads,
                           worker_class=args.worker_class)
-    FloorServer(config, None, None).run()
+    FloorServer(config, None, None, telemetry=Telemetry()).run()  # nothing emits: the floor has no source
     return 0
 
 
