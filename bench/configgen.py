@@ -83,9 +83,10 @@ def basic_auth(client_id: str, secret: str) -> str:
 
 
 def generate(directory: str | Path, n_idps: int = 100, n_apps: int = 1000, *, distinct_keys: int | None = None,
-             seed: int = 7, json_directory: str | Path | None = None) -> Config:
-    """Write ``directory/manifests.yaml`` (IdPs, applications, Secrets) and return what it holds; with
-    ``json_directory``, also the same documents as one JSON ``kind: List`` in ``json_directory/manifests.json``."""
+             seed: int = 7, json_directory: str | Path | None = None, write_yaml: bool = True) -> Config:
+    """Write ``directory/manifests.yaml`` (IdPs, applications, Secrets; unless not ``write_yaml``) and return what
+    it holds; with ``json_directory``, also the same documents as one JSON ``kind: List`` in
+    ``json_directory/manifests.json``."""
     rng = random.Random(seed)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -122,8 +123,9 @@ def generate(directory: str | Path, n_idps: int = 100, n_apps: int = 1000, *, di
         docs.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                      "metadata": {"name": f"{app.name}-credentials", "namespace": ns},
                      "stringData": {"client_id": app.client_id, "client_secret": app.client_secret}})
-    with open(config.manifest_path, "w") as f:
-        yaml.dump_all(docs, f, Dumper=_Dumper, sort_keys=False)
+    if write_yaml:
+        with open(config.manifest_path, "w") as f:
+            yaml.dump_all(docs, f, Dumper=_Dumper, sort_keys=False)
     if json_directory is not None:
         Path(json_directory).mkdir(parents=True, exist_ok=True)
         with open(Path(json_directory) / "manifests.json", "w") as f:

@@ -1,21 +1,22 @@
-"""What the benchmark scripts share: the machine's description, a quiet machine to measure on, stopping the servers they start, percentiles.
-
-Free ports come from the tests' ``controlplane.free_port`` (tests/cluster), put on ``sys.path`` here.
-"""
+"""What the benchmark scripts share: free ports, the machine's description, a quiet machine to measure on, stopping
+the servers they start, percentiles, Markdown tables."""
 from __future__ import annotations
 
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))
-from controlplane import free_port  # noqa: E402
 
-__all__ = ["free_port", "machine", "percentile", "stop", "wait_for_quiet_machine"]
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the kernel's pick), for a server about to bind it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def machine() -> str:
@@ -62,3 +63,11 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table and the blank line after it; nothing without rows."""
+    if not rows:
+        return []
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+            *["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows], ""]

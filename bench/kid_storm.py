@@ -4,8 +4,8 @@
                                         [--out bench/results/kid_storm.md]
 
 A standalone ``tokenbridge serve --manifests`` (2 workers of the default class, as shipped) with one IdP discovered from a local
-HTTPS IdP (tests/idp_server.py's LocalIdP, which records every request it gets, so every JWKS fetch is counted at
-the source) and one application. Two phases, loopback only:
+HTTPS IdP (bench/https_idp.py, which records every request it gets, so every JWKS fetch is counted at the source)
+and one application. Two phases, loopback only:
 
   baseline  good tokens only, paced at ``--good-rate``/s from one thread (keep-alive), latency per request;
   storm     the same good tokens, plus ``--storm-threads`` threads sending, as fast as they can, tokens that are
@@ -38,12 +38,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tokenbridge_exchange.config import ServerConfig
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(REPO / "tests"))
-from idp_server import LocalIdP  # noqa: E402
+from harness import free_port, machine, percentile, stop, wait_for_quiet_machine
+from https_idp import HttpsIdP
 
-from harness import free_port, machine, percentile, stop, wait_for_quiet_machine  # noqa: E402
+BENCH = Path(__file__).resolve().parent
 
 TOKENBRIDGE = str(Path(sys.executable).parent / "tokenbridge")
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     waited, busy = (0.0, False) if args.no_wait else wait_for_quiet_machine()
     workdir = Path(tempfile.mkdtemp(prefix="tokenbridge-kid-storm-"))
-    idp = LocalIdP(kind="oidc", alg="RS256").start()
+    idp = HttpsIdP().start()
     client_id, client_secret = "storm-client", secrets.token_urlsafe(32)
     docs = [
         {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider",
@@ -152,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         deadline = time.monotonic() + 60
         url, auth = base + "/oauth2/token", basic(client_id, client_secret)
-        good_tokens = [idp.mint({"sub": f"user-{i}", "aud": AUDIENCE}, lifetime=900) for i in range(50)]
+        good_tokens = [idp.mint({"sub": f"user-{i}", "aud": AUDIENCE}) for i in range(50)]
         while True:  # both workers answer a good token
             assert server.poll() is None and time.monotonic() < deadline, (workdir / "server.log").read_text()[-3000:]
             try:
@@ -166,21 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             time.sleep(0.2)
         # forged kids: a valid signature by the IdP's real key, a kid it never published
-        real_key = dict(idp._keys)[idp._keys[-1][0]]
-        import jwt
-        now = int(time.time())
-        storm_tokens = [jwt.encode({"iss": idp.issuer, "sub": "mallory", "aud": AUDIENCE, "iat": now,
-                                    "exp": now + 900}, real_key, algorithm="RS256",
-                                   headers={"kid": uuid.uuid4().hex}) for _ in range(2000)]
-        jwks_path = idp._path(idp.jwks_uri)
-
-        def jwks_fetches() -> int:
-            return sum(1 for path, _ in list(idp.requests) if path == jwks_path)
-
+        storm_tokens = [idp.mint({"sub": "mallory", "aud": AUDIENCE}, kid=uuid.uuid4().hex) for _ in range(2000)]
         time.sleep(1)
         baseline = Phase()
         good_loop(url, auth, good_tokens, args.good_rate, time.monotonic() + args.baseline, baseline)
-        metrics_before, fetches_before = scrape(base), jwks_fetches()
+        metrics_before, fetches_before = scrape(base), idp.jwks_fetches()
         storm_good, storm_bad, lock = Phase(), Phase(), threading.Lock()
         started = time.monotonic()
         until = started + args.storm
@@ -192,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join()
         elapsed = time.monotonic() - started
-        fetches = jwks_fetches() - fetches_before
+        fetches = idp.jwks_fetches() - fetches_before
         metrics_after = scrape(base)
     finally:
         stop(server)
@@ -219,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
 `bench/kid_storm.py` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}.
 `tokenbridge serve --manifests` with {WORKERS} {WORKER_CLASS} workers (the default); one IdentityProvider discovered from a local HTTPS
-IdP (RS256, tests/idp_server.py), one application. Load generator: Python threads (httpx, keep-alive) in the same
+IdP (RS256, bench/https_idp.py), one application. Load generator: Python threads (httpx, keep-alive) in the same
 machine, so the generator competes with the server for the 2 cores.{f' bench/run.py was still running after {waited:.0f} s of waiting: measured alongside it.' if busy else f' Waited {waited:.0f} s for bench/run.py to finish.' if waited > 1 else ''}
 
 ## JWKS fetches during the storm

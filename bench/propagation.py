@@ -3,8 +3,8 @@ reflects it.
 
     .venv/bin/python bench/propagation.py [--changes 50] [--out bench/results/propagation.md]
 
-Starts the test control plane (tests/cluster/controlplane.py: etcd + kube-apiserver + kube-controller-manager,
-the binaries ``make cluster-up`` uses) in a temporary directory, then real ``tokenbridge operator`` and
+Starts the test control plane as ``make cluster-up`` does (the program tests/cluster/controlplane.py: etcd +
+kube-apiserver + kube-controller-manager) in a temporary directory, then real ``tokenbridge operator`` and
 ``tokenbridge serve --kubernetes`` (2 workers) processes, an IdentityProvider with an inline key and one
 application. Each change toggles the application's audiences: removing ``https://other.prop.test`` (then an
 exchange for it must be refused with ``invalid_target``) or adding it back (then it must be accepted). The change is
@@ -24,7 +24,9 @@ import base64
 import json
 import os
 import random
+import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -37,14 +39,11 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from harness import free_port, machine, percentile, stop, wait_for_quiet_machine
 from tokenbridge_exchange.config import ServerConfig
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(REPO / "tests" / "cluster"))
-from controlplane import ControlPlane, build_binaries  # noqa: E402
-
-from harness import free_port, machine, percentile, stop, wait_for_quiet_machine  # noqa: E402
+CONTROL_PLANE = BENCH.parent / "tests" / "cluster" / "controlplane.py"
 
 WORKER_CLASS = ServerConfig.worker_class
 
@@ -56,6 +55,33 @@ SUBJECT_AUDIENCE = "tokenbridge-propagation"
 TARGET_P99 = 2.0
 PER_CHANGE_LIMIT = 15.0  # s: a change not reflected by then counts as this (and is reported)
 
+
+class ControlPlane:
+    """The control plane run as a program, as ``make cluster-up`` runs it: ``up`` leaves it running in its directory
+    and prints the kubeconfig and kubectl paths, ``down`` stops it."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+
+    def start(self) -> None:
+        out = subprocess.run([sys.executable, str(CONTROL_PLANE), "up", "--dir", str(self.dir)], check=True,
+                             capture_output=True, text=True, timeout=900).stdout
+        self.kubeconfig = Path(re.search(r"export KUBECONFIG=(\S+)", out).group(1))
+        self.kubectl_binary = re.search(r"kubectl: (\S+)", out).group(1)
+        config = json.loads(self.kubeconfig.read_text())
+        cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+        self.server = cluster["server"]
+        self.ssl = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        self.ssl.load_cert_chain(user["client-certificate"], user["client-key"])
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([self.kubectl_binary, "--kubeconfig", str(self.kubeconfig), "--cache-dir",
+                               str(self.dir / "kubectl-cache"), *args], input=input, capture_output=True, text=True,
+                              timeout=120, check=check)
+
+    def stop(self) -> None:
+        subprocess.run([sys.executable, str(CONTROL_PLANE), "down", "--dir", str(self.dir)], capture_output=True,
+                       timeout=120)
 
 
 def wait(predicate, timeout: float, what: str) -> None:
@@ -79,15 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     waited, busy = (0.0, False) if args.no_wait else wait_for_quiet_machine()
-    bin_dir = build_binaries()
     workdir = Path(tempfile.mkdtemp(prefix="tokenbridge-propagation-"))
-    cp = ControlPlane(workdir / "cp", bin_dir)
+    cp = ControlPlane(workdir / "cp")
     procs: list[subprocess.Popen] = []
     results: list[dict] = []
     try:
         t0 = time.monotonic()
-        cp.start()
-        cp.install_crds()
+        cp.start()  # CRDs installed
         cp_start = time.monotonic() - t0
         ns = f"prop-{uuid.uuid4().hex[:6]}"
         cp.kubectl("create", "namespace", ns)
@@ -137,14 +161,13 @@ def main(argv: list[str] | None = None) -> int:
 
         wait(lambda: all(exchange_status() == "200" for _ in range(4)), 90, "exchanges served by both workers")
 
-        ctx = cp.ssl_context()
         path = f"{cp.server}/apis/tokenbridge.dev/v1alpha1/namespaces/{ns}/oauthapplications/web"
 
         def patch(audiences: list[str]) -> None:
             body = json.dumps({"spec": {"audiences": audiences}}).encode()
             req = urllib.request.Request(path, data=body, method="PATCH",
                                          headers={"Content-Type": "application/merge-patch+json"})
-            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            with urllib.request.urlopen(req, context=cp.ssl, timeout=10) as r:
                 r.read()
 
         allowed = True

@@ -516,10 +516,8 @@ def source_state() -> dict[str, Any]:
 def previous_summary(prev: dict) -> dict[str, Any]:
     """What the before/after table keeps of the run a new one replaces."""
     import report
-    runs = [r for v in (prev.get("peak") or {}).values() for r in v.get("runs", [])]
     return {"started": prev.get("started"), "source": prev.get("source"),
-            "headline": prev.get("headline") or report.headline(prev),
-            "balance_checked": any("worker_cpu_share" in r for r in runs)}
+            "headline": prev.get("headline") or report.headline(prev)}
 
 
 def reexec_on_committed_tree(argv: list[str]) -> None:
@@ -744,6 +742,7 @@ def main(argv: list[str]) -> int:
         results["previous"] = previous_summary(json.loads((out_dir / "results.json").read_text()))
     results["headline"] = report.headline(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    report.plot(results, out_dir / "bench.png")
     report.write(results, out_dir)
     log(f"done in {results['elapsed_s']} s: {out_dir / 'report.md'}")
     return 0

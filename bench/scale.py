@@ -2,21 +2,20 @@
 
     .venv/bin/python bench/scale.py [--idps 10000] [--apps 100000] [--json out.json] [--no-server]
 
-The configuration is generated twice, with the same documents: ``manifests.yaml`` (YAML, as people write it) and
-``manifests.json`` (one JSON ``kind: List``, as ``kubectl get -o json`` writes it). Measured, each in a fresh
-interpreter so memory is the snapshot's own:
-  load     the standalone source's own path, exactly as the gunicorn master runs it before forking
-           (``ManifestSource.preload``: read + parse + snapshot build), for the YAML and for the JSON file; for YAML
-           also in parts: the parse alone (PyYAML's C loader, what the source uses: its constructors are Python, the
-           floor for YAML) and ``build_snapshot`` alone (the part the Kubernetes source shares);
+The large configuration is one JSON ``kind: List`` (as ``kubectl get -o json`` writes it): a configuration this
+size is JSON or lives in a cluster; YAML is for the hand-written sizes (the small one, 100 IdPs / 1,000
+applications, is YAML). Measured, each in a fresh interpreter so memory is the snapshot's own:
+  load     ``ManifestSource.preload``, exactly as the gunicorn master runs it before forking (read + parse +
+           snapshot build); then in parts: the parse alone (``json.load``, or ``yaml.load_all`` with
+           ``CSafeLoader``) and ``build_snapshot`` alone (the part the Kubernetes source shares);
   memory   RSS (VmRSS, peak VmHWM) of that process once the snapshot is served, and after gc + malloc_trim (what
-           ``tokenbridge serve``'s master does before forking): what the workers inherit;
-  latency  per-exchange time through the real WSGI app (``create_app``) in process, single-threaded, for the
-           large snapshot and for the benchmark's 100 IdPs / 1,000 applications: lookups are dict accesses, so it
-           must not change with size;
-  server   ``tokenbridge serve --workers 2`` on the large YAML (and JSON) configuration: seconds from start to
-           ``/readyz`` 200, the master's own load time (its log), and RSS and PSS (/proc/PID/smaps_rollup) of the
-           master and of each worker once ready and again after a few hundred exchanges through each of them.
+           ``tokenbridge serve``'s master does before forking): what the workers inherit; live Python memory of
+           the snapshot (tracemalloc, a separate process);
+  latency  per-exchange time through the real WSGI app (``create_app``) in process, single-threaded, for both
+           sizes: lookups are dict accesses, so it must not change with size;
+  server   ``tokenbridge serve --workers 2`` on the large configuration: seconds from start to ``/readyz`` 200, the
+           master's own load time (its log), and RSS and PSS (/proc/PID/smaps_rollup) of the master and of each
+           worker once ready and again after a few hundred exchanges through each of them.
 IdP key material comes from a pool of 20 RSA keys (every IdP still has its own issuer, kid and JWKS to parse).
 """
 from __future__ import annotations
@@ -24,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -32,11 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import free_port, stop, table
+
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-from harness import stop  # noqa: E402
 PY = sys.executable
 SERVER_WAIT = 75.0  # s: gunicorn's worker timeout is 30 s, so two timeouts fit
+TARGET_LOAD_S = 10.0
+TARGET_WORKER_MB = 400.0
 
 
 def _status_mb(field: str, pid: int | str = "self") -> float:
@@ -53,8 +53,9 @@ def _pss_mb(pid: int | str) -> float:
     return 0.0
 
 
-def child(directory: str, pool_file: str, requests: int, parts: bool = True) -> dict:
-    """In a fresh interpreter: load like the server's master does, then measure memory and per-request latency."""
+def child(directory: str, pool_file: str, requests: int) -> dict:
+    """In a fresh interpreter: load like the server's master does, then measure memory, the load's parts and
+    per-request latency."""
     import statistics
 
     import falcon.testing
@@ -65,7 +66,6 @@ def child(directory: str, pool_file: str, requests: int, parts: bool = True) -> 
     from tokenbridge_exchange.jwks_cache import JwksCache
     from tokenbridge_exchange.snapshot import build_snapshot
     from tokenbridge_exchange.sources.manifests import ManifestSource
-    from tokenbridge_exchange.sources.yaml_loader import BaseLoader, ManifestLoader
     from tokenbridge.signing import generate_keyset
 
     out: dict = {"rss_before_mb": _status_mb("VmRSS")}
@@ -74,7 +74,6 @@ def child(directory: str, pool_file: str, requests: int, parts: bool = True) -> 
     t0 = time.perf_counter()
     source.preload()  # what tokenbridge serve's master does before forking the workers
     out["load_s"] = time.perf_counter() - t0
-    out["processes"] = len(os.sched_getaffinity(0))  # preload parses a large YAML file on every core
     snapshot = source.current()
     out["applications"], out["identity_providers"] = len(snapshot.applications), len(snapshot.providers)
     out["skipped"] = len(snapshot.skipped)
@@ -87,32 +86,25 @@ def child(directory: str, pool_file: str, requests: int, parts: bool = True) -> 
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # as serve.settle_before_fork: what the workers inherit
     out["rss_trimmed_mb"] = _status_mb("VmRSS")
 
-    if parts:  # after the real load, so they do not inflate its memory figures
-        path = Path(directory) / "manifests.yaml"
-        gc.disable()  # as ManifestSource does while loading
-        t0 = time.perf_counter()
-        with open(path, "rb") as f:
-            docs = list(yaml.load_all(f, Loader=BaseLoader))
-        out["yaml_c_parse_s"] = time.perf_counter() - t0  # stock PyYAML: libyaml + PyYAML's Python constructors
-        del docs
-        t0 = time.perf_counter()
-        with open(path, "rb") as f:
-            docs = list(yaml.load_all(f, Loader=ManifestLoader))
-        out["yaml_parse_s"] = time.perf_counter() - t0  # the parse inside load_s: libyaml + tokenbridge's loader
-        by_kind: dict = {}
-        for d in docs:
-            d.setdefault("metadata", {}).setdefault("namespace", "default")
-            by_kind.setdefault(d["kind"], []).append(d)
-        secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]): s["stringData"] for s in by_kind["Secret"]}
-        apps = [source._with_credentials(d, secrets) for d in by_kind["OAuthApplication"]]
-        t0 = time.perf_counter()
-        build_snapshot(identity_providers=by_kind["IdentityProvider"], cluster_identity_providers=[],
-                       applications=apps, signing_keys=snapshot.signing_keys, cache=cache)
-        out["build_snapshot_s"] = time.perf_counter() - t0
-        gc.enable()
-        del docs, by_kind, apps, secrets
-    if not requests:
-        return out
+    # the load's parts, after the real load so they do not inflate its memory figures
+    (path,) = Path(directory).glob("manifests.*")
+    gc.disable()  # as ManifestSource does while loading
+    t0 = time.perf_counter()
+    with open(path, "rb") as f:  # the library call the source makes
+        docs = json.load(f)["items"] if path.suffix == ".json" else list(yaml.load_all(f, Loader=yaml.CSafeLoader))
+    out["parse_s"] = time.perf_counter() - t0
+    by_kind: dict = {}
+    for d in docs:
+        d.setdefault("metadata", {}).setdefault("namespace", "default")
+        by_kind.setdefault(d["kind"], []).append(d)
+    secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]): s["stringData"] for s in by_kind["Secret"]}
+    apps = [source._with_credentials(d, secrets) for d in by_kind["OAuthApplication"]]
+    t0 = time.perf_counter()
+    build_snapshot(identity_providers=by_kind["IdentityProvider"], cluster_identity_providers=[],
+                   applications=apps, signing_keys=snapshot.signing_keys, cache=cache)
+    out["build_snapshot_s"] = time.perf_counter() - t0
+    gc.enable()
+    del docs, by_kind, apps, secrets
 
     config = ServerConfig(issuer="http://bench.local")
     client = falcon.testing.TestClient(create_app(config, source))
@@ -154,9 +146,9 @@ def trace_child(directory: str) -> dict:
             "top": [(str(s.traceback[0]), round(s.size / 1e6, 1), s.count) for s in top]}
 
 
-def measure(directory: Path, pool_file: Path, requests: int, timeout: float, parts: bool = True) -> dict:
-    proc = subprocess.run([PY, __file__, "--child", str(directory), str(pool_file), str(requests),
-                           "parts" if parts else "load"], capture_output=True, text=True, timeout=timeout)
+def measure(directory: Path, pool_file: Path, requests: int, timeout: float) -> dict:
+    proc = subprocess.run([PY, __file__, "--child", str(directory), str(pool_file), str(requests)],
+                          capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -184,10 +176,7 @@ def try_server(directory: Path, wait: float, pool_file: Path | None = None, exch
     (RSS counts the pages a worker shares with the master; PSS splits shared pages between the processes sharing
     them, so the PSS of the master and the workers add up to what the server really holds)."""
     import httpx
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = directory / "server.log"
     logf = open(log_path, "w")
@@ -254,76 +243,69 @@ def _short(site: str) -> str:
     return re.sub(r"^/tmp/[^/]+/", "", site)
 
 
-def _server_text(name: str, srv: dict) -> str:
-    if "ready_s" not in srv:
-        return (f"`tokenbridge serve --workers 2` on the large {name} configuration was **not ready after "
-                f"{srv['wait_s']:.0f} s** ({srv.get('workers_booted', 0)} worker boots, "
-                f"{srv.get('worker_timeouts', 0)} `WORKER TIMEOUT` kills in the log).")
-    text = f"`tokenbridge serve --workers 2` on the large {name} configuration answered `/readyz` 200 after " \
-           f"**{srv['ready_s']:.1f} s**"
-    if "master_load_s" in srv:
-        text += f" (the master's one load: {srv['master_load_s']:.1f} s; the manifests were parsed " \
-                f"{srv.get('snapshot_loads', '?')} time(s))"
-    if "master" in srv:
-        text += (f". Once ready: master RSS {srv['master']['rss_mb']:.0f} MB / PSS {srv['master']['pss_mb']:.0f} MB, "
-                 "workers RSS " + ", ".join(f"{w['rss_mb']:.0f}" for w in srv["workers"]) + " MB / PSS "
-                 + ", ".join(f"{w['pss_mb']:.0f}" for w in srv["workers"]) + " MB (goal ≤ 400 MB per worker; "
-                 f"all three together {srv['total_pss_mb']:.0f} MB PSS)")
-    after = srv.get("workers_after_exchanges")
-    if after:
-        text += (f"; after {sum(srv.get('exchanges', {}).values())} exchanges over new connections "
-                 f"({srv.get('exchanges')}) workers RSS " + ", ".join(f"{w['rss_mb']:.0f}" for w in after)
-                 + " MB / PSS " + ", ".join(f"{w['pss_mb']:.0f}" for w in after) + " MB")
-    return text + "."
+def _mb(values: list[dict], field: str) -> str:
+    return ", ".join(f"{v[field]:.0f}" for v in values) if values else "n/a"
 
 
-def _seconds(value: float | None, digits: int) -> str:
+def _s(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f} s"
 
 
+def _yes(value: float | None, goal: float) -> str:
+    return "n/a" if value is None else ("**met**" if value <= goal else "**missed**")
+
+
 def markdown(r: dict) -> list[str]:
-    big, small = r["large"], r["small"]
-    js = r.get("large_json") or {}
-    L = [f"{r['identity_providers']:,} IdentityProviders (inline RS256 JWKS each) and {r['applications']:,} "
-         f"OAuthApplications with their Secrets: one {r['manifest_mb']:.0f} MB YAML manifests file"
-         + (f" (and the same documents as a {r['manifest_json_mb']:.0f} MB JSON `kind: List`)"
-            if r.get("manifest_json_mb") else "")
-         + f", generated in {r['generate_s']:.0f} s. Each figure comes from a fresh Python process loading it "
-         "exactly as `tokenbridge serve`'s master does before forking its workers (`bench/scale.py`).", "",
-         "| | 100 IdPs / 1,000 apps | " + f"{r['identity_providers']:,} IdPs / {r['applications']:,} apps | goal |",
-         "| --- | --- | --- | --- |",
-         f"| load of the YAML file (read, parse, snapshot; {big.get('processes', 1)} parsing processes) | "
-         f"{small['load_s']:.2f} s | {big['load_s']:.1f} s | ≤ 10 s |"]
-    if js:
-        L.append(f"| load of the same configuration as a `.json` file | | {js['load_s']:.1f} s | ≤ 10 s |")
-    L += [f"| YAML parse alone, one process: stock PyYAML (`CSafeLoader`) | "
-          f"{small.get('yaml_c_parse_s', 0):.2f} s | {big.get('yaml_c_parse_s', 0):.1f} s | |",
-          f"| YAML parse alone, one process: Tokenbridge's loader (`sources/yaml_loader.py`, same data) | "
-          f"{_seconds(small.get('yaml_parse_s'), 2)} | {_seconds(big.get('yaml_parse_s'), 1)} | |",
-          f"| of the YAML load: `build_snapshot` alone (shared with the Kubernetes source) | "
-          f"{small.get('build_snapshot_s', 0):.2f} s | {big.get('build_snapshot_s', 0):.1f} s | |",
-          f"| RSS with the snapshot served (peak during load) | {small['rss_loaded_mb']:.0f} MB "
-          f"({small['hwm_loaded_mb']:.0f}) | {big['rss_loaded_mb']:.0f} MB ({big['hwm_loaded_mb']:.0f}) | |",
-          f"| RSS after gc + malloc_trim (what the workers inherit) | {small['rss_trimmed_mb']:.0f} MB | "
-          f"{big['rss_trimmed_mb']:.0f} MB | ≤ 400 MB per worker |"]
-    if js:
-        L.append(f"| the same, JSON: RSS served (peak) / after gc + malloc_trim | | {js['rss_loaded_mb']:.0f} "
-                 f"({js['hwm_loaded_mb']:.0f}) / {js['rss_trimmed_mb']:.0f} MB | |")
-    L += [f"| per-exchange time in process, p50 / p99 | {small['latency_p50_ms']:.2f} / "
-          f"{small['latency_p99_ms']:.2f} ms | {big['latency_p50_ms']:.2f} / {big['latency_p99_ms']:.2f} ms | "
-          "unchanged |",
-          f"| exchanges answered 200 | {small['statuses'].get('200', 0)} | {big['statuses'].get('200', 0)} | all |",
-          ""]
-    tr = r.get("large_traced")
-    if tr and "live_mb" in tr:
-        L += [f"Where the memory is (tracemalloc, YAML): the snapshot's live Python objects are "
-              f"**{tr['live_mb']:.0f} MB** ({tr['live_mb'] * 1e3 / r['applications']:.2f} KB per application); the "
-              f"load peaks at {tr['peak_mb']:.0f} MB traced. Largest live allocation sites: " + "; ".join(
-                  f"`{_short(site)}` {mb} MB ({n:,} blocks)" for site, mb, n in tr["top"]) + ".", ""]
-    for key, name in (("server", "YAML"), ("server_json", "JSON")):
-        if r.get(key):
-            L += [_server_text(name, r[key]), ""]
+    """Tables: the two configurations side by side, where the large one's memory is, the server on it."""
+    small, big = r.get("small") or {}, r.get("large_json") or {}
+    src = r.get("source") or {}
+
+    def both(label: str, field: str, show, goal: float | None = None) -> list[str]:
+        a, b = small.get(field), big.get(field)
+        return [label, show(a), show(b), "" if goal is None else _yes(b, goal)]
+
+    latency = "{:.2f} / {:.2f} ms".format
+    L = table(["scale run", "commit", "IdPs / applications (large)", "generated in", "large manifests"],
+               [[r.get("started", "?"), f"`{src.get('commit', '?')}`",
+                 f"{r['identity_providers']:,} / {r['applications']:,}", _s(r.get("generate_s"), 0),
+                 f"{r.get('manifest_json_mb', 0):.0f} MB JSON `kind: List`"]])
+    L += table(["", "100 IdPs / 1,000 apps, YAML", f"{r['identity_providers']:,} IdPs / {r['applications']:,} apps, "
+                 "JSON", f"≤ {TARGET_LOAD_S:.0f} s / ≤ {TARGET_WORKER_MB:.0f} MB"], [
+        both("first load (`ManifestSource.preload`: read, parse, snapshot)", "load_s", _s, TARGET_LOAD_S),
+        both("of which the parse alone (`yaml.load_all` / `json.load`)", "parse_s", _s),
+        both("of which `build_snapshot` alone", "build_snapshot_s", _s),
+        both("RSS with the snapshot served (MB)", "rss_loaded_mb", _f0),
+        both("peak RSS during the load (MB)", "hwm_loaded_mb", _f0),
+        both("RSS after gc + malloc_trim: what workers inherit (MB)", "rss_trimmed_mb", _f0,
+             TARGET_WORKER_MB),
+        ["per-exchange time in process, p50 / p99", *(
+            latency(c["latency_p50_ms"], c["latency_p99_ms"]) if "latency_p50_ms" in c else "n/a"
+            for c in (small, big)), ""],
+        ["exchanges answered 200", *((c.get("statuses") or {}).get("200", "n/a") for c in (small, big)), ""]])
+    tr = r.get("large_traced") or {}
+    if "live_mb" in tr:
+        L += table(["live Python memory of the large snapshot (tracemalloc)", "per application", "traced peak"],
+                    [[f"{tr['live_mb']:.0f} MB", f"{tr['live_mb'] * 1e3 / r['applications']:.2f} KB",
+                      f"{tr['peak_mb']:.0f} MB"]])
+        L += table(["largest live allocation site", "MB", "blocks"],
+                    [[f"`{_short(site)}`", mb, f"{n:,}"] for site, mb, n in tr["top"]])
+    servers = [(name, srv) for name, srv in (("JSON", r.get("server_json")),) if srv]
+    if servers:
+        L += table(["`tokenbridge serve --workers 2`", "/readyz 200 after", "master's load", "loads in its log",
+                     "worker timeouts", "master RSS / PSS (MB)", "workers RSS (MB)", "workers PSS (MB)",
+                     "all PSS (MB)", "exchanges", "then workers RSS / PSS (MB)"],
+                    [[f"large {name}", _s(srv.get("ready_s"), 1), _s(srv.get("master_load_s"), 1),
+                      srv.get("snapshot_loads", "n/a"), srv.get("worker_timeouts", "n/a"),
+                      f"{srv['master']['rss_mb']:.0f} / {srv['master']['pss_mb']:.0f}" if "master" in srv else "n/a",
+                      _mb(srv.get("workers"), "rss_mb"), _mb(srv.get("workers"), "pss_mb"),
+                      srv.get("total_pss_mb", "n/a"), srv.get("exchanges", "n/a"),
+                      f"{_mb(srv.get('workers_after_exchanges'), 'rss_mb')} / "
+                      f"{_mb(srv.get('workers_after_exchanges'), 'pss_mb')}"] for name, srv in servers])
     return L
+
+
+def _f0(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
 
 
 def main(argv: list[str]) -> int:
@@ -331,7 +313,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(trace_child(argv[1])))
         return 0
     if argv[:1] == ["--child"]:
-        print(json.dumps(child(argv[1], argv[2], int(argv[3]), argv[4:5] != ["load"])))
+        print(json.dumps(child(argv[1], argv[2], int(argv[3]))))
         return 0
     p = argparse.ArgumentParser(description="Scale benchmark")
     p.add_argument("--idps", type=int, default=10_000)
@@ -349,34 +331,30 @@ def main(argv: list[str]) -> int:
             print("pytest is running on this machine: waiting (polling every 30 s, up to 10 min)", flush=True)
         time.sleep(30)
         waited += 30
-    results: dict = {"identity_providers": args.idps, "applications": args.apps}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=BENCH.parent).stdout.strip()
+    results: dict = {"identity_providers": args.idps, "applications": args.apps,
+                     "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "source": {"commit": commit}}
     with tempfile.TemporaryDirectory(prefix="tokenbridge-scale-") as tmp:
         tmp_path = Path(tmp)
         t0 = time.monotonic()
         big = configgen.generate(tmp_path / "large", args.idps, args.apps, distinct_keys=20,
-                                 json_directory=tmp_path / "large-json")
+                                 json_directory=tmp_path / "large", write_yaml=False)
         results["generate_s"] = time.monotonic() - t0
-        results["manifest_mb"] = big.manifest_path.stat().st_size / 1e6
-        results["manifest_json_mb"] = (tmp_path / "large-json" / "manifests.json").stat().st_size / 1e6
+        results["manifest_json_mb"] = (big.directory / "manifests.json").stat().st_size / 1e6
         small = configgen.generate(tmp_path / "small", 100, 1000, distinct_keys=20)
         big_pool = configgen.write_pool(configgen.request_pool(big, 200), tmp_path / "large-pool.tsv")
         small_pool = configgen.write_pool(configgen.request_pool(small, 200), tmp_path / "small-pool.tsv")
         print(f"generated in {results['generate_s']:.0f} s; loading the small configuration", flush=True)
         results["small"] = measure(small.directory, small_pool, args.requests, 120)
-        print(f"loading the large configuration ({results['manifest_mb']:.0f} MB YAML)", flush=True)
-        results["large"] = measure(big.directory, big_pool, args.requests, 400)
-        print(json.dumps({k: v for k, v in results["large"].items() if k != "statuses"}), flush=True)
-        print(f"loading it as JSON ({results['manifest_json_mb']:.0f} MB)", flush=True)
-        results["large_json"] = measure(tmp_path / "large-json", big_pool, 0, 200, parts=False)
-        print(json.dumps(results["large_json"]), flush=True)
+        print(f"loading the large configuration ({results['manifest_json_mb']:.0f} MB JSON)", flush=True)
+        results["large_json"] = measure(big.directory, big_pool, args.requests, 400)
+        print(json.dumps({k: v for k, v in results["large_json"].items() if k != "statuses"}), flush=True)
         print("tracing the live memory of the snapshot (tracemalloc)", flush=True)
         results["large_traced"] = trace(big.directory)
         if not args.no_server:
-            print("starting tokenbridge serve --workers 2 on the large YAML configuration", flush=True)
-            results["server"] = try_server(big.directory, SERVER_WAIT, big_pool)
-            print(json.dumps({k: v for k, v in results["server"].items() if k != "log_excerpt"}), flush=True)
-            print("starting tokenbridge serve --workers 2 on the large JSON configuration", flush=True)
-            results["server_json"] = try_server(tmp_path / "large-json", SERVER_WAIT, big_pool)
+            print("starting tokenbridge serve --workers 2 on the large configuration", flush=True)
+            results["server_json"] = try_server(big.directory, SERVER_WAIT, big_pool)
             print(json.dumps({k: v for k, v in results["server_json"].items() if k != "log_excerpt"}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -1,8 +1,10 @@
 """The benchmark's own pieces work: generated configs give real exchanges, the floor app exchanges, the open-loop
-generator frames HTTP responses. No timing is asserted here (numbers live in bench/results/)."""
+generator frames HTTP responses, the reports are tables of the committed results. No timing is asserted here
+(numbers live in bench/results/)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -16,10 +18,13 @@ from tokenbridge_exchange.config import ServerConfig
 from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.sources.manifests import ManifestSource
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
 import configgen  # noqa: E402
 import floor_app  # noqa: E402
+import library_calls  # noqa: E402
 import loadgen  # noqa: E402
+import report  # noqa: E402
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -95,3 +100,30 @@ def test_open_loop_generator_counts_keepalive_and_closed_responses():
     result = asyncio.run(scenario())
     assert result["ok"] == result["completed"] == 100
     assert result["errors"] == 0 and result["missing"] == 0 and result["p99_ms"] is not None
+
+
+def prose(text: str) -> list[str]:
+    """The lines of a report that are neither headings, table rows nor blank."""
+    return [line for line in text.splitlines() if line and not line.startswith(("#", "|"))]
+
+
+def test_report_is_tables_of_the_committed_results(tmp_path):
+    results = json.loads((BENCH / "results" / "results.json").read_text())
+    text = report.write(results, tmp_path).read_text()
+    assert prose(text) == [text.splitlines()[2], "![benchmark plot](bench.png)"], "one introduction, the plot"
+    for heading in ("## Results against the targets", "## Peak throughput (closed loop)", "## Scale",
+                    "## Ablation: the app's own cost per exchange, in process"):
+        assert heading in text
+    floor = results["peak"]["tokenbridge"]["median_rps"] / results["peak"]["floor"]["median_rps"]
+    assert f"| Tokenbridge / floor, peak exchanges/s | {floor:.2f} " in text
+    tables = "\n".join(line if line.startswith("|") else "" for line in text.splitlines()).split("\n\n")
+    for rows in (t.strip().splitlines() for t in tables if t.strip()):
+        assert rows[1].startswith("| --- |") and len({row.count("|") for row in rows}) == 1, rows
+
+
+def test_library_calls_report_is_one_table_per_subject(tmp_path):
+    results = json.loads((BENCH / "results" / "library_calls.json").read_text())
+    text = library_calls.markdown(results)
+    assert prose(text) == [text.splitlines()[2]]
+    rows = [line for line in text.splitlines() if line.startswith("| ES256: ")]
+    assert len(rows) == 3 and all(line.count(" µs") == 1 + bool(results["previous"]) for line in rows)
