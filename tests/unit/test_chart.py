@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -619,8 +620,10 @@ def test_optional_kinds_off_by_default(default_docs):
 def test_dockerfile():
     text = (REPO / "Dockerfile").read_text()
     instructions = [line.split(None, 1) for line in text.splitlines() if line and not line.startswith(("#", " "))]
-    froms = [rest for op, rest in instructions if op == "FROM"]
-    assert froms and all(f.startswith("python:3.11-slim") for f in froms)
+    froms = [rest.split()[0] for op, rest in instructions if op == "FROM"]
+    (base,) = [rest.split("=", 1)[1] for op, rest in instructions if op == "ARG" and rest.startswith("BASE=")]
+    # every stage on one base, pinned by digest so a re-pushed tag cannot change what is built
+    assert froms and set(froms) == {"${BASE}"} and re.fullmatch(r"python:3\.11-slim\S*@sha256:[0-9a-f]{64}", base)
     (user,) = [rest for op, rest in instructions if op == "USER"]
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0
