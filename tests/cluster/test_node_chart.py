@@ -172,6 +172,22 @@ def verify(result: dict) -> dict:
     return {"kid": kid, "claims": claims, "token": token}
 
 
+def test_the_pods_are_ready_through_the_charts_probes(control_plane, release):
+    """helm --wait returned: each component's pod is Ready, started from the built image, with the chart's probes
+    (the server's readiness probe only passes once it has loaded its configuration)."""
+    reference = release[2]
+    probes = {"operator": {"livenessProbe"}, "server": {"startupProbe", "livenessProbe", "readinessProbe"}}
+    for component, expected in probes.items():
+        (pod,) = kubectl_json(control_plane, "get", "pods", "-n", NAMESPACE, "-l",
+                              f"app.kubernetes.io/component={component}")["items"]
+        assert condition(pod, "Ready") == "True", pod["status"]
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] == reference
+        assert expected <= {k for k in container if k.endswith("Probe")}, container
+        (state,) = pod["status"]["containerStatuses"]
+        assert state["ready"] and state["restartCount"] == 0, state
+
+
 def test_workload_exchanges_its_projected_token_through_the_service(control_plane, release):
     first = verify(run_workload(control_plane, release, "worker-1"))
     assert first["claims"]["client_id"]
