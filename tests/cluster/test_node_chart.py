@@ -1,5 +1,6 @@
 """The shipped artefacts on a real node: the OCI image built by image/, installed with the Helm chart, pods run by
-kubelet + containerd, Ready through the chart's own probes. A workload Pod exchanges its projected ServiceAccount
+kubelet + containerd, Ready through the chart's own probes. The example examples/kubernetes-serviceaccount (its
+IdentityProvider, OAuthApplication and workload Pod) runs on it: the Pod exchanges its projected ServiceAccount
 token through the chart's Service, and the issued token verifies against the server's JWKS; deleting the server
 pod loses nothing (same client, same signing key).
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+import yaml
 
 from node import Node, built_image, can_run
 
@@ -25,17 +27,17 @@ CHART = REPO / "charts" / "tokenbridge"
 RELEASE, NAMESPACE, APP_NS = "tb", "tokenbridge", "tb-node-app"
 ISSUER = "https://tokens.example.com"
 AUDIENCE = "https://payments.example.com"
-TOKEN_DIR = "/var/run/secrets/tokenbridge"
+EXAMPLE = REPO / "examples" / "kubernetes-serviceaccount"
 
 # Runs in the workload Pod (the Tokenbridge image has Python and httpx): one RFC 8693 exchange of the projected
 # ServiceAccount token through the Service, then the server's JWKS through the same Service; prints both as JSON.
 WORKLOAD = f"""
 import json, os, httpx
 base = "http://" + os.environ["TB_HOST"] + ":" + os.environ["TB_PORT"]
-token = open("{TOKEN_DIR}/token").read().strip()
+token = open(os.environ["TOKEN_FILE"]).read().strip()
 r = httpx.post(base + "/oauth2/token", auth=(os.environ["CLIENT_ID"], os.environ["CLIENT_SECRET"]), data={{
     "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": token,
-    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "audience": "{AUDIENCE}"}})
+    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "audience": os.environ["AUDIENCE"]}})
 print(json.dumps({{"status": r.status_code, "body": r.json(), "jwks": httpx.get(base + "/.well-known/jwks.json").json()}}))
 """
 
@@ -104,22 +106,13 @@ def release(node, control_plane, helm, tmp_path_factory):
                               "--wait", "--timeout", "240s"], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, f"{install.stderr}\n{diagnose()}"
     cp.kubectl("create", "namespace", APP_NS)
-    apply(cp, {
-        "apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider",
-        "metadata": {"name": "this-cluster", "namespace": APP_NS},
-        "spec": {"type": "Kubernetes", "description": "this cluster's ServiceAccount tokens",
-                 # In a pod the API server is the kubernetes Service (there is no cluster DNS on this node).
-                 "wellKnownURL": "https://10.0.0.1/.well-known/openid-configuration",
-                 "jwksURI": "https://10.0.0.1/openid/v1/jwks",
-                 "allowedAudiences": ["tokenbridge"], "allowedAlgorithms": ["ES256"],
-                 "kubernetes": {"useOperatorCredentials": True}},
-    }, {
-        "apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication",
-        "metadata": {"name": "payments-worker", "namespace": APP_NS},
-        "spec": {"description": "payments-worker pods", "grantTypes": ["urn:ietf:params:oauth:grant-type:token-exchange"],
-                 "identityProviders": [{"name": "this-cluster"}], "audiences": [AUDIENCE],
-                 "credentials": {"secretName": "payments-worker-client"}},
-    }, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "payments-worker", "namespace": APP_NS}})
+    # The example's manifests as they are, but for the API server's address: there is no cluster DNS on this node,
+    # so kubernetes.default.svc is the kubernetes Service's IP.
+    idp, app = example("identityprovider.yaml")[0], example("oauthapplication.yaml")[0]
+    for field in ("wellKnownURL", "jwksURI"):
+        idp["spec"][field] = idp["spec"][field].replace("kubernetes.default.svc", "10.0.0.1")
+    service_account = next(d for d in example("workload.yaml") if d["kind"] == "ServiceAccount")
+    apply(cp, *({**d, "metadata": {**d["metadata"], "namespace": APP_NS}} for d in (idp, app, service_account)))
     wait_for(lambda: condition(kubectl_json(cp, "get", "oauthapplication", "payments-worker", "-n", APP_NS),
                                "Ready") == "True", 120, "the application Ready",
              lambda: cp.kubectl("get", "idp,oauthapp", "-n", APP_NS, "-o", "yaml", check=False).stdout + diagnose())
@@ -130,26 +123,27 @@ def release(node, control_plane, helm, tmp_path_factory):
                     "--wait", "--timeout", "120s"], capture_output=True, timeout=180)
 
 
+def example(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((EXAMPLE / name).read_text()) if d]
+
+
 def run_workload(cp, release, name: str) -> dict:
-    """Run the workload Pod to completion on the node; its printed result."""
+    """Run the example's workload Pod once to completion on the node; its printed result. Its ServiceAccount,
+    projected token, Secret references and security context are the example's; the image is the one built here
+    (the example's curl image cannot be pulled), whose Python makes one exchange instead of the example's loop."""
     host, port, reference, diagnose = release
-    secret = {"name": "payments-worker-client"}
-    apply(cp, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": APP_NS}, "spec": {
-        "serviceAccountName": "payments-worker", "automountServiceAccountToken": False, "restartPolicy": "Never",
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "worker", "image": reference, "imagePullPolicy": "Never",
-            "command": ["python", "-c", WORKLOAD],
-            "env": [{"name": "TB_HOST", "value": host}, {"name": "TB_PORT", "value": port},
-                    {"name": "CLIENT_ID", "valueFrom": {"secretKeyRef": {**secret, "key": "client_id"}}},
-                    {"name": "CLIENT_SECRET", "valueFrom": {"secretKeyRef": {**secret, "key": "client_secret"}}}],
-            "volumeMounts": [{"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}],
-            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]}},
-        }],
-        "volumes": [{"name": "token", "projected": {"sources": [{"serviceAccountToken": {
-            "audience": "tokenbridge", "expirationSeconds": 3600, "path": "token"}}]}}],
-    }})
+    pod = next(d for d in example("workload.yaml") if d["kind"] == "Pod")
+    (container,) = pod["spec"]["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tokenbridge-token"]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    (projected,) = volume["projected"]["sources"]
+    container.update(image=reference, imagePullPolicy="Never", command=["python", "-c", WORKLOAD])
+    container["env"] += [{"name": "TB_HOST", "value": host}, {"name": "TB_PORT", "value": port},
+                         {"name": "AUDIENCE", "value": AUDIENCE},
+                         {"name": "TOKEN_FILE", "value": f"{mount['mountPath']}/{projected['serviceAccountToken']['path']}"}]
+    pod["metadata"].update(name=name, namespace=APP_NS)
+    pod["spec"]["restartPolicy"] = "Never"
+    apply(cp, pod)
 
     def finished():
         phase = kubectl_json(cp, "get", "pod", name, "-n", APP_NS).get("status", {}).get("phase")
