@@ -40,7 +40,7 @@ test-cluster: $(STAMP) binaries
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 cluster-up: $(STAMP) binaries
-	$(PY) tests/cluster/controlplane.py up --dir $(CLUSTER_DIR) $(if $(NODE),--node)
+	$(PY) -m tests.support.controlplane up --dir $(CLUSTER_DIR) $(if $(NODE),--node)
 
 # The OCI image without a container engine (image/README.md; root): Debian bookworm's python3 from mmdebstrap, the
 # locked wheel in a venv, assembled with umoci; cached by its inputs. Prints the OCI archive and the reference.
@@ -48,7 +48,7 @@ image: $(STAMP)
 	TOKENBRIDGE_PYTHON=$(PY) bash image/build.sh
 
 cluster-down:
-	$(PY) tests/cluster/controlplane.py down --dir $(CLUSTER_DIR)
+	$(PY) -m tests.support.controlplane down --dir $(CLUSTER_DIR)
 
 # Re-pin $(CONSTRAINTS) to the newest versions pyproject.toml allows (runtime + dev extras), as pip resolves them in
 # a fresh venv. Run it after changing a dependency, then make install and make test.

@@ -3,7 +3,7 @@ reflects it.
 
     .venv/bin/python bench/propagation.py [--changes 50] [--out bench/results/propagation.md]
 
-Starts the test control plane as ``make cluster-up`` does (the program tests/cluster/controlplane.py: etcd +
+Starts the test control plane as ``make cluster-up`` does (the program tests/support/controlplane.py: etcd +
 kube-apiserver + kube-controller-manager) in a temporary directory, then real ``tokenbridge operator`` and
 ``tokenbridge serve --kubernetes`` (2 workers) processes, an IdentityProvider with an inline key and one
 application. Each change toggles the application's audiences: removing ``https://other.prop.test`` (then an
@@ -43,7 +43,7 @@ from harness import free_port, machine, percentile, stop, wait_for_quiet_machine
 from tokenbridge_exchange.config import ServerConfig
 
 BENCH = Path(__file__).resolve().parent
-CONTROL_PLANE = BENCH.parent / "tests" / "cluster" / "controlplane.py"
+CONTROL_PLANE = [sys.executable, "-m", "tests.support.controlplane"]  # run from the repository root
 
 WORKER_CLASS = ServerConfig.worker_class
 
@@ -64,7 +64,7 @@ class ControlPlane:
         self.dir = directory
 
     def start(self) -> None:
-        out = subprocess.run([sys.executable, str(CONTROL_PLANE), "up", "--dir", str(self.dir)], check=True,
+        out = subprocess.run([*CONTROL_PLANE, "up", "--dir", str(self.dir)], cwd=BENCH.parent, check=True,
                              capture_output=True, text=True, timeout=900).stdout
         self.kubeconfig = Path(re.search(r"export KUBECONFIG=(\S+)", out).group(1))
         self.kubectl_binary = re.search(r"kubectl: (\S+)", out).group(1)
@@ -80,7 +80,7 @@ class ControlPlane:
                               timeout=120, check=check)
 
     def stop(self) -> None:
-        subprocess.run([sys.executable, str(CONTROL_PLANE), "down", "--dir", str(self.dir)], capture_output=True,
+        subprocess.run([*CONTROL_PLANE, "down", "--dir", str(self.dir)], cwd=BENCH.parent, capture_output=True,
                        timeout=120)
 
 

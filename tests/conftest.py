@@ -1,18 +1,16 @@
 """Shared fixtures. ``control_plane`` is a real etcd + kube-apiserver + kube-controller-manager (see
-tests/cluster/controlplane.py), started once per session and always torn down. Where a node can run (root), the
-node's network (tests/cluster/node.py) is set up first, so the API server is reachable from pods; the node itself
+tests/support/controlplane.py), started once per session and always torn down. Where a node can run (root), the
+node's network (tests/support/node.py) is set up first, so the API server is reachable from pods; the node itself
 is started by the tests that need it."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "cluster"))
-from controlplane import ControlPlane, build_binaries  # noqa: E402
-from node import GATEWAY, NodeNetwork, can_run  # noqa: E402
+from tests.support.controlplane import ControlPlane, build_binaries
+from tests.support.node import GATEWAY, NodeNetwork, can_run
 
 
 @pytest.fixture(scope="session")

@@ -58,14 +58,16 @@ def test_token_request_verifies_against_issuer_discovery(control_plane):
 
 
 def test_make_cluster_up_and_down_script(tmp_path, control_plane):
-    """`make cluster-up`/`cluster-down` run this script with a relative --dir; it must leave nothing running."""
+    """`make cluster-up`/`cluster-down` run this program with a relative --dir; it must leave nothing running."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
-    script = Path(__file__).with_name("controlplane.py")
-    up = subprocess.run([sys.executable, str(script), "up", "--dir", "cp"], cwd=tmp_path, capture_output=True,
-                        text=True, timeout=240)
+    program = [sys.executable, "-m", "tests.support.controlplane"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # make runs it from the root
+    up = subprocess.run([*program, "up", "--dir", "cp"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=240)
     try:
         assert up.returncode == 0, up.stderr[-3000:]
         kubeconfig = tmp_path / "cp" / "admin.kubeconfig"
@@ -76,8 +78,8 @@ def test_make_cluster_up_and_down_script(tmp_path, control_plane):
         pids = [int((tmp_path / "cp" / f"{name}.pid").read_text())
                 for name in ("etcd", "kube-apiserver", "kube-controller-manager")]
     finally:
-        down = subprocess.run([sys.executable, str(script), "down", "--dir", "cp"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        down = subprocess.run([*program, "down", "--dir", "cp"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
     assert down.returncode == 0, down.stderr
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

@@ -19,15 +19,14 @@ import httpx
 import pytest
 from jwcrypto import jwk, jwt as jose_jwt
 
+from tests.support.processes import free_port, stop_group
 from tokenbridge import api
-from controlplane import free_port, stop_group  # tests/cluster is on sys.path (tests/conftest.py)
 
 pytestmark = pytest.mark.cluster
 
 AUDIENCE = "tokenbridge-e2e"
 API = "https://api.e2e.test"
 TOKENBRIDGE = str(Path(sys.executable).parent / "tokenbridge")
-
 
 
 def wait_for(predicate, timeout: float, what: str) -> float:

@@ -21,16 +21,15 @@ import httpx
 import pytest
 from jwcrypto import jwk, jwt as jose_jwt
 
+from tests.support.processes import free_port
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import generate_keyset
-from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
 
 pytestmark = pytest.mark.cluster
 
 SECRET = "cluster-test-secret"
 AUDIENCE = "tokenbridge-exchange-test"
-
 
 
 def apply(cp, doc: dict) -> None:

@@ -36,13 +36,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk, jwt as jose_jwt
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import idp as idp_server
+from tests.support.idp import LocalIdP
+from tests.support.processes import free_port, stop_group
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import idp_server  # noqa: E402
-from idp_server import LocalIdP  # noqa: E402
-from controlplane import free_port, stop_group  # tests/cluster is on sys.path (tests/conftest.py)
 
 pytestmark = pytest.mark.cluster
 

@@ -18,7 +18,7 @@ import jwt
 import pytest
 import yaml
 
-from node import Node, built_image, can_run
+from tests.support.node import Node, built_image, can_run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node import built_image, can_run
+from tests.support.node import built_image, can_run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 

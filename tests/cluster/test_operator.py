@@ -20,11 +20,11 @@ import pytest
 from kopf.testing import KopfRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from idp_server import LocalIdP
-from tokenbridge_operator.main import serve_cluster_identity_providers
+from tests.support.idp import LocalIdP
+from tests.support.processes import free_port
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import SigningKeySet
-from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
+from tokenbridge_operator.main import serve_cluster_identity_providers
 
 pytestmark = pytest.mark.cluster
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from attack_support import (B_CLIENT, B_SECRET, CLIENT, POST_CLIENT, POST_SECRET, SECRET, Clock, FixedSource,
-                            SigningIdP, app_object, client_for, idp_object, snapshot_of)
+from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, POST_CLIENT, POST_SECRET, SECRET, Clock, FixedSource,
+                                   SigningIdP, app_object, client_for, idp_object, snapshot_of)
 from tokenbridge import api
 
 ENTRA_TEMPLATE = "https://login.microsoftonline.com/{tenantid}/v2.0"

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from attack_support import (B_CLIENT, B_SECRET, CLIENT, NOW, SECRET, Clock, FixedSource, SigningIdP,
-                            app_object, assert_accepted, assert_refused, basic, client_for, exchange, idp_object,
-                            snapshot_of)
+from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, NOW, SECRET, Clock, FixedSource, SigningIdP, app_object,
+                                   assert_accepted, assert_refused, basic, client_for, exchange, idp_object,
+                                   snapshot_of)
 from tokenbridge.jwks import parse_jwks
 from tokenbridge_exchange.jwks_cache import JwksCache
 
@@ -270,7 +270,6 @@ def test_client_id_claimed_twice_without_a_clear_first_is_served_to_nobody(world
     assert_refused(exchange(client, world.team_b.token(), auth=basic(CLIENT, "squatter-secret")), "invalid_client")
     conflicts = [s for s in source.current().skipped if f"client id {CLIENT}" in s]
     assert len(conflicts) == 2 and any("team-a/web" in s for s in conflicts), conflicts
-
 
 
 # --- unknown-kid storm against a remote IdP -----------------------------------------------------------------

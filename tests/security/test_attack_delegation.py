@@ -6,9 +6,9 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from attack_support import (B_CLIENT, B_SECRET, CLIENT, FORM, NOW, SECRET, Clock, FixedSource, SigningIdP,
-                            app_object, assert_accepted, assert_refused, basic, client_for, encode, exchange,
-                            idp_object, jws, snapshot_of)
+from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, FORM, NOW, SECRET, Clock, FixedSource, SigningIdP,
+                                   app_object, assert_accepted, assert_refused, basic, client_for, encode, exchange,
+                                   idp_object, jws, snapshot_of)
 from tokenbridge import api
 
 CONDITION = "assertion.email_verified == true && assertion.groups.exists(g, g == 'admins')"

@@ -12,7 +12,7 @@ import re
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from attack_support import (CLIENT, FORM, SECRET, assert_accepted, assert_refused, b64url, basic, encode, jws)
+from tests.support.attacks import CLIENT, FORM, SECRET, assert_accepted, assert_refused, b64url, basic, encode, jws
 from tokenbridge import api
 
 JWS = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")

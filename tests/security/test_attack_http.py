@@ -10,11 +10,10 @@ import json
 import falcon.testing
 import pytest
 
-import tokenbridge.client_secrets as client_secrets
-from attack_support import (CLIENT, FORM, POST_CLIENT, POST_SECRET, SECRET, app_object, assert_accepted, assert_refused,
-                            client_for,
-                            basic, encode, exchange, post)
+from tests.support.attacks import (CLIENT, FORM, POST_CLIENT, POST_SECRET, SECRET, app_object, assert_accepted,
+                                   assert_refused, basic, client_for, encode, exchange, post)
 from tokenbridge import api
+import tokenbridge.client_secrets as client_secrets
 
 
 def exchange_form(world, **overrides):

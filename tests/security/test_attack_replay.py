@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from attack_support import (CLIENT, FORM, NOW, SECRET, Clock, FixedSource, SigningIdP, app_object, assert_accepted,
-                            assert_refused, basic, client_for, exchange, idp_object, post, snapshot_of)
+from tests.support.attacks import (CLIENT, FORM, NOW, SECRET, Clock, FixedSource, SigningIdP, app_object,
+                                   assert_accepted, assert_refused, basic, client_for, exchange, idp_object, post,
+                                   snapshot_of)
 from tokenbridge import api
 
 

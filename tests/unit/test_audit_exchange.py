@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
+from tests.support.exchange import (Clock, FixedSource, TestIdP, app_object, claims_of, idp_object, make_client,
+                                    post_form, snapshot_of)
 from tokenbridge import api
-from test_exchange_helpers import (Clock, FixedSource, TestIdP, app_object, claims_of, idp_object, make_client,
-                                   post_form, snapshot_of)
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 AUTH = (CLIENT, SECRET)

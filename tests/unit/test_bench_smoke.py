@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
 import falcon.testing
 import jwt
+
+import configgen  # bench/'s scripts, importable by name through pytest's pythonpath (pyproject.toml)
+import floor_app
+import library_calls
+import loadgen
+import report
 
 from tokenbridge.signing import generate_keyset
 from tokenbridge_exchange.app import create_app
@@ -19,12 +24,6 @@ from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.sources.manifests import ManifestSource
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
-import configgen  # noqa: E402
-import floor_app  # noqa: E402
-import library_calls  # noqa: E402
-import loadgen  # noqa: E402
-import report  # noqa: E402
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from idp_server import LocalIdP
+from tests.support.idp import LocalIdP
 from tokenbridge_cli.commands import discover
 
 TB = str(Path(sys.executable).parent / "tokenbridge")

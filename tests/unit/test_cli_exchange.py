@@ -18,12 +18,11 @@ import jwt
 import pytest
 import yaml
 
+from tests.support.processes import free_port
 from tokenbridge import api
 from tokenbridge_cli.commands import dev
-from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
 
 TB = str(Path(sys.executable).parent / "tokenbridge")
-
 
 
 class DevServer:

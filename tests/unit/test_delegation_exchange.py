@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.exchange import (NOW, Clock, FixedSource, TestIdP, app_object, claims_of, expect_error, idp_object,
+                                    make_client, post_form, snapshot_of)
 from tokenbridge import api
-from test_exchange_helpers import (NOW, Clock, FixedSource, TestIdP, app_object, claims_of, expect_error,
-                                   idp_object, make_client, post_form, snapshot_of)
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 PLAIN, PLAIN_SECRET = "tb-plain", "plain-secret"

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from idp_server import LocalIdP
+from tests.support.idp import LocalIdP
 from tokenbridge.discovery import (
     DiscoveryError, KubeCredentials, discover, fetch_keys, implied_issuer, issuer_matches,
 )

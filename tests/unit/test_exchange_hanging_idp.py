@@ -18,12 +18,10 @@ import httpx
 import jwt
 import yaml
 
+from tests.support.exchange import basic
+from tests.support.idp import LocalIdP
+from tests.support.processes import free_port, stop_group
 from tokenbridge import api
-from test_exchange_helpers import basic
-from controlplane import free_port, stop_group  # tests/cluster is on sys.path (tests/conftest.py)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from idp_server import LocalIdP  # noqa: E402
 
 AUDIENCE = "api://hanging"
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from tests.support.exchange import Clock, TestIdP, app_object, idp_object, snapshot_of
 from tokenbridge.jwks import parse_jwks
 from tokenbridge_exchange.jwks_cache import JwksCache, KeysUnavailable, RemoteKeys, StaticKeys
-from test_exchange_helpers import Clock, TestIdP, app_object, idp_object, snapshot_of
 
 ALGS = ["RS256"]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ipaddress
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -11,16 +10,14 @@ import jwt
 import pytest
 import yaml
 
+from tests.support.exchange import TestIdP, basic, make_client
+from tests.support.idp import LocalIdP
 from tokenbridge import api
 from tokenbridge.discovery import discover, fetch_keys
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge.signing import generate_keyset
 from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.sources.manifests import ManifestSource
-from test_exchange_helpers import TestIdP, basic, make_client
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from idp_server import LocalIdP  # noqa: E402
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 LOOPBACK = FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))

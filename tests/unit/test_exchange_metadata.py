@@ -6,10 +6,10 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 
+from tests.support.exchange import (NOW, PUBLIC_ISSUER, Clock, FixedSource, TestIdP, app_object, basic, idp_object,
+                                    make_client, snapshot_of)
 from tokenbridge import api
 from tokenbridge.signing import ensure_rotated, generate_keyset
-from test_exchange_helpers import (NOW, PUBLIC_ISSUER, Clock, FixedSource, TestIdP, app_object, basic, idp_object,
-                                   make_client, snapshot_of)
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 

@@ -14,6 +14,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.exchange import TestIdP, basic
+from tests.support.processes import free_port, stop_group
 from tokenbridge import api
 from tokenbridge.signing import generate_keyset
 from tokenbridge_exchange import config as server_config
@@ -23,8 +25,6 @@ from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.sources import manifests as manifests_module
 from tokenbridge_exchange.sources.manifests import ManifestSource
 from tokenbridge_exchange.telemetry import Telemetry
-from test_exchange_helpers import TestIdP, basic
-from controlplane import free_port, stop_group  # tests/cluster is on sys.path (tests/conftest.py)
 
 
 def never_discover(spec):

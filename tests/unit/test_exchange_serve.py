@@ -14,13 +14,12 @@ import jwt
 import pytest
 import yaml
 
+from tests.support.exchange import TestIdP
+from tests.support.processes import free_port
 from tokenbridge import api
 from tokenbridge_exchange import config as server_config
-from test_exchange_helpers import TestIdP
-from controlplane import free_port  # tests/cluster is on sys.path (tests/conftest.py)
 
 ONCE_ISSUER = "https://once.example.test"
-
 
 
 @pytest.fixture

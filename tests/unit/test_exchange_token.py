@@ -10,11 +10,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk as jwcrypto_jwk, jwt as jwcrypto_jwt
 
+from tests.support.exchange import (NOW, PUBLIC_ISSUER, Clock, FixedSource, TestIdP, app_object, b64url, basic,
+                                    idp_object, make_client, snapshot_of)
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import generate_keyset
-from test_exchange_helpers import (NOW, PUBLIC_ISSUER, Clock, FixedSource, TestIdP, app_object, b64url, basic,
-                                   idp_object, make_client, snapshot_of)
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 POST_CLIENT, POST_SECRET = "tb-post", "p0st-secret"

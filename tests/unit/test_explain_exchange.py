@@ -8,10 +8,10 @@ import uuid
 import pytest
 import yaml
 
+from tests.support.exchange import (Clock, FixedSource, TestIdP, app_object, expect_error, idp_object, make_client,
+                                    post_form, snapshot_of)
 from tokenbridge import api
 from tokenbridge_cli.commands import explain as explain_cli
-from test_exchange_helpers import (Clock, FixedSource, TestIdP, app_object, expect_error, idp_object, make_client,
-                                   post_form, snapshot_of)
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 AUTH = (CLIENT, SECRET)

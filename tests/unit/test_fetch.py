@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from idp_server import LocalIdP
+from tests.support.idp import LocalIdP
 from tokenbridge import fetch
 from tokenbridge.fetch import FetchError, FetchPolicy, blocked_because, fetch_json
 

@@ -7,12 +7,12 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.exchange import (NOW, Clock, FixedSource, TestIdP, app_object, idp_object, make_client, post_form,
+                                    snapshot_of)
 from tokenbridge import api
 from tokenbridge.jwks import parse_jwks
 from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.telemetry import Telemetry
-from test_exchange_helpers import (NOW, Clock, FixedSource, TestIdP, app_object, idp_object, make_client,
-                                   post_form, snapshot_of)
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 AUTH = (CLIENT, SECRET)

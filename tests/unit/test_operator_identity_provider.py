@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from idp_server import LocalIdP
+from tests.support.idp import LocalIdP
 from tokenbridge.discovery import DiscoveryError
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge_operator.handlers.identity_provider import (

@@ -12,7 +12,7 @@ import pytest
 from kubernetes.client import ApiException
 from prometheus_client import REGISTRY
 
-from idp_server import LocalIdP
+from tests.support.idp import LocalIdP
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge_operator import main, metrics
 from tokenbridge_operator.config import OperatorConfig

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from tests.support.exchange import (NOW, Clock, FixedSource, TestIdP, app_object, claims_of, expect_error, idp_object,
+                                    make_client, no_fetch, post_form, snapshot_of)
 from tokenbridge import api
 from tokenbridge_exchange import snapshot as snapshot_module
 from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.sources.manifests import ManifestSource
-from test_exchange_helpers import (NOW, Clock, FixedSource, TestIdP, app_object, claims_of, expect_error,
-                                   idp_object, make_client, no_fetch, post_form, snapshot_of)
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 AUTH = (CLIENT, SECRET)

@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
+from tests.support.exchange import (NOW, Clock, FixedSource, TestIdP, app_object, expect_error, idp_object, make_client,
+                                    post_form, snapshot_of)
 from tokenbridge import api
 from tokenbridge_exchange.replay import CacheFull, ReplayCache, Replayed
-from test_exchange_helpers import (NOW, Clock, FixedSource, TestIdP, app_object, expect_error, idp_object,
-                                   make_client, post_form, snapshot_of)
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 AUTH = (CLIENT, SECRET)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.exchange import (NOW, Clock, FixedSource, TestIdP, app_object, expect_error, idp_object, make_client,
+                                    post_form, snapshot_of)
 from tokenbridge import api
 from tokenbridge.jwks import VerificationKey
 from tokenbridge_exchange import assertions, config as server_config
-from test_exchange_helpers import (NOW, Clock, FixedSource, TestIdP, app_object, expect_error, idp_object,
-                                   make_client, post_form, snapshot_of)
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 

@@ -19,11 +19,11 @@ import jwt
 import pytest
 import yaml
 
+from tests.support.exchange import TestIdP, basic
+from tests.support.processes import free_port, stop_group
 from tokenbridge import api
-from test_exchange_helpers import TestIdP, basic
 from test_exchange_preload import documents
 from test_image_build import copy_build_context
-from controlplane import free_port, stop_group  # tests/cluster is on sys.path (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTRAINTS = "constraints.txt"

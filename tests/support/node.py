@@ -1,9 +1,9 @@
 """A real worker node for the test control plane: kube-scheduler, containerd + runc, a CNI bridge, kubelet and
 kube-proxy, so Deployments, Services and projected ServiceAccount tokens run for real.
 
-kube-scheduler, kubelet and kube-proxy come from ``build.sh`` (the same ``k8s.io/kubernetes`` module as the control
-plane); containerd 1.6, runc and the CNI plugins are Debian's packages (``ensure_packages`` installs them). Images
-are never pulled: the pause image and Tokenbridge's are built from source by ``image/`` and imported with
+kube-scheduler, kubelet and kube-proxy come from ``tests/cluster/build.sh`` (the same ``k8s.io/kubernetes`` module
+as the control plane); containerd 1.6, runc and the CNI plugins are Debian's packages (``ensure_packages`` installs
+them). Images are never pulled: the pause image and Tokenbridge's are built from source by ``image/`` and imported with
 ``ctr images import``.
 
 The network is the node's alone and nothing leaves the machine:
@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from controlplane import free_port, stop_pid_files
+from tests.support.processes import free_port, stop_pid_files
 
 REPO = Path(__file__).resolve().parents[2]
 BRIDGE = "tb0"

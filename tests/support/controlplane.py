@@ -1,14 +1,14 @@
 """A real Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager on loopback.
 
-The binaries come from ``build.sh`` (built from the Go modules pinned beside this file, cached by version).
+The binaries come from ``tests/cluster/build.sh`` (built from the Go modules pinned beside it, cached by version).
 Everything else is generated per run in a work directory: a CA, serving and client certificates, the
 ServiceAccount signing key (ECDSA P-256, so ServiceAccount tokens are ES256), and an admin kubeconfig.
 
 Used by the ``control_plane`` pytest fixture and, as a script, by ``make cluster-up`` / ``make cluster-down``:
 
-    python tests/cluster/controlplane.py up [--dir DIR] [--node]   # starts, prints the kubeconfig path, stays
-                                                                   # detached; --node adds tests/cluster/node.py
-    python tests/cluster/controlplane.py down [--dir DIR]
+    python -m tests.support.controlplane up [--dir DIR] [--node]   # starts, prints the kubeconfig path, stays
+                                                                   # detached; --node adds tests/support/node.py
+    python -m tests.support.controlplane down [--dir DIR]
 """
 from __future__ import annotations
 
@@ -16,10 +16,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import json
-import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,35 +29,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+from tests.support.processes import free_port, stop_pid_files
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "tests" / "cluster" / "build.sh"
 DEFAULT_DIR = REPO / ".cache" / "cluster"
 CRDS = REPO / "crds"
 
 
 def build_binaries() -> Path:
     """Run build.sh (a no-op when the cached binaries exist); its progress goes to our stderr."""
-    out = subprocess.run(["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(["bash", str(BUILD)], check=True, stdout=subprocess.PIPE, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_group(proc: subprocess.Popen | None, grace: float = 15.0) -> None:
-    """Stop a process started with ``start_new_session`` and everything it started (a gunicorn master and its
-    workers): SIGTERM to its process group, SIGKILL after ``grace`` seconds."""
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _pem_key(key) -> bytes:
@@ -102,7 +82,7 @@ class ControlPlane:
     def __init__(self, workdir: Path, bin_dir: Path, node_ip: str | None = None):
         self.dir = workdir.resolve()  # kubeconfigs name files by absolute path
         self.bin = bin_dir
-        # With a node (tests/cluster/node.py) the API server also listens on node_ip, the host's address on the
+        # With a node (tests/support/node.py) the API server also listens on node_ip, the host's address on the
         # pods' bridge, and advertises it: pods reach it through the kubernetes Service.
         self.node_ip = node_ip
         self.procs: dict[str, subprocess.Popen] = {}
@@ -287,44 +267,14 @@ class ControlPlane:
 CONTROL_PLANE_PROCESSES = ("kube-controller-manager", "kube-apiserver", "etcd")
 
 
-def stop_pid_files(workdir: Path, names) -> None:
-    """Stop the process groups named by ``workdir/<name>.pid``, in order: SIGTERM, then SIGKILL after 20 s."""
-    for name in names:
-        pid_file = workdir / f"{name}.pid"
-        if not pid_file.exists():
-            continue
-        pid = int(pid_file.read_text())
-        for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.2)
-            if not _alive(pid):
-                break
-        pid_file.unlink()
-
-
 def _down(workdir: Path) -> None:
     """Stop what ``up`` left running in ``workdir``: the node first, when there is one, then the control plane."""
     if (workdir / "node").exists():
-        from node import NodeNetwork, teardown
+        from tests.support.node import NodeNetwork, teardown
 
         teardown(workdir / "node", build_binaries())
         NodeNetwork().down()
     stop_pid_files(workdir, CONTROL_PLANE_PROCESSES)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie of an exited child still "exists"; /proc tells
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     _down(args.dir)
     network = node = None
     if args.node:
-        from node import GATEWAY, NODE_NAME, Node, NodeNetwork, built_image
+        from tests.support.node import GATEWAY, NODE_NAME, Node, NodeNetwork, built_image
 
         images = built_image("build-pause.sh"), built_image("build.sh")
         network = NodeNetwork().up()

@@ -3,15 +3,13 @@ hand-rolled compact JWS builder (so a test controls every byte of header, payloa
 configuration the attacks run against, and the one assertion every refusal must pass.
 
 The resource builders (``idp_object``, ``app_object``, ``snapshot_of`` ...) are the unit tests' own, imported from
-tests/unit/test_exchange_helpers.py so the corpus attacks exactly the configuration shape the unit tests use.
+tests/support/exchange.py so the corpus attacks exactly the configuration shape the unit tests use.
 """
 from __future__ import annotations
 
 import base64
 import json
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,13 +17,10 @@ import falcon.testing
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-from test_exchange_helpers import (NOW, PUBLIC_ISSUER, Clock, FixedSource, app_object, basic,  # noqa: E402
-                                   idp_object, snapshot_of)
-
-from tokenbridge import api  # noqa: E402
-from tokenbridge_exchange.app import create_app  # noqa: E402
-from tokenbridge_exchange.config import ServerConfig  # noqa: E402
+from tests.support.exchange import NOW, PUBLIC_ISSUER, Clock, FixedSource, app_object, basic, idp_object, snapshot_of
+from tokenbridge import api
+from tokenbridge_exchange.app import create_app
+from tokenbridge_exchange.config import ServerConfig
 
 __all__ = ["NOW", "PUBLIC_ISSUER", "Clock", "FixedSource", "app_object", "basic", "idp_object", "snapshot_of",
            "ALGORITHMS", "OAUTH_ERRORS", "FORM", "CLIENT", "SECRET", "POST_CLIENT", "POST_SECRET", "B_CLIENT",
