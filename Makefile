@@ -69,7 +69,7 @@ lock:
 clean: cluster-down
 	rm -rf $(VENV) .cache .pytest_cache
 
-# Regenerate what is generated from a source in this repository (CRDs from tokenbridge/api.py, the chart's CRD
+# Regenerate what is generated from a source in this repository (CRDs from tokenbridge/specs.py, the chart's CRD
 # copies and values schema, the CRD field reference); tests fail when a generated file is out of date.
 generate: $(STAMP)
 	$(PY) crds/generate.py
