@@ -13,7 +13,7 @@ PORT ?= 8080
 CONSTRAINTS := constraints.txt
 LOCK_VENV   := .cache/lock-venv
 
-.PHONY: install binaries run test test-unit test-cluster cluster-up cluster-down clean generate bench lock image
+.PHONY: install binaries run test test-unit test-cluster cluster-up cluster-down clean generate bench lock image lint
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 required"; exit 1; }
@@ -32,6 +32,13 @@ run: $(STAMP)
 
 test: $(STAMP) binaries
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# What CI checks before the tests (and .pre-commit-config.yaml before a commit): lint, format, types, import layers.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
