@@ -300,6 +300,7 @@ NODE_PROCESSES = ("kube-proxy", "kubelet", "kube-scheduler")
 def teardown(workdir: Path, bin_dir: Path) -> None:
     """Stop the node in ``workdir`` (by its pid files, so ``make cluster-down`` can too) and remove what it left in
     the kernel: its containers, mounts and iptables chains."""
+    workdir = workdir.resolve()  # /proc/mounts has absolute paths; make cluster-down passes a relative one
     stop_pid_files(workdir, NODE_PROCESSES)
     socket = workdir / "containerd.sock"
     if socket.exists():
