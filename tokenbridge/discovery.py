@@ -1,8 +1,9 @@
 """OpenID Provider discovery and JWKS retrieval for one IdentityProvider spec, shared by operator and server.
 
-``discover`` turns an IdP's ``spec`` into the effective :class:`ProviderMetadata`: spec overrides (``issuer``,
-``jwksURI``, ``tokenEndpoint``, inline ``jwks``) win over the fetched document, and an inline ``jwks`` is never
-fetched. Every fetch goes through :func:`tokenbridge.fetch.fetch_json`.
+``discover`` turns an IdP's spec (a :class:`tokenbridge.specs.IdentityProviderSpec`, or its JSON) into the
+effective :class:`ProviderMetadata`: spec overrides (``issuer``, ``jwksURI``, ``tokenEndpoint``, inline ``jwks``)
+win over the fetched document, and an inline ``jwks`` is never fetched. Every fetch goes through
+:func:`tokenbridge.fetch.fetch_json`.
 
 Issuer validation (OpenID Discovery §4.3): the document's ``issuer`` must be the issuer its URL implies
 (``tokenbridge.issuers.issuer_from_well_known``, which also knows Okta's appended ``oauth-authorization-server``
@@ -34,10 +35,11 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from . import fetch
-from .api import DEFAULT_ALLOWED_ALGORITHMS, IDP_ENTRA, IDP_KUBERNETES
+from .api import IDP_ENTRA, IDP_KUBERNETES
 from .fetch import FetchError, FetchPolicy, fetch_json
 from .issuers import TENANT_PLACEHOLDER, issuer_from_well_known as implied_issuer
 from .jwks import JWKSError, KeySet, parse_jwks
+from .specs import IdentityProviderSpec
 
 # Reasons (DiscoveryError.reason), used verbatim as condition reasons.
 DISCOVERY_UNAVAILABLE = "DiscoveryUnavailable"
@@ -172,18 +174,14 @@ def issuer_matches(idp_type: str, well_known_url: str, issuer: str) -> bool:
     return False
 
 
-def _allowed_algorithms(spec: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(spec.get("allowedAlgorithms") or DEFAULT_ALLOWED_ALGORITHMS)
+def _spec_policy(spec: IdentityProviderSpec, policy: FetchPolicy) -> FetchPolicy:
+    return dataclasses.replace(policy, allow_http=policy.allow_http and spec.allow_insecure_http)
 
 
-def _spec_policy(spec: Mapping[str, Any], policy: FetchPolicy) -> FetchPolicy:
-    return dataclasses.replace(policy, allow_http=policy.allow_http and bool(spec.get("allowInsecureHTTP")))
-
-
-def _check_http_opt_in(url: str, spec: Mapping[str, Any], policy: FetchPolicy, stage: str) -> None:
+def _check_http_opt_in(url: str, spec: IdentityProviderSpec, policy: FetchPolicy, stage: str) -> None:
     if urlsplit(url).scheme.lower() != "http":
         return
-    if not spec.get("allowInsecureHTTP"):
+    if not spec.allow_insecure_http:
         raise DiscoveryError(INSECURE_URL, f"{url} is not https and spec.allowInsecureHTTP is not set",
                              permanent=True, stage=stage)
     if not policy.allow_http:
@@ -192,18 +190,13 @@ def _check_http_opt_in(url: str, spec: Mapping[str, Any], policy: FetchPolicy, s
                              stage=stage)
 
 
-def _uses_operator_credentials(spec: Mapping[str, Any]) -> bool:
-    return spec.get("type") == IDP_KUBERNETES and (spec.get("kubernetes") or {}).get("useOperatorCredentials", True)
-
-
-def _get(url: str, spec: Mapping[str, Any], policy: FetchPolicy, credentials: KubeCredentials | None,
+def _get(url: str, spec: IdentityProviderSpec, policy: FetchPolicy, credentials: KubeCredentials | None,
          stage: str) -> tuple[Any, bool]:
     """Fetch ``url`` for this spec; also says whether it came from our API server with our credentials."""
     _check_http_opt_in(url, spec, policy, stage)
-    ca_bundle = (spec.get("tls") or {}).get("caBundle") or None
-    kwargs: dict[str, Any] = {"ca_bundle": ca_bundle}
+    kwargs: dict[str, Any] = {"ca_bundle": spec.tls.ca_bundle if spec.tls else None}
     trusted = False
-    if _uses_operator_credentials(spec):
+    if spec.uses_operator_credentials:
         if credentials is None:
             raise DiscoveryError(CREDENTIALS_UNAVAILABLE, "kubernetes.useOperatorCredentials is set but the "
                                  "operator has no Kubernetes credentials to use", permanent=False, stage=stage)
@@ -225,21 +218,23 @@ def _get(url: str, spec: Mapping[str, Any], policy: FetchPolicy, credentials: Ku
         raise _from_fetch_error(exc, stage) from exc
 
 
-def fetch_keys(jwks_uri: str, spec: Mapping[str, Any], policy: FetchPolicy, *,
+def fetch_keys(jwks_uri: str, spec: IdentityProviderSpec | Mapping[str, Any], policy: FetchPolicy, *,
                credentials: KubeCredentials | None = None) -> tuple[dict, KeySet]:
     """Fetch and parse a JWKS for this spec; DiscoveryError (stage ``keys``) when it has no usable key."""
+    spec = IdentityProviderSpec.of(spec)
     document, _ = _get(jwks_uri, spec, policy, credentials, STAGE_KEYS)
     return document, _parse_keys(document, spec)
 
 
-def _parse_keys(document: Any, spec: Mapping[str, Any]) -> KeySet:
+def _parse_keys(document: Any, spec: IdentityProviderSpec) -> KeySet:
+    algorithms = spec.allowed_algorithms
     try:
-        keys = parse_jwks(document, _allowed_algorithms(spec))
+        keys = parse_jwks(document, algorithms)
     except JWKSError as exc:
         raise DiscoveryError(INVALID_JWKS, str(exc), permanent=True, stage=STAGE_KEYS) from exc
     if not len(keys):
         why = "; ".join(keys.skipped[:5]) or "the set is empty"
-        raise DiscoveryError(NO_USABLE_KEYS, f"no key usable with {', '.join(_allowed_algorithms(spec))}: {why}",
+        raise DiscoveryError(NO_USABLE_KEYS, f"no key usable with {', '.join(algorithms)}: {why}",
                              permanent=True, stage=STAGE_KEYS)
     return keys
 
@@ -251,18 +246,16 @@ def _optional_url(document: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
-def discover(spec: Mapping[str, Any], policy: FetchPolicy, *,
+def discover(spec: IdentityProviderSpec | Mapping[str, Any], policy: FetchPolicy, *,
              credentials: KubeCredentials | None = None) -> ProviderMetadata:
     """The effective metadata and keys of the IdP described by ``spec``; DiscoveryError otherwise."""
-    for name in ("wellKnownURL", "jwksURI", "tokenEndpoint", "issuer"):
-        value = spec.get(name)
-        if isinstance(value, str) and "@" in urlsplit(value).netloc:
+    spec = IdentityProviderSpec.of(spec)
+    issuer, jwks_uri, token_endpoint, well_known = spec.issuer, spec.jwks_uri, spec.token_endpoint, spec.well_known_url
+    for name, value in (("wellKnownURL", well_known), ("jwksURI", jwks_uri), ("tokenEndpoint", token_endpoint),
+                        ("issuer", issuer)):
+        if value and "@" in urlsplit(value).netloc:
             raise DiscoveryError(INVALID_URL, f"spec.{name} has user information; URLs with credentials are refused",
                                  permanent=True)
-    issuer = spec.get("issuer")
-    jwks_uri = spec.get("jwksURI")
-    token_endpoint = spec.get("tokenEndpoint")
-    well_known = spec.get("wellKnownURL")
     if well_known:
         try:
             implied_issuer(well_known)
@@ -275,8 +268,8 @@ def discover(spec: Mapping[str, Any], policy: FetchPolicy, *,
         if not isinstance(stated, str) or not stated:
             raise DiscoveryError(INVALID_DISCOVERY_DOCUMENT, f"{well_known} has no issuer", permanent=True)
         if not issuer:
-            if not (trusted and spec.get("type") == IDP_KUBERNETES) and not issuer_matches(
-                    spec.get("type", ""), well_known, stated):
+            if not (trusted and spec.type == IDP_KUBERNETES) and not issuer_matches(
+                    spec.type or "", well_known, stated):
                 raise DiscoveryError(ISSUER_MISMATCH, f"the document at {well_known} names issuer {stated!r}, "
                                      f"but its URL implies {implied_issuer(well_known)!r} (OpenID Discovery §4.3); "
                                      "set spec.issuer to trust it anyway", permanent=True)
@@ -285,8 +278,8 @@ def discover(spec: Mapping[str, Any], policy: FetchPolicy, *,
         token_endpoint = token_endpoint or _optional_url(document, "token_endpoint")
     if not issuer:
         raise DiscoveryError(INVALID_SPEC, "neither wellKnownURL nor issuer is set", permanent=True)
-    if spec.get("jwks") is not None:
-        jwks = dict(spec["jwks"])
+    if spec.jwks is not None:
+        jwks = dict(spec.jwks)
         keys = _parse_keys(jwks, spec)
     elif jwks_uri:
         jwks, keys = fetch_keys(jwks_uri, spec, policy, credentials=credentials)

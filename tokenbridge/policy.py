@@ -25,9 +25,13 @@ from celpy import celtypes
 from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError
 
-MAX_EXPRESSION_LENGTH = 4096
+from .api import KIND_APP
+from .specs import CLAIM_MAPPINGS_MAX, EXPRESSION_MAX, IdentityProviderSpec, OAuthApplicationSpec
+
+# The schema's own bounds, so that a manifest standalone meets the limits the API server enforces in a cluster.
+MAX_EXPRESSION_LENGTH = EXPRESSION_MAX
+MAX_CLAIM_MAPPINGS = CLAIM_MAPPINGS_MAX
 MAX_SYNTAX_NODES = 400
-MAX_CLAIM_MAPPINGS = 32
 # Claims the server sets itself; a mapping may not forge them. ``sub`` may be mapped.
 RESERVED_CLAIMS = frozenset({"iss", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "act", "idp", "cnf",
                              "may_act", "typ"})
@@ -187,12 +191,16 @@ class Policy:
 Policy.EMPTY = Policy()  # type: ignore[attr-defined]
 
 
-def compile_policy(spec: Mapping[str, Any], *, kind: str, owner: str | None = None) -> Policy:
+def compile_policy(spec: IdentityProviderSpec | OAuthApplicationSpec | Mapping[str, Any], *, kind: str,
+                   owner: str | None = None) -> Policy:
     """The compiled policy of an IdentityProvider/ClusterIdentityProvider (claimMappings, condition) or
-    OAuthApplication (condition) spec; PolicyError for the first invalid expression."""
+    OAuthApplication (condition) spec, a spec's JSON read as the model of ``kind``; PolicyError for the first
+    invalid expression."""
     owner = owner or kind
+    if isinstance(spec, Mapping):
+        spec = (OAuthApplicationSpec if kind == KIND_APP else IdentityProviderSpec).from_dict(spec)
     mappings: list[tuple[str, Expression]] = []
-    raw = spec.get("claimMappings") if kind != "OAuthApplication" else None
+    raw = spec.claim_mappings if isinstance(spec, IdentityProviderSpec) else None
     if raw:
         if not isinstance(raw, Mapping) or len(raw) > MAX_CLAIM_MAPPINGS:
             raise PolicyError("spec.claimMappings", f"must be a map of at most {MAX_CLAIM_MAPPINGS} claims")
@@ -203,8 +211,7 @@ def compile_policy(spec: Mapping[str, Any], *, kind: str, owner: str | None = No
             if name in RESERVED_CLAIMS:
                 raise PolicyError(path, f"{name!r} is set by Tokenbridge itself and cannot be mapped")
             mappings.append((name, compile_expression(raw[name], path, boolean=False)))
-    condition = spec.get("condition")
-    compiled = compile_expression(condition, "spec.condition", boolean=True) if condition else None
+    compiled = compile_expression(spec.condition, "spec.condition", boolean=True) if spec.condition else None
     if not mappings and compiled is None:
         return Policy(owner)
     return Policy(owner, tuple(mappings), compiled)

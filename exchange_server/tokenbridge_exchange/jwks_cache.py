@@ -11,20 +11,20 @@ for between ``max_staleness`` minus one cooldown and ``max_staleness``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from typing import Any, Callable, Mapping, Protocol
 
 from tokenbridge.jwks import KeySet, VerificationKey
+from tokenbridge.specs import IdentityProviderSpec
 
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 # fetch(jwks_uri, spec) -> KeySet; raises on failure (FetchError, DiscoveryError, JWKSError, ...)
-Fetcher = Callable[[str, Mapping[str, Any]], KeySet]
+Fetcher = Callable[[str, IdentityProviderSpec], KeySet]
 
 
 class KeysUnavailable(Exception):
@@ -48,7 +48,7 @@ class StaticKeys:
 class RemoteKeys:
     """The keys behind one IdP's ``jwks_uri``; thread-safe, shared by every snapshot that uses the same IdP."""
 
-    def __init__(self, name: str, jwks_uri: str, spec: Mapping[str, Any], fetch: Fetcher, *,
+    def __init__(self, name: str, jwks_uri: str, spec: IdentityProviderSpec, fetch: Fetcher, *,
                  clock: Callable[[], float], telemetry: Telemetry, lifespan: float, cooldown: float,
                  max_staleness: float):
         self.name, self.jwks_uri, self.spec = name, jwks_uri, spec
@@ -150,18 +150,19 @@ class JwksCache:
         self._fetch, self._clock, self._tick = fetch, clock, tick
         self._telemetry = telemetry if telemetry is not None else Telemetry()
         self._settings = {"lifespan": lifespan, "cooldown": max(cooldown, 10.0), "max_staleness": max_staleness}
-        self._entries: dict[str, RemoteKeys] = {}
+        self._entries: dict[tuple, RemoteKeys] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @staticmethod
-    def fingerprint(name: str, jwks_uri: str, spec: Mapping[str, Any]) -> str:
+    def fingerprint(name: str, jwks_uri: str, spec: IdentityProviderSpec) -> tuple:
         """What the fetch depends on: a change to anything else in the spec keeps the cached keys."""
-        relevant = {k: spec.get(k) for k in ("type", "tls", "kubernetes", "allowInsecureHTTP", "allowedAlgorithms")}
-        return json.dumps([name, jwks_uri, relevant], sort_keys=True)
+        return (name, jwks_uri, spec.type, spec.tls, spec.uses_operator_credentials, spec.allow_insecure_http,
+                spec.allowed_algorithms)
 
-    def remote(self, name: str, jwks_uri: str, spec: Mapping[str, Any]) -> RemoteKeys:
+    def remote(self, name: str, jwks_uri: str, spec: IdentityProviderSpec | Mapping[str, Any]) -> RemoteKeys:
+        spec = IdentityProviderSpec.of(spec)
         key = self.fingerprint(name, jwks_uri, spec)
         with self._lock:
             entry = self._entries.get(key)

@@ -1,9 +1,10 @@
 """The configuration the server answers from: immutable, indexed, built off the request path, swapped whole.
 
 A source (cluster watch or manifests on disk) hands :func:`build_snapshot` the resources as Kubernetes objects
-(spec + status); every lookup a request makes is then one dict access. A resource that cannot be used (not yet
-reconciled, invalid, a CEL policy that does not compile) is left out with a logged reason; it never breaks the
-rest of the snapshot, and the server never serves half a policy.
+(spec + status; a spec is read through :mod:`tokenbridge.specs`, unless the source parsed it already); every lookup
+a request makes is then one dict access. A resource that cannot be used (not yet reconciled, invalid, a CEL policy
+that does not compile) is left out with a logged reason; it never breaks the rest of the snapshot, and the server
+never serves half a policy.
 
 Policies (:mod:`tokenbridge.policy`) are compiled here, once per configuration change: a source hands every build
 its :class:`PolicyCache`, so an unchanged expression keeps its compiled program across rebuilds.
@@ -28,6 +29,7 @@ from tokenbridge.issuers import IssuerIndex
 from tokenbridge.jwks import parse_jwks
 from tokenbridge.policy import Policy, compile_policy
 from tokenbridge.signing import SigningKeySet
+from tokenbridge.specs import IdentityProviderSpec, OAuthApplicationSpec
 
 from .jwks_cache import JwksCache, KeySource, RemoteKeys, StaticKeys
 from .telemetry import Telemetry
@@ -35,8 +37,6 @@ from .telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 Ref = tuple[str, str, str]  # (kind, namespace or "", name)
-DEFAULT_LIFETIME = 900.0
-DEFAULT_CLOCK_SKEW = 60.0
 NO_POLICY = Policy.EMPTY  # type: ignore[attr-defined]
 _generations = itertools.count(1)
 
@@ -116,6 +116,7 @@ class _Shared:
 
     def __init__(self) -> None:
         self._values: dict[Any, Any] = {}
+        self._seconds: dict[str, float] = {}
         self._indexes: dict[tuple[int, ...], IssuerIndex] = {}
         self._tuples: dict[tuple[int, ...], tuple] = {}
 
@@ -128,10 +129,17 @@ class _Shared:
         return made
 
     def value(self, value: Any) -> Any:
-        """A string or float, shared with every equal one of the same type (anything else as it is)."""
-        if type(value) in (str, float):
-            return self._values.setdefault((type(value), value), value)
+        """A string, shared with every equal one (anything else as it is)."""
+        if type(value) is str:
+            return self._values.setdefault((str, value), value)
         return value
+
+    def seconds(self, duration: str) -> float:
+        """``parse_duration(duration)``, parsed once per distinct text (and shared)."""
+        seconds = self._seconds.get(duration)
+        if seconds is None:
+            seconds = self._seconds[duration] = parse_duration(duration)
+        return seconds
 
     def index(self, allowed: list[IdentityProvider]) -> IssuerIndex:
         """The issuer index of these IdPs, in this order (the same list of IdPs gives the same index)."""
@@ -156,17 +164,16 @@ def _timestamp(text: Any) -> float | None:
     return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
 
 
-def _policy(spec: Mapping[str, Any], kind: str, owner: str, kept: PolicyCache, used: dict[str, Policy]) -> Policy:
+def _policy(spec: IdentityProviderSpec | OAuthApplicationSpec, kind: str, owner: str, kept: PolicyCache,
+            used: dict[str, Policy]) -> Policy:
     """The compiled policy of a spec (PolicyError, a ValueError, when it does not compile)."""
-    fields = {k: spec[k] for k in ("claimMappings", "condition") if spec.get(k)}
-    if kind == api.KIND_APP:
-        fields.pop("claimMappings", None)
-    if not fields:
+    mappings = spec.claim_mappings if isinstance(spec, IdentityProviderSpec) else None
+    if not mappings and not spec.condition:
         return NO_POLICY
-    key = json.dumps([kind, owner, fields], sort_keys=True)
+    key = json.dumps([kind, owner, mappings or None, spec.condition or None], sort_keys=True)
     policy = kept.get(key) or used.get(key)
     if policy is None:
-        policy = compile_policy(fields, kind=kind, owner=owner)
+        policy = compile_policy(spec, kind=kind, owner=owner)
     used[key] = policy
     return policy
 
@@ -174,63 +181,58 @@ def _policy(spec: Mapping[str, Any], kind: str, owner: str, kept: PolicyCache, u
 def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache, kept: PolicyCache, used: dict[str, Policy],
               shared: _Shared) -> IdentityProvider:
     namespace, name = _meta(obj)
-    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    spec, status = IdentityProviderSpec.of(obj.get("spec") or {}), obj.get("status") or {}
     label = f"{namespace}/{name}" if kind == api.KIND_IDP else name
-    issuer = spec.get("issuer") or status.get("issuer")
+    issuer = spec.issuer or status.get("issuer")
     if not issuer:
         raise ValueError("no issuer yet (neither spec.issuer nor a reconciled status.issuer)")
-    algorithms = frozenset(spec.get("allowedAlgorithms") or api.DEFAULT_ALLOWED_ALGORITHMS)
-    algorithms = shared.strings(algorithms & frozenset(api.ASYMMETRIC_ALGORITHMS))
-    audiences = frozenset(spec.get("allowedAudiences") or ())
+    algorithms = shared.strings(frozenset(spec.allowed_algorithms) & frozenset(api.ASYMMETRIC_ALGORITHMS))
+    audiences = frozenset(spec.allowed_audiences)
     if not algorithms or not audiences:
         raise ValueError("needs allowedAudiences and at least one asymmetric allowedAlgorithms entry")
     keys: KeySource
-    if spec.get("jwks") is not None:
-        keys = StaticKeys(parse_jwks(spec["jwks"], algorithms))
+    if spec.jwks is not None:
+        keys = StaticKeys(parse_jwks(spec.jwks, algorithms))
     else:
-        jwks_uri = spec.get("jwksURI") or status.get("jwksURI")
+        jwks_uri = spec.jwks_uri or status.get("jwksURI")
         if not jwks_uri:
             raise ValueError("no jwksURI yet (neither spec.jwksURI nor a reconciled status.jwksURI)")
         keys = cache.remote(label, jwks_uri, spec)
-    max_age = spec.get("maxTokenAge")
     owner = "cluster identity provider" if kind == api.KIND_CLUSTER_IDP else "identity provider"
     policy = _policy(spec, kind, f"{owner} {label}", kept, used)
     return IdentityProvider(
         ref=(kind, namespace, name), label=label, issuer=issuer, allowed_audiences=audiences,
-        allowed_algorithms=algorithms,
-        clock_skew=parse_duration(spec["clockSkew"]) if spec.get("clockSkew") else DEFAULT_CLOCK_SKEW,
-        max_token_age=parse_duration(max_age) if max_age else None, keys=keys, policy=policy,
-        require_jti=bool(spec.get("requireJTI")), prevent_replay=bool(spec.get("preventReplay")),
+        allowed_algorithms=algorithms, clock_skew=shared.seconds(spec.clock_skew),
+        max_token_age=shared.seconds(spec.max_token_age) if spec.max_token_age else None, keys=keys, policy=policy,
+        require_jti=spec.require_jti, prevent_replay=spec.prevent_replay,
     )
 
 
 def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvider], kept: PolicyCache,
                  used: dict[str, Policy], shared: _Shared) -> Application:
     namespace, name = _meta(obj)
-    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    spec, status = OAuthApplicationSpec.of(obj.get("spec") or {}), obj.get("status") or {}
     client_id, secret_hash = status.get("clientID"), status.get("clientSecretHash")
     if not client_id or not secret_hash:
         raise ValueError("no client credentials yet (status.clientID / status.clientSecretHash)")
     allowed = []
-    for ref in spec.get("identityProviders") or ():
-        kind = ref.get("kind") or api.KIND_IDP
-        key = (kind, namespace if kind == api.KIND_IDP else "", ref.get("name") or "")
+    for ref in spec.identity_providers:
+        key = (ref.kind, namespace if ref.kind == api.KIND_IDP else "", ref.name)
         if key in providers:  # a missing or unusable IdP only narrows what the application accepts
             allowed.append(providers[key])
-    lifetime = spec.get("accessTokenLifetime")
-    audiences = shared.strings(dict.fromkeys(spec.get("audiences") or ()), tuple)
+    audiences = shared.strings(dict.fromkeys(spec.audiences), tuple)
     policy = _policy(spec, api.KIND_APP, f"application {namespace}/{name}", kept, used)
     return Application(
         namespace=shared.value(namespace), name=name, client_id=client_id, secret_hash=secret_hash,
         previous_secret_hash=status.get("previousClientSecretHash"),
         previous_secret_expires_at=_timestamp(status.get("previousClientSecretExpiresAt")),
-        auth_method=shared.value(spec.get("tokenEndpointAuthMethod") or api.AUTH_METHOD_BASIC),
-        grant_types=shared.strings(spec.get("grantTypes") or ()),
+        auth_method=shared.value(spec.token_endpoint_auth_method),
+        grant_types=shared.strings(spec.grant_types),
         providers=shared.index(allowed),
         audiences=audiences, audience_set=shared.strings(audiences),
-        scopes=shared.strings(spec.get("scopes") or ()),
-        lifetime=shared.value(parse_duration(lifetime) if lifetime else DEFAULT_LIFETIME),
-        policy=policy, delegation=bool(spec.get("delegation")),
+        scopes=shared.strings(spec.scopes),
+        lifetime=shared.seconds(spec.access_token_lifetime),
+        policy=policy, delegation=spec.delegation,
     )
 
 

@@ -25,6 +25,7 @@ from kubernetes.client import ApiException
 from tokenbridge.api import GROUP, PLURAL_APP, PLURAL_CLUSTER_IDP, PLURAL_IDP, VERSION
 from tokenbridge.conditions import rfc3339
 from tokenbridge.discovery import KubeCredentials
+from tokenbridge.specs import IdentityProviderSpec, OAuthApplicationSpec
 
 from . import metrics
 from .config import OperatorConfig
@@ -144,8 +145,8 @@ def _reconcile_idp(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: i
     config: OperatorConfig = memo.config
     status = dict(body.get("status") or {})
     outcome = identity_provider.reconcile(
-        body["spec"], status, body["metadata"].get("generation"), kind=body["kind"], policy=config.fetch_policy,
-        load_credentials=_operator_credentials, now=application.utcnow)
+        IdentityProviderSpec.from_dict(body["spec"]), status, body["metadata"].get("generation"), kind=body["kind"],
+        policy=config.fetch_policy, load_credentials=_operator_credentials, now=application.utcnow)
     memo.next_refresh = time.monotonic() + config.idp_refresh_interval  # sooner only after a temporary error
     _apply(body, patch, outcome)
     if outcome.error is None:
@@ -228,7 +229,8 @@ def serve_cluster_identity_providers(registry: kopf.OperatorRegistry | None = No
 def _reconcile_app(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int) -> None:
     config: OperatorConfig = memo.config
     memo.checked_at = time.monotonic()
-    app = {"metadata": body["metadata"], "spec": body["spec"], "status": dict(body.get("status") or {})}
+    app = {"metadata": body["metadata"], "spec": OAuthApplicationSpec.from_dict(body["spec"]),
+           "status": dict(body.get("status") or {})}
     try:
         outcome = application.reconcile(
             app, read_secret=memo.kube.read_secret, write_secret=memo.kube.write_secret,
@@ -257,7 +259,8 @@ def application_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, ret
 
 @kopf.timer(GROUP, VERSION, PLURAL_APP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
 async def application_recheck(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    refs = application.reference_keys(body["metadata"]["namespace"], body["spec"].get("identityProviders"))
+    refs = application.reference_keys(body["metadata"]["namespace"],
+                                      OAuthApplicationSpec.from_dict(body["spec"]).identity_providers)
     due = time.monotonic() >= memo.get("next_check", 0.0)
     if not due and not memo.board.changed_since(refs, memo.get("checked_at", 0.0)):
         return

@@ -20,6 +20,7 @@ from tokenbridge import api
 from tokenbridge.discovery import DiscoveryError, KubeCredentials, ProviderMetadata, discover
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge.issuers import TENANT_PLACEHOLDER
+from tokenbridge.specs import IdentityProviderSpec, TLSSettings
 from . import EXIT_OK, fail, parser
 
 # --allow-private: loopback and RFC 1918. Link-local stays blocked (cloud metadata), as do IPv6 unique-local
@@ -135,15 +136,15 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     idp_type = args.type or guess_type(args.url)
-    spec: dict[str, Any] = {"type": idp_type, "wellKnownURL": args.url, "allowInsecureHTTP": args.allow_http}
-    if args.algorithm:
-        spec["allowedAlgorithms"] = args.algorithm
+    tls = None
     if args.ca_file:
         try:
             with open(args.ca_file, encoding="utf-8") as f:
-                spec["tls"] = {"caBundle": f.read()}
+                tls = TLSSettings(ca_bundle=f.read())
         except OSError as exc:
             return fail(f"cannot read --ca-file: {exc}")
+    spec = IdentityProviderSpec(type=idp_type, well_known_url=args.url, allow_insecure_http=args.allow_http, tls=tls,
+                                allowed_algorithms=tuple(args.algorithm or api.DEFAULT_ALLOWED_ALGORITHMS))
     try:
         policy = FetchPolicy.from_env()
     except ValueError as exc:

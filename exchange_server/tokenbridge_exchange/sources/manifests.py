@@ -30,6 +30,7 @@ from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.discovery import ProviderMetadata
 from tokenbridge.signing import SECRET_KEY, SigningKeySet
+from tokenbridge.specs import IdentityProviderSpec, OAuthApplicationSpec, SpecError
 
 from ..jwks_cache import JwksCache, RemoteKeys
 from ..snapshot import PolicyCache, Snapshot, build_snapshot
@@ -43,7 +44,7 @@ DISCOVERY_RETRY = 30.0
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser, unless PyYAML was built without it
 
 # discover(spec) -> ProviderMetadata; raises DiscoveryError
-Discover = Callable[[Mapping[str, Any]], ProviderMetadata]
+Discover = Callable[[IdentityProviderSpec], ProviderMetadata]
 
 
 def _not_json(constant: str) -> Any:
@@ -235,26 +236,30 @@ class ManifestSource:
         return snapshot
 
     def _with_discovery(self, doc: dict[str, Any], used: set[str]) -> dict[str, Any]:
-        """The IdP with the status the operator would have written: discovered issuer and jwks_uri."""
-        spec = doc.get("spec") or {}
-        has_keys = spec.get("jwks") is not None or spec.get("jwksURI")
-        if not spec.get("wellKnownURL") or (spec.get("issuer") and has_keys):
-            return doc
-        key = json.dumps(spec, sort_keys=True)
+        """The IdP with its spec parsed and the status the operator would have written: discovered issuer and
+        jwks_uri."""
+        try:
+            spec = IdentityProviderSpec.from_dict(doc.get("spec") or {})
+        except SpecError:
+            return doc  # left out by the snapshot, with the reason logged
+        has_keys = spec.jwks is not None or spec.jwks_uri
+        if not spec.well_known_url or (spec.issuer and has_keys):
+            return {**doc, "spec": spec}
+        key = json.dumps(doc["spec"], sort_keys=True)
         used.add(key)
         attempted, result = self._discovered.get(key, (0.0, None))
         if result is None or isinstance(result, Exception) and self._clock() - attempted >= DISCOVERY_RETRY:
             try:
                 result = self._discover(spec)
             except Exception as exc:
-                log.warning("discovery of %s failed: %s", spec.get("wellKnownURL"), exc)
+                log.warning("discovery of %s failed: %s", spec.well_known_url, exc)
                 result = exc
             attempted = self._clock()
             self._discovered[key] = (attempted, result)
         if isinstance(result, Exception):
-            return doc
+            return {**doc, "spec": spec}
         status = {"issuer": result.issuer, "jwksURI": result.jwks_uri, "tokenEndpoint": result.token_endpoint}
-        return {**doc, "status": {k: v for k, v in status.items() if v}}
+        return {**doc, "spec": spec, "status": {k: v for k, v in status.items() if v}}
 
     def _seed_keys(self, snapshot: Snapshot) -> None:
         """Discovery fetched the keys already: hand them to the cache so no request waits for them."""
@@ -266,14 +271,19 @@ class ManifestSource:
                 provider.keys.seed(metadata.keys, metadata.discovered_at.timestamp())
 
     def _with_credentials(self, doc: dict[str, Any], secrets: Mapping[tuple, dict[str, str]]) -> dict[str, Any]:
-        """The application with the status the operator would have written: client id and secret hash."""
-        namespace = doc["metadata"]["namespace"]
-        name = ((doc.get("spec") or {}).get("credentials") or {}).get("secretName")
-        values = secrets.get((namespace, name))
-        if not values or not values.get("client_id") or not values.get("client_secret"):
-            if self._credentials_optional:  # nothing authenticates against it; it only has to be found by name
-                name = doc["metadata"].get("name")
-                return {**doc, "status": {"clientID": f"{namespace}/{name}", "clientSecretHash": "sha256:" + "0" * 64}}
+        """The application with its spec parsed and the status the operator would have written: client id and
+        secret hash."""
+        try:
+            spec = OAuthApplicationSpec.from_dict(doc.get("spec") or {})
+        except SpecError:
             return doc  # left out by the snapshot, with the reason logged
-        status = {"clientID": values["client_id"], "clientSecretHash": hash_client_secret(values["client_secret"])}
-        return {**doc, "status": status}
+        namespace = doc["metadata"]["namespace"]
+        values = secrets.get((namespace, spec.credentials.secret_name if spec.credentials else None))
+        if values and values.get("client_id") and values.get("client_secret"):
+            status = {"clientID": values["client_id"], "clientSecretHash": hash_client_secret(values["client_secret"])}
+        elif self._credentials_optional:  # nothing authenticates against it; it only has to be found by name
+            status = {"clientID": f"{namespace}/{doc['metadata'].get('name')}",
+                      "clientSecretHash": "sha256:" + "0" * 64}
+        else:
+            return doc  # left out by the snapshot, with the reason logged
+        return {**doc, "spec": spec, "status": status}

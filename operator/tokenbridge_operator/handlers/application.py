@@ -26,6 +26,7 @@ from tokenbridge.api import (
 )
 from tokenbridge.client_secrets import generate_client_id, generate_client_secret, hash_client_secret
 from tokenbridge.conditions import FALSE, TRUE, get_condition, rfc3339, set_condition
+from tokenbridge.specs import IdentityProviderReference, OAuthApplicationSpec
 
 from .expressions import INVALID_EXPRESSION, invalid_expression
 from .identity_provider import is_ready
@@ -56,35 +57,38 @@ NORMAL = "Normal"
 WARNING = "Warning"
 
 IdPKey = tuple[str, str, str]  # (kind, namespace or "", name)
+Reference = IdentityProviderReference | Mapping[str, Any]  # an entry of spec.identityProviders, parsed or its JSON
 
 
 # --- references ------------------------------------------------------------------------------------------------
 
-def reference_keys(namespace: str, refs: Iterable[Mapping[str, Any]] | None) -> list[IdPKey]:
-    return [(ref.get("kind") or KIND_IDP, namespace if (ref.get("kind") or KIND_IDP) == KIND_IDP else "", ref["name"])
-            for ref in refs or ()]
+def _key(namespace: str, ref: IdentityProviderReference) -> IdPKey:
+    return (ref.kind, namespace if ref.kind == KIND_IDP else "", ref.name)
 
 
-def check_references(namespace: str, refs: Iterable[Mapping[str, Any]] | None,
-                     lookup: Callable[[IdPKey], Mapping[str, Any] | None], *,
-                     cluster_identity_providers: bool = True) -> tuple[str, str, str]:
+def reference_keys(namespace: str, refs: Iterable[Reference]) -> list[IdPKey]:
+    return [_key(namespace, IdentityProviderReference.of(ref)) for ref in refs]
+
+
+def check_references(namespace: str, refs: Iterable[Reference], lookup: Callable[[IdPKey], Mapping[str, Any] | None],
+                     *, cluster_identity_providers: bool = True) -> tuple[str, str, str]:
     """(status, reason, message) of ReferencesResolved; ``lookup`` returns the referenced object or None."""
-    refs = list(refs or ())
+    refs = [IdentityProviderReference.of(ref) for ref in refs]
     if not refs:
         return TRUE, NO_REFERENCES, "no identity providers referenced (client_credentials only)"
     problems: list[tuple[str, str]] = []
     for ref in refs:
-        kind = ref.get("kind") or KIND_IDP
-        if kind == KIND_IDP and ref.get("namespace") not in (None, namespace):
-            problems.append((CROSS_NAMESPACE_REFERENCE, f"IdentityProvider {ref['namespace']}/{ref['name']} is in "
+        kind = ref.kind
+        if kind == KIND_IDP and ref.namespace not in (None, namespace):
+            problems.append((CROSS_NAMESPACE_REFERENCE, f"IdentityProvider {ref.namespace}/{ref.name} is in "
                              f"another namespace; use an IdentityProvider in {namespace} or a ClusterIdentityProvider"))
             continue
         if kind == KIND_CLUSTER_IDP and not cluster_identity_providers:
-            problems.append((CLUSTER_IDPS_UNAVAILABLE, f"ClusterIdentityProvider {ref['name']}: this installation "
+            problems.append((CLUSTER_IDPS_UNAVAILABLE, f"ClusterIdentityProvider {ref.name}: this installation "
                              "does not serve ClusterIdentityProviders (TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS=false)"))
             continue
-        key = (kind, namespace if kind == KIND_IDP else "", ref["name"])
-        name = f"{kind} {namespace}/{ref['name']}" if kind == KIND_IDP else f"{kind} {ref['name']}"
+        key = _key(namespace, ref)
+        name = f"{kind} {namespace}/{ref.name}" if kind == KIND_IDP else f"{kind} {ref.name}"
         found = lookup(key)
         if found is None:
             hint = " (IdentityProviders are looked up in the application's own namespace)" if kind == KIND_IDP else ""
@@ -190,7 +194,7 @@ def plan_credentials(app: Mapping[str, Any], status: Mapping[str, Any], secret: 
     application has it, or that could not be checked); the application then gets a new client id and a new secret
     (the Secret's may be known to whoever put that client id there)."""
     meta = app["metadata"]
-    secret_name = app["spec"]["credentials"]["secretName"]
+    secret_name = _secret_name(app)
     rotate_value = (meta.get("annotations") or {}).get(ANNOTATION_ROTATE_SECRET)
     fields: dict[str, Any] = {"credentialsSecret": secret_name}
     events: list[tuple[str, str, str]] = []
@@ -331,23 +335,33 @@ def client_id_conflict(app: Mapping[str, Any], client_id: str, holders: ClientID
     return f"OAuthApplication {', '.join(others)} already has it" if others else None
 
 
+def _secret_name(app: Mapping[str, Any]) -> str:
+    credentials = OAuthApplicationSpec.of(app["spec"]).credentials
+    if credentials is None:
+        raise ValueError("spec.credentials is not set")
+    return credentials.secret_name
+
+
 def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mapping[str, Any] | None],
               write_secret: Callable[[dict[str, Any], bool], None],
               lookup_idp: Callable[[IdPKey], Mapping[str, Any] | None], cluster_identity_providers: bool,
               token_endpoint: str | None, grace: float, now: datetime,
               client_id_holders: ClientIDHolders | None) -> Outcome:
-    """One pass over an application (``app`` = metadata, spec, status). Kubernetes errors propagate.
+    """One pass over an application (``app`` = metadata, spec (parsed or its JSON), status). Kubernetes errors
+    propagate.
 
     ``client_id_holders`` is asked only when the client id would be taken over from the Secret (rare: status lost,
     or a Secret that was there first); None means no listing is possible, and the Secret's id is not adopted."""
-    meta, spec, status = app["metadata"], app["spec"], app.get("status") or {}
+    spec = OAuthApplicationSpec.of(app["spec"])
+    app = {**app, "spec": spec}  # parsed once, for plan_credentials too
+    meta, status = app["metadata"], app.get("status") or {}
     problem = invalid_expression(spec, KIND_APP)
     if problem is not None:
         conditions = set_condition(status.get("conditions"), COND_READY, FALSE, INVALID_EXPRESSION, problem,
                                    meta.get("generation"), now)
         new = {"observedGeneration": meta.get("generation"), "conditions": conditions}
         return Outcome(new, ready_events(status, new), False, None, problem)
-    secret = read_secret(meta["namespace"], spec["credentials"]["secretName"])
+    secret = read_secret(meta["namespace"], _secret_name(app))
     adopted = secret_client_id(app, status, secret)
     conflict = None
     if adopted is not None:
@@ -356,7 +370,7 @@ def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mappi
                             client_id_conflict=conflict)
     if plan.secret is not None:
         write_secret(plan.secret, plan.create)
-    references = check_references(meta["namespace"], spec.get("identityProviders"), lookup_idp,
+    references = check_references(meta["namespace"], spec.identity_providers, lookup_idp,
                                   cluster_identity_providers=cluster_identity_providers)
     new = desired_status(status, meta.get("generation"), plan, references, now)
     expiry = _parse_time(new.get("previousClientSecretExpiresAt"))

@@ -6,14 +6,13 @@ server refuses to serve at all. Messages name the field and the problem, never t
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from tokenbridge.policy import PolicyError, compile_policy
+from tokenbridge.specs import IdentityProviderSpec, OAuthApplicationSpec
 
 INVALID_EXPRESSION = "InvalidExpression"
 
 
-def invalid_expression(spec: Mapping[str, Any], kind: str) -> str | None:
+def invalid_expression(spec: IdentityProviderSpec | OAuthApplicationSpec, kind: str) -> str | None:
     """Why the spec's expressions cannot be served ("<field>: <problem>"), or None when they compile."""
     try:
         compile_policy(spec, kind=kind)

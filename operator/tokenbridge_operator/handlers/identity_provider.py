@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from tokenbridge.api import COND_DISCOVERED, COND_KEYS_AVAILABLE, COND_READY, IDP_KUBERNETES
+from tokenbridge.api import COND_DISCOVERED, COND_KEYS_AVAILABLE, COND_READY
 from tokenbridge.conditions import FALSE, TRUE, UNKNOWN, get_condition, rfc3339, set_condition
 from tokenbridge.discovery import (
     STAGE_KEYS, DiscoveryError, KubeCredentials, ProviderMetadata, discover,
 )
 from tokenbridge.fetch import FetchPolicy
+from tokenbridge.specs import IdentityProviderSpec
 
 from .expressions import INVALID_EXPRESSION, invalid_expression
 
@@ -53,9 +54,11 @@ def _keys_message(metadata: ProviderMetadata) -> str:
     return message
 
 
-def desired_status(spec: Mapping[str, Any], old: Mapping[str, Any] | None, generation: int | None,
-                   metadata: ProviderMetadata | None, error: DiscoveryError | None, now: datetime) -> dict[str, Any]:
+def desired_status(spec: IdentityProviderSpec | Mapping[str, Any], old: Mapping[str, Any] | None,
+                   generation: int | None, metadata: ProviderMetadata | None, error: DiscoveryError | None,
+                   now: datetime) -> dict[str, Any]:
     """The status after one reconcile: exactly one of ``metadata`` (success) and ``error`` is given."""
+    well_known = IdentityProviderSpec.of(spec).well_known_url
     old = old or {}
     conditions = old.get("conditions") or []
 
@@ -64,8 +67,8 @@ def desired_status(spec: Mapping[str, Any], old: Mapping[str, Any] | None, gener
         conditions = set_condition(conditions, type_, status, reason, message, generation, now)
 
     if metadata is not None:
-        if spec.get("wellKnownURL"):
-            put(COND_DISCOVERED, TRUE, DISCOVERED, f"issuer {metadata.issuer} discovered at {spec['wellKnownURL']}")
+        if well_known:
+            put(COND_DISCOVERED, TRUE, DISCOVERED, f"issuer {metadata.issuer} discovered at {well_known}")
         else:
             put(COND_DISCOVERED, TRUE, STATIC_CONFIGURATION, f"issuer {metadata.issuer} configured in the spec")
         put(COND_KEYS_AVAILABLE, TRUE, KEYS_AVAILABLE, _keys_message(metadata))
@@ -82,7 +85,7 @@ def desired_status(spec: Mapping[str, Any], old: Mapping[str, Any] | None, gener
         }
     assert error is not None
     if error.stage == STAGE_KEYS:
-        put(COND_DISCOVERED, TRUE, DISCOVERED if spec.get("wellKnownURL") else STATIC_CONFIGURATION,
+        put(COND_DISCOVERED, TRUE, DISCOVERED if well_known else STATIC_CONFIGURATION,
             "the provider metadata is valid")
         put(COND_KEYS_AVAILABLE, FALSE, error.reason, error.message)
     else:
@@ -116,14 +119,15 @@ def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
     return [(NORMAL if after["status"] == TRUE else WARNING, after["reason"], after["message"])]
 
 
-def needs_operator_credentials(spec: Mapping[str, Any]) -> bool:
-    return spec.get("type") == IDP_KUBERNETES and (spec.get("kubernetes") or {}).get("useOperatorCredentials", True)
+def needs_operator_credentials(spec: IdentityProviderSpec | Mapping[str, Any]) -> bool:
+    return IdentityProviderSpec.of(spec).uses_operator_credentials
 
 
-def reconcile(spec: Mapping[str, Any], status: Mapping[str, Any] | None, generation: int | None, *, kind: str,
-              policy: FetchPolicy, load_credentials: Callable[[], KubeCredentials | None],
-              now: Callable[[], datetime]) -> Outcome:
+def reconcile(spec: IdentityProviderSpec | Mapping[str, Any], status: Mapping[str, Any] | None,
+              generation: int | None, *, kind: str, policy: FetchPolicy,
+              load_credentials: Callable[[], KubeCredentials | None], now: Callable[[], datetime]) -> Outcome:
     """Discover the provider described by ``spec`` (of ``kind``) and say what its status and Events become."""
+    spec = IdentityProviderSpec.of(spec)
     problem = invalid_expression(spec, kind)
     if problem is not None:
         new = invalid_expression_status(status, generation, problem, now())
