@@ -55,3 +55,15 @@ def test_of_parses_only_what_is_not_parsed_yet():
     idp = IdentityProviderSpec.from_dict({"type": "OIDC"})
     assert IdentityProviderSpec.of(idp) is idp
     assert IdentityProviderSpec.of({"type": "OIDC"}) == idp
+
+
+def test_a_standalone_manifest_of_the_wrong_json_type_is_left_out_naming_the_field():
+    from tokenbridge_exchange.jwks_cache import JwksCache
+    from tokenbridge_exchange.snapshot import build_snapshot
+
+    idp = {"metadata": {"namespace": "team", "name": "corp"},
+           "spec": {"type": "OIDC", "issuer": "https://idp.example", "jwksURI": "https://idp.example/jwks",
+                    "allowedAudiences": "api"}}
+    snapshot = build_snapshot(identity_providers=[idp], cluster_identity_providers=[], applications=[],
+                              signing_keys=None, cache=JwksCache(lambda uri, spec: None))
+    assert snapshot.skipped == ("IdentityProvider team/corp: spec.allowedAudiences must be a list, not 'api'",)
