@@ -38,7 +38,7 @@ def set_condition(
     transition = rfc3339(now)
     if previous is not None and previous.get("status") == status and previous.get("lastTransitionTime"):
         transition = previous["lastTransitionTime"]
-    new = {
+    new: dict[str, Any] = {
         "type": type,
         "status": status,
         "reason": reason,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from types import MappingProxyType
-from typing import Callable, Generic, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 TENANT_PLACEHOLDER = "{tenantid}"
 OIDC_WELL_KNOWN = "/.well-known/openid-configuration"
@@ -17,7 +17,7 @@ OAUTH_WELL_KNOWN = "/.well-known/oauth-authorization-server"
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,252}")
 
 V = TypeVar("V")
-_NONE: Mapping = MappingProxyType({})  # the templates of almost every index: one shared empty mapping
+_NONE: Mapping[str, Any] = MappingProxyType({})  # the templates of almost every index: one shared empty mapping
 
 
 def is_template(issuer: str) -> bool:

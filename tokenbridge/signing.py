@@ -19,10 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")
 SECRET_KEY = "keys.json"
+# The private keys we generate and sign with (SIGNING_ALGORITHMS, in order).
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 _THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
 
 
-def _new_private_key(alg: str):
+def _new_private_key(alg: str) -> PrivateKey:
     if alg == "ES256":
         return ec.generate_private_key(ec.SECP256R1())
     if alg == "RS256":
@@ -32,12 +34,13 @@ def _new_private_key(alg: str):
     raise ValueError(f"signing algorithm {alg!r} is not one of {', '.join(SIGNING_ALGORITHMS)}")
 
 
-def _public_jwk(private_key) -> dict[str, Any]:
+def _public_jwk(private_key: PrivateKey) -> dict[str, Any]:
     algorithm = jwt.get_algorithm_by_name(
         "RS256" if isinstance(private_key, rsa.RSAPrivateKey)
         else "ES256" if isinstance(private_key, ec.EllipticCurvePrivateKey) else "EdDSA"
     )
-    return json.loads(algorithm.to_jwk(private_key.public_key()))
+    jwk: dict[str, Any] = json.loads(algorithm.to_jwk(private_key.public_key()))
+    return jwk
 
 
 def thumbprint(jwk: Mapping[str, Any]) -> str:

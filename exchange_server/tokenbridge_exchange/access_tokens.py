@@ -60,7 +60,7 @@ def verify(token: str, signing_keys: SigningKeySet, *, issuer: str, now: float, 
     if assertions.unsupported_header(parsed.header):  # crit, b64 other than true: never in the tokens we sign
         return None
     key = next((k for k in signing_keys.published(now) if k.kid == kid and k.alg == alg), None)
-    if key is None or not _ALGORITHMS[alg].verify(parsed.signing_input, key.private_key.public_key(),
+    if key is None or not _ALGORITHMS[key.alg].verify(parsed.signing_input, key.private_key.public_key(),
                                                   parsed.signature):
         return None
     claims = parsed.claims

@@ -34,8 +34,9 @@ def create_app(config: ServerConfig, snapshot_source: SnapshotSource, *, clock: 
     replay = ReplayCache(config.replay_cache_path, max_entries=config.replay_cache_max_entries, clock=clock)
     # per worker: a subject token presented again skips its signature's public-key operation (see assertions)
     pipeline = Pipeline(config, replay, VerifiedSignatures(config.verified_signatures))
-    middleware = [MetricsMiddleware(metrics, TOKEN_PATH), AuditMiddleware(audit or LoggerAudit(), TOKEN_PATH)]
-    app = falcon.App(middleware=middleware, cors_enable=False)
+    app = falcon.App(cors_enable=False)
+    app.add_middleware(MetricsMiddleware(metrics, TOKEN_PATH))
+    app.add_middleware(AuditMiddleware(audit or LoggerAudit(), TOKEN_PATH))
     errors.install(app)
     metadata = MetadataResource(config)
     app.add_route("/.well-known/openid-configuration", metadata)

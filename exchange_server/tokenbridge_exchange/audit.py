@@ -25,7 +25,8 @@ _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 class AuditSink(Protocol):
-    enabled: bool
+    @property
+    def enabled(self) -> bool: ...
 
     def write(self, line: str) -> None: ...
 
@@ -103,7 +104,8 @@ class AuditMiddleware:
     def __init__(self, sink: AuditSink, path: str):
         self._sink, self._path = sink, path
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
         if req.path != self._path or req.method != "POST" or not self._sink.enabled:
             return
         state, status, error, description = token_response(req, resp)

@@ -6,6 +6,7 @@ same JSON body with ``Cache-Control: no-store``, so clients parse one shape and 
 from __future__ import annotations
 
 import logging
+import typing
 
 import falcon
 
@@ -74,7 +75,7 @@ class TemporarilyUnavailable(OAuthError):
 _FALCON_ERRORS = {404: "not_found", 405: "invalid_request"}
 
 
-def handle_error(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
+def handle_error(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, typing.Any]) -> None:
     """Write ``ex`` as an RFC 6749 §5.2 error body; registered for every exception type."""
     if isinstance(ex, OAuthError):
         status, error, description, headers = ex.status, ex.error, ex.description, ex.headers
@@ -96,4 +97,5 @@ def handle_error(req: falcon.Request, resp: falcon.Response, ex: Exception, para
 
 def install(app: falcon.App) -> None:
     """Route every exception, falcon's included, through :func:`handle_error`."""
-    app.add_error_handler((Exception, falcon.HTTPError, OAuthError), handle_error)
+    for exception in (Exception, falcon.HTTPError, OAuthError):
+        app.add_error_handler(exception, handle_error)

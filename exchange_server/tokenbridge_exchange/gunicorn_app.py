@@ -73,6 +73,7 @@ def build_source(config: ServerConfig, signing_keys: SigningKeySet | None, telem
             policies=policies, telemetry=telemetry)
     else:
         from .sources.manifests import ManifestSource
+        assert config.manifests, "the command line requires --manifests without --kubernetes"
         source = ManifestSource(config.manifests, cache, lambda spec: discover(spec, policy),
                                 signing_keys=signing_keys, poll_interval=config.manifests_poll_interval,
                                 policies=policies, telemetry=telemetry)
@@ -170,7 +171,11 @@ class Server(BaseApplication):
             settings["child_exit"] = worker_exited
         created = [d for d in (self._metrics_dir, self._replay_dir) if d]
         if created:  # the master removes the directories it created; workers never do
-            settings["on_exit"] = lambda arbiter: [shutil.rmtree(d, ignore_errors=True) for d in created]
+            def remove_created(arbiter: object) -> None:
+                for d in created:
+                    shutil.rmtree(d, ignore_errors=True)
+
+            settings["on_exit"] = remove_created
         for key, value in settings.items():
             self.cfg.set(key, value)
 

@@ -22,12 +22,12 @@ class IntrospectionResource:
         self._config, self._source, self._clock = config, source, clock
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        snapshot = current_snapshot(self._source)
+        snapshot, signing_keys = current_snapshot(self._source)
         form = read_form(req, self._config.max_body_bytes)
         now = self._clock()
         app = authenticate(req.get_header("Authorization"), form, snapshot, now)
         token = required(form, "token")
-        claims = access_tokens.verify(token, snapshot.signing_keys, issuer=self._config.issuer, now=now,
+        claims = access_tokens.verify(token, signing_keys, issuer=self._config.issuer, now=now,
                                       max_bytes=self._config.max_token_bytes)
         resp.set_headers(NO_STORE)
         if claims is None or not self._may_see(app.client_id, app.audience_set, claims):

@@ -52,8 +52,8 @@ class JWKSResource:
         self._cached: tuple[tuple, str] = ((), "")  # (the published keys, their JWKS document)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        snapshot = current_snapshot(self._source)
-        published = snapshot.signing_keys.published(self._clock())
+        _, signing_keys = current_snapshot(self._source)
+        published = signing_keys.published(self._clock())
         cached, text = self._cached
         if not text or len(cached) != len(published) or any(a is not b for a, b in zip(cached, published)):
             text = json.dumps({"keys": [k.public_jwk() for k in published]})

@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import falcon
 
+from tokenbridge.signing import SigningKeySet
+
 from . import access_tokens
 from .client_auth import authenticate
 from .config import ServerConfig
@@ -22,11 +24,12 @@ from .sources import SnapshotSource
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def current_snapshot(source: SnapshotSource) -> Snapshot:
+def current_snapshot(source: SnapshotSource) -> tuple[Snapshot, SigningKeySet]:
+    """The snapshot requests are answered from, with its signing keys (a snapshot without them is not ready)."""
     snapshot = source.current()
-    if snapshot is None or not snapshot.ready:
+    if snapshot is None or snapshot.signing_keys is None:
         raise TemporarilyUnavailable("the server has not loaded its configuration and signing keys yet")
-    return snapshot
+    return snapshot, snapshot.signing_keys
 
 
 class TokenResource:
@@ -36,7 +39,7 @@ class TokenResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         state = req.context.exchange = Exchange()
-        snapshot = current_snapshot(self._source)
+        snapshot, signing_keys = current_snapshot(self._source)
         form = read_form(req, self._config.max_body_bytes)
         now = self._clock()
         app = authenticate(req.get_header("Authorization"), form, snapshot, now, state)
@@ -44,7 +47,7 @@ class TokenResource:
         assert state.subject is not None and state.expires_at is not None
         state.jti = access_tokens.new_jti()
         token = access_tokens.issue(
-            snapshot.signing_keys, issuer=self._config.issuer, subject=state.subject, audiences=state.audiences,
+            signing_keys, issuer=self._config.issuer, subject=state.subject, audiences=state.audiences,
             client_id=app.client_id, scopes=state.scopes, now=now, expires_at=state.expires_at, idp=state.idp,
             jti=state.jti, extra_claims=state.claims,
         )
@@ -69,7 +72,7 @@ class ExplainResource:
         self._config, self._source, self._clock, self._pipeline = config, source, clock, pipeline
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        snapshot = current_snapshot(self._source)
+        snapshot, _ = current_snapshot(self._source)
         form = read_form(req, self._config.max_body_bytes)
         now = self._clock()
         state = Exchange()

@@ -7,7 +7,7 @@ reconcilers stay independent of the client library's model classes.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import kopf
 from kubernetes import client, config
@@ -66,19 +66,24 @@ class Kube:
     def write_secret(self, body: Mapping[str, Any], create: bool) -> None:
         """Create, or replace at the resourceVersion that was read (409 Conflict if it changed meanwhile)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        # The client sends a plain dict body as it is; its type hints only name the model classes.
         if create:
-            self.core.create_namespaced_secret(namespace, body, _request_timeout=self.timeout)
+            self.core.create_namespaced_secret(namespace, body,  # type: ignore[arg-type]
+                                               _request_timeout=self.timeout)
         else:
-            self.core.replace_namespaced_secret(name, namespace, body, _request_timeout=self.timeout)
+            self.core.replace_namespaced_secret(name, namespace, body,  # type: ignore[arg-type]
+                                                _request_timeout=self.timeout)
 
     def get_idp(self, key: tuple[str, str, str]) -> dict[str, Any] | None:
         kind, namespace, name = key
         try:
             if kind == KIND_IDP:
-                return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL_IDP, name,
-                                                                _request_timeout=self.timeout)
-            return self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL_CLUSTER_IDP, name,
-                                                         _request_timeout=self.timeout)
+                found = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL_IDP, name,
+                                                                 _request_timeout=self.timeout)
+            else:
+                found = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL_CLUSTER_IDP, name,
+                                                              _request_timeout=self.timeout)
+            return cast(dict[str, Any], found)  # custom objects come back as the JSON they are
         except client.ApiException as exc:
             if exc.status == 404:
                 return None

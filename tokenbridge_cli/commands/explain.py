@@ -87,12 +87,10 @@ def load_snapshot(args) -> Any:
     cache = JwksCache(fetch)  # not started: keys are fetched when a token needs them
     if kubernetes:
         from tokenbridge_exchange.sources.kubernetes import KubernetesSource
-        source = KubernetesSource.from_kubeconfig(args.kubeconfig, cache, signing_secret=("", ""),
-                                                  namespace=args.namespace)
-        return source.load_once()
+        return KubernetesSource.from_kubeconfig(args.kubeconfig, cache, signing_secret=("", ""),
+                                                namespace=args.namespace).load_once()
     from tokenbridge_exchange.sources.manifests import ManifestSource
-    source = ManifestSource(args.manifests, cache, lambda spec: discover(spec, policy), credentials_optional=True)
-    return source.load()
+    return ManifestSource(args.manifests, cache, lambda spec: discover(spec, policy), credentials_optional=True).load()
 
 
 def form_of(args) -> dict[str, list[str]]:
