@@ -15,12 +15,11 @@ kept as raw JSON (``jwks``, ``claimMappings``) are checked only there (``tokenbr
 from __future__ import annotations
 
 import dataclasses
-import functools
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from . import api
 from .durations import DURATION_PATTERN
@@ -120,7 +119,7 @@ class Model:
         return parsed
 
 
-def props(model: type) -> list[tuple[dataclasses.Field, Prop, Any]]:
+def props(model: type) -> list[tuple[dataclasses.Field[Any], Prop, Any]]:
     """(field, its Prop, its resolved type) of each field of ``model``, in declaration order."""
     hints = typing.get_type_hints(model)
     return [(f, f.metadata["prop"], hints[f.name]) for f in dataclasses.fields(model)]
@@ -132,10 +131,16 @@ def unoptional(hint: Any) -> Any:
     return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
 
 
-@functools.cache
+_READERS: dict[type, dict[str, tuple[str, Callable[[Any], Any]]]] = {}
+
+
 def _readers(model: type) -> dict[str, tuple[str, Callable[[Any], Any]]]:
     """JSON name -> (attribute, reader) of each field of ``model``."""
-    return {p.name: (f.name, _reader(unoptional(hint), p.name, f.default)) for f, p, hint in props(model)}
+    readers = _READERS.get(model)
+    if readers is None:
+        readers = _READERS[model] = {p.name: (f.name, _reader(unoptional(hint), p.name, f.default))
+                                     for f, p, hint in props(model)}
+    return readers
 
 
 def _reader(hint: Any, name: str, default: Any) -> Callable[[Any], Any]:

@@ -73,11 +73,11 @@ def reference_keys(namespace: str, refs: Iterable[Reference]) -> list[IdPKey]:
 def check_references(namespace: str, refs: Iterable[Reference], lookup: Callable[[IdPKey], Mapping[str, Any] | None],
                      *, cluster_identity_providers: bool = True) -> tuple[str, str, str]:
     """(status, reason, message) of ReferencesResolved; ``lookup`` returns the referenced object or None."""
-    refs = [IdentityProviderReference.of(ref) for ref in refs]
-    if not refs:
+    parsed = [IdentityProviderReference.of(ref) for ref in refs]
+    if not parsed:
         return TRUE, NO_REFERENCES, "no identity providers referenced (client_credentials only)"
     problems: list[tuple[str, str]] = []
-    for ref in refs:
+    for ref in parsed:
         kind = ref.kind
         if kind == KIND_IDP and ref.namespace not in (None, namespace):
             problems.append((CROSS_NAMESPACE_REFERENCE, f"IdentityProvider {ref.namespace}/{ref.name} is in "
@@ -98,7 +98,7 @@ def check_references(namespace: str, refs: Iterable[Reference], lookup: Callable
             why = f": {ready.get('reason')}" if ready else ": not reconciled yet"
             problems.append((IDP_NOT_READY, f"{name} is not Ready{why}"))
     if not problems:
-        return TRUE, REFERENCES_RESOLVED, f"{len(refs)} identity provider(s) Ready"
+        return TRUE, REFERENCES_RESOLVED, f"{len(parsed)} identity provider(s) Ready"
     return FALSE, problems[0][0], "; ".join(message for _, message in problems)
 
 
