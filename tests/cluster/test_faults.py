@@ -30,14 +30,11 @@ from pathlib import Path
 from typing import Callable
 
 import httpx
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk, jwt as jose_jwt
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import idp as idp_server
-from tests.support.idp import LocalIdP
+from tests.support.idp import HttpsIdP, IdP
 from tests.support.processes import free_port, stop_group
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
@@ -191,22 +188,8 @@ def stacks(control_plane, tmp_path):
 
 
 # ----- subject tokens of an inline-key IdP (nothing to fetch) ---------------------------------------------------
-class InlineIdP:
-    def __init__(self, issuer: str):
-        self.issuer = issuer
-        self.kid = uuid.uuid4().hex[:12]
-        self.key = ec.generate_private_key(ec.SECP256R1())
-
-    def spec(self) -> dict:
-        public = json.loads(jwt.get_algorithm_by_name("ES256").to_jwk(self.key.public_key()))
-        return {"type": api.IDP_OIDC, "issuer": self.issuer,
-                "allowedAlgorithms": ["ES256"], "jwks": {"keys": [{**public, "kid": self.kid, "use": "sig",
-                                                                   "alg": "ES256"}]}}
-
-    def mint(self, sub: str = "alice", lifetime: int = 900) -> str:
-        now = int(time.time())
-        return jwt.encode({"iss": self.issuer, "sub": sub, "aud": SUBJECT_AUDIENCE, "iat": now, "exp": now + lifetime},
-                          self.key, algorithm="ES256", headers={"kid": self.kid})
+def inline_spec(idp: IdP) -> dict:
+    return {"type": api.IDP_OIDC, "issuer": idp.issuer, "allowedAlgorithms": ["ES256"], "jwks": idp.jwks()}
 
 
 # ----- load -----------------------------------------------------------------------------------------------------
@@ -347,26 +330,6 @@ LIFESPAN, MAX_STALENESS = 2.0, 22.0
 COOLDOWN = 10.0  # JwksCache's floor (not configurable): background refreshes are at least this far apart
 
 
-class RestartableIdP(LocalIdP):
-    """LocalIdP whose start() after a stop() listens on the same port again (its URLs stay valid)."""
-
-    def start(self) -> "RestartableIdP":
-        port = self._port
-        if not port:
-            return super().start()
-        original = idp_server.ThreadingHTTPServer
-
-        class SamePort(original):
-            def __init__(self, address, handler):
-                super().__init__(("127.0.0.1", port), handler)
-
-        idp_server.ThreadingHTTPServer = SamePort
-        try:
-            return super().start()
-        finally:
-            idp_server.ThreadingHTTPServer = original
-
-
 def cache_age(s: Stack, idp_label: str) -> float | None:
     text = httpx.get(s.base + "/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
@@ -378,7 +341,7 @@ def cache_age(s: Stack, idp_label: str) -> float | None:
 
 
 def test_idp_jwks_down_serves_cached_keys_within_max_staleness_then_refuses(stacks):
-    idp = RestartableIdP(kind="oidc", alg="RS256").start()
+    idp = HttpsIdP("oidc", alg="RS256").start()
     try:
         s = stacks(operator_env={"TOKENBRIDGE_ALLOWED_NETWORKS": LOOPBACK},
                    server_env={"TOKENBRIDGE_ALLOWED_NETWORKS": LOOPBACK, "TOKENBRIDGE_JWKS_LIFESPAN": f"{LIFESPAN:g}s",
@@ -445,13 +408,13 @@ APPS = 12
 
 def test_operator_killed_mid_reconcile_converges_without_duplicate_or_changed_credentials(stacks):
     s = stacks()
-    issuer = InlineIdP(f"https://idp-{s.ns}.faults.test")
+    issuer = IdP(f"https://idp-{s.ns}.faults.test", "ES256")
     s.start_operator()
     s.start_server()
-    s.apply(s.idp("corp", issuer.spec()), s.app("steady", "corp"))
+    s.apply(s.idp("corp", inline_spec(issuer)), s.app("steady", "corp"))
     wait_for(lambda: s.ready(api.KIND_APP, "steady"), 60, "OAuthApplication Ready")
     steady = s.credentials("steady-credentials")
-    subject = issuer.mint()
+    subject = issuer.mint({"sub": "alice", "aud": SUBJECT_AUDIENCE}, lifetime=900)
     wait_for(lambda: all(s.exchange(steady, subject).status_code == 200 for _ in range(4)), 10, "exchanges")
 
     def credential_secrets() -> dict[str, dict]:
@@ -532,13 +495,13 @@ def test_signing_key_rotation_under_load_fails_no_verification(stacks):
     s = stacks(operator_env={"TOKENBRIDGE_SIGNING_ROTATION_PERIOD": "6s", "TOKENBRIDGE_SIGNING_PUBLISH_LEAD": "2s",
                              "TOKENBRIDGE_SIGNING_CHECK_INTERVAL": "1s", "TOKENBRIDGE_MAX_TOKEN_LIFETIME": "60s"},
                server_env={"TOKENBRIDGE_MAX_TOKEN_LIFETIME": "60s"})
-    issuer = InlineIdP(f"https://idp-{s.ns}.faults.test")
+    issuer = IdP(f"https://idp-{s.ns}.faults.test", "ES256")
     s.start_operator()
     s.start_server()
-    s.apply(s.idp("corp", issuer.spec()), s.app("web", "corp"))
+    s.apply(s.idp("corp", inline_spec(issuer)), s.app("web", "corp"))
     wait_for(lambda: s.ready(api.KIND_APP, "web"), 60, "OAuthApplication Ready")
     creds = s.credentials("web-credentials")
-    subject = issuer.mint()
+    subject = issuer.mint({"sub": "alice", "aud": SUBJECT_AUDIENCE}, lifetime=900)
     wait_for(lambda: all(s.exchange(creds, subject).status_code == 200 for _ in range(4)), 10, "exchanges")
 
     rs = ResourceServer(s.base)

@@ -20,7 +20,7 @@ import pytest
 from kopf.testing import KopfRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.idp import LocalIdP
+from tests.support.idp import HttpsIdP
 from tests.support.processes import free_port
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import SigningKeySet
@@ -157,7 +157,7 @@ def secret_values(cluster, name, namespace):
 @pytest.mark.parametrize("kind, type_", [("okta", "Okta"), ("entra", "MicrosoftEntraID"),
                                          ("entra-v1", "MicrosoftEntraID"), ("auth0", "Auth0")])
 def test_provider_shapes_are_discovered(cluster, namespace, kind, type_):
-    with LocalIdP(kind) as server, operator():
+    with HttpsIdP(kind) as server, operator():
         apply(cluster, idp("corp", namespace, server, type_))
         obj = wait_ready(cluster, "identityprovider", "corp", namespace)
     status = obj["status"]
@@ -194,7 +194,7 @@ def test_kubernetes_serviceaccount_issuer(cluster, monkeypatch):
 
 
 def test_outage_marks_stale_then_recovers(cluster, namespace):
-    with LocalIdP("okta") as server, operator():
+    with HttpsIdP("okta") as server, operator():
         apply(cluster, idp("flaky", namespace, server, "Okta"))
         good = wait_ready(cluster, "identityprovider", "flaky", namespace)["status"]
         server.fail(None)  # connections dropped: unreachable
@@ -213,7 +213,7 @@ def test_outage_marks_stale_then_recovers(cluster, namespace):
 
 
 def test_keys_outage_is_reported_on_keys_available(cluster, namespace):
-    with LocalIdP("auth0") as server, operator():
+    with HttpsIdP("auth0") as server, operator():
         server.routes["/.well-known/jwks.json"] = (503, {}, {})
         apply(cluster, idp("nokeys", namespace, server, "Auth0"))
         obj = wait_ready(cluster, "identityprovider", "nokeys", namespace, "False", "JWKSUnavailable")
@@ -235,7 +235,7 @@ def test_ssrf_targets_are_refused(cluster, namespace):
 
 
 def test_invalid_document_fails_until_the_spec_changes(cluster, namespace):
-    with LocalIdP("okta") as server, operator():
+    with HttpsIdP("okta") as server, operator():
         server.document_overrides["issuer"] = "https://somebody-else.example/oauth2/default"
         apply(cluster, idp("mismatch", namespace, server, "Okta"))
         obj = wait_ready(cluster, "identityprovider", "mismatch", namespace, "False", "IssuerMismatch")
@@ -332,7 +332,7 @@ def test_references_cross_namespace_refused_and_readiness_followed(cluster, name
     cluster.kubectl("create", "namespace", other)
     cidp = f"cidp-{namespace}"
     try:
-        with LocalIdP("okta") as server, operator():
+        with HttpsIdP("okta") as server, operator():
             apply(cluster, idp("okta", other, server, "Okta"))
             wait_ready(cluster, "identityprovider", "okta", other)
             apply(cluster, app("xns", namespace, "xns-credentials", grants=(TOKEN_EXCHANGE,),
@@ -368,7 +368,7 @@ def test_applications_created_with_their_idp_become_ready_without_waiting_for_a_
     IdP not Ready. Its prompt re-check must come from the IdP's status as watched (the re-check interval is 10m).
     """
     names = [f"burst-{i}" for i in range(12)]
-    with LocalIdP("okta") as server, operator():
+    with HttpsIdP("okta") as server, operator():
         for round_ in range(2):
             objs = [idp(f"okta-{round_}", namespace, server, "Okta")]
             objs += [app(f"{n}-{round_}", namespace, f"{n}-{round_}-credentials", grants=(TOKEN_EXCHANGE,),
@@ -402,7 +402,7 @@ def test_signing_keys_rotate_and_old_keys_stay_published(cluster):
 # --- CEL expressions -------------------------------------------------------------------------------------------
 
 def test_invalid_identity_provider_expression_until_the_spec_is_fixed(cluster, namespace):
-    with LocalIdP("okta") as server, operator():
+    with HttpsIdP("okta") as server, operator():
         apply(cluster, idp("cel", namespace, server, "Okta", condition="assertion.sub +"))
         obj = wait_ready(cluster, "identityprovider", "cel", namespace, "False", "InvalidExpression")
         message = condition(obj, "Ready")["message"]
@@ -424,7 +424,7 @@ def test_invalid_identity_provider_expression_until_the_spec_is_fixed(cluster, n
 def test_invalid_cluster_identity_provider_claim_mapping(cluster):
     name = f"cel-{uuid.uuid4().hex[:6]}"
     try:
-        with LocalIdP("okta") as server, operator():
+        with HttpsIdP("okta") as server, operator():
             apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "ClusterIdentityProvider",
                             "metadata": {"name": name},
                             "spec": {"type": "Okta", "wellKnownURL": server.well_known_url,
@@ -472,7 +472,7 @@ def reconciliations(samples, kind, result):
 def test_metrics_endpoint_counts_reconciliations(cluster, namespace, monkeypatch):
     port = free_port()
     monkeypatch.setenv("TOKENBRIDGE_METRICS_PORT", str(port))
-    with LocalIdP("okta") as server, operator():
+    with HttpsIdP("okta") as server, operator():
         before = wait_for("the metrics endpoint", lambda: _try_scrape(port))
         apply(cluster, idp("good", namespace, server, "Okta"))
         apply(cluster, idp("bad", namespace, server, "Okta", condition="assertion.sub +"))

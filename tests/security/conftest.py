@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, POST_CLIENT, POST_SECRET, SECRET, Clock, FixedSource,
-                                   SigningIdP, app_object, client_for, idp_object, snapshot_of)
+from tests.support.attacks import B_CLIENT, B_SECRET, CLIENT, POST_CLIENT, POST_SECRET, SECRET, client_for
+from tests.support.exchange import Clock, FixedSource, app_object, idp_object, snapshot_of
+from tests.support.idp import IdP
 from tokenbridge import api
 
 ENTRA_TEMPLATE = "https://login.microsoftonline.com/{tenantid}/v2.0"
@@ -23,16 +24,16 @@ ENTRA_TEMPLATE = "https://login.microsoftonline.com/{tenantid}/v2.0"
 
 @dataclass
 class World:
-    corp: SigningIdP
-    ec: SigningIdP
-    ed: SigningIdP
-    strict: SigningIdP
-    partner: SigningIdP
-    entra: SigningIdP
-    team_b: SigningIdP
-    b_only: SigningIdP
-    attacker_rsa: SigningIdP
-    attacker_ec: SigningIdP
+    corp: IdP
+    ec: IdP
+    ed: IdP
+    strict: IdP
+    partner: IdP
+    entra: IdP
+    team_b: IdP
+    b_only: IdP
+    attacker_rsa: IdP
+    attacker_ec: IdP
 
     def idp_objects(self) -> list[dict[str, Any]]:
         return [
@@ -72,16 +73,16 @@ class World:
 @pytest.fixture(scope="session")
 def world() -> World:
     return World(
-        corp=SigningIdP("https://idp.example.test", "RS256"),
-        ec=SigningIdP("https://ec.example.test", "ES256"),
-        ed=SigningIdP("https://ed.example.test", "EdDSA"),
-        strict=SigningIdP("https://strict.example.test", "ES256"),
-        partner=SigningIdP("https://partner.example.test", "RS256"),
-        entra=SigningIdP(ENTRA_TEMPLATE, "RS256"),
-        team_b=SigningIdP("https://idp-b.example.test", "RS256"),
-        b_only=SigningIdP("https://b-only.example.test", "RS256"),
-        attacker_rsa=SigningIdP("https://idp.example.test", "RS256"),  # claims corp's issuer
-        attacker_ec=SigningIdP("https://ec.example.test", "ES256"),  # claims ec-corp's issuer
+        corp=IdP("https://idp.example.test", "RS256"),
+        ec=IdP("https://ec.example.test", "ES256"),
+        ed=IdP("https://ed.example.test", "EdDSA"),
+        strict=IdP("https://strict.example.test", "ES256"),
+        partner=IdP("https://partner.example.test", "RS256"),
+        entra=IdP(ENTRA_TEMPLATE, "RS256"),
+        team_b=IdP("https://idp-b.example.test", "RS256"),
+        b_only=IdP("https://b-only.example.test", "RS256"),
+        attacker_rsa=IdP("https://idp.example.test", "RS256"),  # claims corp's issuer
+        attacker_ec=IdP("https://ec.example.test", "ES256"),  # claims ec-corp's issuer
     )
 
 

@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, NOW, SECRET, Clock, FixedSource, SigningIdP, app_object,
-                                   assert_accepted, assert_refused, basic, client_for, exchange, idp_object,
-                                   snapshot_of)
+from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, SECRET, assert_accepted, assert_refused, client_for,
+                                   exchange)
+from tests.support.exchange import Clock, FixedSource, app_object, basic, idp_object, snapshot_of
+from tests.support.idp import NOW, IdP
 from tokenbridge.jwks import parse_jwks
 from tokenbridge_exchange.jwks_cache import JwksCache
 
@@ -277,7 +278,7 @@ def test_client_id_claimed_twice_without_a_clear_first_is_served_to_nobody(world
 def test_unknown_kid_storm_respects_the_refresh_cooldown():
     """Many tokens with random kids against one remote IdP: each is refused, at most one JWKS fetch per cooldown,
     and a good token is still accepted in the middle of the storm."""
-    remote = SigningIdP("https://remote.example.test", "RS256")
+    remote = IdP("https://remote.example.test", "RS256")
     clock = Clock()
     fetches = []
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, FORM, NOW, SECRET, Clock, FixedSource, SigningIdP,
-                                   app_object, assert_accepted, assert_refused, basic, client_for, encode, exchange,
-                                   idp_object, jws, snapshot_of)
+from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, SECRET, assert_accepted, assert_refused, client_for,
+                                   encode, exchange)
+from tests.support.exchange import FORM, Clock, FixedSource, app_object, basic, idp_object, snapshot_of
+from tests.support.idp import NOW, IdP, jws
 from tokenbridge import api
 
 CONDITION = "assertion.email_verified == true && assertion.groups.exists(g, g == 'admins')"
@@ -16,11 +17,11 @@ CONDITION = "assertion.email_verified == true && assertion.groups.exists(g, g ==
 
 @pytest.fixture(scope="module")
 def idps():
-    return {"corp": SigningIdP("https://idp.example.test", "RS256"),
-            "robots": SigningIdP("https://robots.example.test", "ES256"),
-            "policed": SigningIdP("https://policed.example.test", "RS256"),
-            "other-ns": SigningIdP("https://other-ns.example.test", "RS256"),
-            "attacker": SigningIdP("https://robots.example.test", "ES256")}
+    return {"corp": IdP("https://idp.example.test", "RS256"),
+            "robots": IdP("https://robots.example.test", "ES256"),
+            "policed": IdP("https://policed.example.test", "RS256"),
+            "other-ns": IdP("https://other-ns.example.test", "RS256"),
+            "attacker": IdP("https://robots.example.test", "ES256")}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ import re
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.support.attacks import CLIENT, FORM, SECRET, assert_accepted, assert_refused, b64url, basic, encode, jws
+from tests.support.attacks import CLIENT, SECRET, assert_accepted, assert_refused, encode
+from tests.support.exchange import FORM, basic
+from tests.support.idp import b64url, jws
 from tokenbridge import api
 
 JWS = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")

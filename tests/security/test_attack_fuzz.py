@@ -27,8 +27,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, FORM, NOW, OAUTH_ERRORS, POST_CLIENT, POST_SECRET,
-                                   SECRET, assert_accepted, b64url, basic, encode, exchange, jws, post)
+from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, OAUTH_ERRORS, POST_CLIENT, POST_SECRET, SECRET,
+                                   assert_accepted, encode, exchange, post)
+from tests.support.exchange import FORM, basic
+from tests.support.idp import NOW, b64url, jws
 from tokenbridge import api
 
 FUZZ = settings(max_examples=2000, deadline=None, database=None, derandomize=False,

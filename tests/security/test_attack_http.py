@@ -10,8 +10,9 @@ import json
 import falcon.testing
 import pytest
 
-from tests.support.attacks import (CLIENT, FORM, POST_CLIENT, POST_SECRET, SECRET, app_object, assert_accepted,
-                                   assert_refused, basic, client_for, encode, exchange, post)
+from tests.support.attacks import (CLIENT, POST_CLIENT, POST_SECRET, SECRET, assert_accepted, assert_refused,
+                                   client_for, encode, exchange, post)
+from tests.support.exchange import FORM, app_object, basic
 from tokenbridge import api
 import tokenbridge.client_secrets as client_secrets
 

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from tests.support.attacks import ALGORITHMS, assert_accepted, assert_refused, b64url, exchange, jws
+from tests.support.attacks import assert_accepted, assert_refused, exchange
+from tests.support.idp import ALGORITHMS, b64url, jws
 
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 ED25519_L = 2 ** 252 + 27742317777372353535851937790883648493

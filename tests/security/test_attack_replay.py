@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.attacks import (CLIENT, FORM, NOW, SECRET, Clock, FixedSource, SigningIdP, app_object,
-                                   assert_accepted, assert_refused, basic, client_for, exchange, idp_object, post,
-                                   snapshot_of)
+from tests.support.attacks import CLIENT, SECRET, assert_accepted, assert_refused, client_for, exchange, post
+from tests.support.exchange import FORM, Clock, FixedSource, app_object, basic, idp_object, snapshot_of
+from tests.support.idp import NOW, IdP
 from tokenbridge import api
 
 
 @pytest.fixture(scope="module")
 def once():
-    return SigningIdP("https://once.example.test", "RS256")
+    return IdP("https://once.example.test", "RS256")
 
 
 @pytest.fixture(scope="module")
 def tracked():
-    return SigningIdP("https://tracked.example.test", "ES256")
+    return IdP("https://tracked.example.test", "ES256")
 
 
 @pytest.fixture

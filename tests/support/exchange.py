@@ -1,16 +1,14 @@
-"""Shared pieces of the exchange server tests: an IdP that signs with keys the test generates, resource objects,
-a fixed snapshot source and a client that fails the test on any 500."""
+"""The exchange server in process, for its tests: resource objects, a fixed snapshot source and clock, and a client
+that fails the test on any 500. Subject tokens come from tests.support.idp."""
 from __future__ import annotations
 
 import base64
-import json
-import uuid
 from typing import Any
 
 import falcon.testing
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.support.idp import NOW
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import generate_keyset
@@ -20,48 +18,6 @@ from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.snapshot import build_snapshot
 
 PUBLIC_ISSUER = "https://tokens.example.test"
-NOW = 1_800_000_000.0
-
-
-class TestIdP:
-    """Generated keys, their public JWKS, and tokens signed with them."""
-
-    __test__ = False
-
-    def __init__(self, issuer: str = "https://idp.example.test", alg: str = "RS256"):
-        self.issuer = issuer
-        self.alg = alg
-        self.keys: dict[str, Any] = {}
-        self.kid = self.add_key()
-
-    def add_key(self) -> str:
-        kid = uuid.uuid4().hex[:8]
-        self.keys[kid] = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if self.alg.startswith("RS")
-                          else ec.generate_private_key(ec.SECP256R1()))
-        self.kid = kid
-        return kid
-
-    def jwks(self) -> dict[str, Any]:
-        keys = []
-        for kid, key in self.keys.items():
-            jwk = json.loads(jwt.get_algorithm_by_name(self.alg).to_jwk(key.public_key()))
-            keys.append({**jwk, "kid": kid, "use": "sig"})
-        return {"keys": keys}
-
-    def claims(self, **overrides: Any) -> dict[str, Any]:
-        claims = {"iss": self.issuer, "sub": "alice", "aud": "api://tokenbridge", "iat": int(NOW) - 10,
-                  "exp": int(NOW) + 3600}
-        claims.update(overrides)
-        return {k: v for k, v in claims.items() if v is not None}
-
-    def token(self, headers: dict[str, Any] | None = None, key: Any = None, **claims: Any) -> str:
-        headers = {"kid": self.kid, **(headers or {})}
-        return jwt.encode(self.claims(**claims), key or self.keys[self.kid], algorithm=self.alg, headers=headers)
-
-
-def b64url(data: bytes | str) -> str:
-    data = data.encode() if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def idp_object(name: str, issuer: str, *, namespace: str = "team-a", kind: str = api.KIND_IDP,
@@ -147,14 +103,14 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
 
 
-FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def post_form(client, path: str, form: dict[str, Any], auth: tuple[str, str] | None = None):
     """POST a form (None values left out, lists repeated) with client_secret_basic ``auth``."""
     from urllib.parse import urlencode
     body = urlencode({k: v for k, v in form.items() if v is not None}, doseq=True)
-    return client.simulate_post(path, body=body, headers={**FORM_HEADERS, **(basic(*auth) if auth else {})})
+    return client.simulate_post(path, body=body, headers={**FORM, **(basic(*auth) if auth else {})})
 
 
 def expect_error(result, status: int, error: str, text: str = "") -> dict:

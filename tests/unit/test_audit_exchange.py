@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 
-from tests.support.exchange import (Clock, FixedSource, TestIdP, app_object, claims_of, idp_object, make_client,
-                                    post_form, snapshot_of)
+from tests.support.exchange import (Clock, FixedSource, app_object, claims_of, idp_object, make_client, post_form,
+                                    snapshot_of)
+from tests.support.idp import IdP
 from tokenbridge import api
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
@@ -18,7 +19,7 @@ AUTH = (CLIENT, SECRET)
 
 @pytest.fixture
 def idp():
-    return TestIdP()
+    return IdP()
 
 
 @pytest.fixture

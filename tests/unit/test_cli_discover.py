@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.idp import LocalIdP
+from tests.support.idp import HttpsIdP
 from tokenbridge_cli.commands import discover
 
 TB = str(Path(sys.executable).parent / "tokenbridge")
@@ -17,7 +17,7 @@ TB = str(Path(sys.executable).parent / "tokenbridge")
 
 @pytest.fixture
 def ca_file(tmp_path):
-    def write(idp: LocalIdP) -> str:
+    def write(idp: HttpsIdP) -> str:
         path = tmp_path / "ca.pem"
         path.write_text(idp.ca_pem)
         return str(path)
@@ -31,7 +31,7 @@ def ca_file(tmp_path):
     ("entra", "MicrosoftEntraID", "/{tenantid}/v2.0"),  # the multi-tenant template is kept literally
 ])
 def test_discovers_what_the_operator_would(kind, idp_type, issuer_suffix, ca_file, capsys):
-    with LocalIdP(kind=kind) as idp:
+    with HttpsIdP(kind=kind) as idp:
         code = discover.main([idp.well_known_url, "--type", idp_type, "--allow-private", "--ca-file", ca_file(idp),
                               "--json"])
         out = json.loads(capsys.readouterr().out)
@@ -44,7 +44,7 @@ def test_discovers_what_the_operator_would(kind, idp_type, issuer_suffix, ca_fil
 
 
 def test_human_output_lists_keys_and_skipped_keys_with_reasons(ca_file, capsys):
-    with LocalIdP(kind="okta", alg="ES256") as idp:
+    with HttpsIdP(kind="okta", alg="ES256") as idp:
         good = idp.jwks()["keys"][0]
         idp.routes["/oauth2/default/v1/keys"] = (200, {"keys": [
             good, {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}, {**good, "kid": "enc", "use": "enc"}]}, {})
@@ -59,7 +59,7 @@ def test_human_output_lists_keys_and_skipped_keys_with_reasons(ca_file, capsys):
 
 
 def test_loopback_is_refused_without_allow_private(ca_file, capsys):
-    with LocalIdP() as idp:
+    with HttpsIdP() as idp:
         assert discover.main([idp.well_known_url, "--ca-file", ca_file(idp)]) == 1
     err = capsys.readouterr().err
     assert "BlockedAddress (discovery): localhost resolves to 127.0.0.1, a loopback address" in err
@@ -67,14 +67,14 @@ def test_loopback_is_refused_without_allow_private(ca_file, capsys):
 
 
 def test_untrusted_certificate_says_to_pass_the_ca(capsys):
-    with LocalIdP() as idp:
+    with HttpsIdP() as idp:
         assert discover.main([idp.well_known_url, "--allow-private"]) == 1
     err = capsys.readouterr().err
     assert "CERTIFICATE_VERIFY_FAILED" in err and "--ca-file" in err
 
 
 def test_issuer_mismatch_is_the_operators_refusal(ca_file, capsys):
-    with LocalIdP() as idp:
+    with HttpsIdP() as idp:
         idp.document_overrides["issuer"] = "https://evil.example.com"
         assert discover.main([idp.well_known_url, "--allow-private", "--ca-file", ca_file(idp)]) == 1
     err = capsys.readouterr().err
@@ -83,14 +83,14 @@ def test_issuer_mismatch_is_the_operators_refusal(ca_file, capsys):
 
 def test_entra_issuer_needs_the_entra_type(ca_file, capsys):
     """The {tenantid} quirk is type-specific in the operator, so it is here: as OIDC the document is refused."""
-    with LocalIdP(kind="entra") as idp:
+    with HttpsIdP(kind="entra") as idp:
         assert discover.main([idp.well_known_url, "--type", "OIDC", "--allow-private",
                               "--ca-file", ca_file(idp)]) == 1
     assert "IssuerMismatch" in capsys.readouterr().err
 
 
 def test_no_usable_keys_names_each_skipped_key(ca_file, capsys):
-    with LocalIdP(alg="ES256") as idp:
+    with HttpsIdP(alg="ES256") as idp:
         assert discover.main([idp.well_known_url, "--allow-private", "--ca-file", ca_file(idp),
                               "--algorithm", "RS256"]) == 1
     err = capsys.readouterr().err

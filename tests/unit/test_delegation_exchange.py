@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.exchange import (NOW, Clock, FixedSource, TestIdP, app_object, claims_of, expect_error, idp_object,
-                                    make_client, post_form, snapshot_of)
+from tests.support.exchange import (Clock, FixedSource, app_object, claims_of, expect_error, idp_object, make_client,
+                                    post_form, snapshot_of)
+from tests.support.idp import NOW, IdP
 from tokenbridge import api
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
@@ -13,12 +14,12 @@ PLAIN, PLAIN_SECRET = "tb-plain", "plain-secret"
 
 @pytest.fixture(scope="module")
 def users():
-    return TestIdP("https://users.example.test")
+    return IdP("https://users.example.test")
 
 
 @pytest.fixture(scope="module")
 def robots():
-    return TestIdP("https://robots.example.test", alg="ES256")
+    return IdP("https://robots.example.test", alg="ES256")
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def test_the_actor_token_is_validated_like_a_subject_token(client, users, robots
                  "contains none of the audiences")  # aud of the robots IdP is api://actors
     expect_error(delegate(client, users.token(), robot(robots, sub="human")), 400, "invalid_grant",
                  "the condition of identity provider team-a/robots refused the request")
-    other = TestIdP("https://elsewhere.example.test")
+    other = IdP("https://elsewhere.example.test")
     expect_error(delegate(client, users.token(), other.token()), 400, "invalid_grant",
                  "not an identity provider of this client")  # an IdP the application does not list
     expect_error(delegate(client, users.token(), "not-a-jwt"), 400, "invalid_grant", "actor_token is not a JWT")

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from tests.support.idp import LocalIdP
+from tests.support.idp import HttpsIdP
 from tokenbridge.discovery import (
     DiscoveryError, KubeCredentials, discover, fetch_keys, implied_issuer, issuer_matches,
 )
@@ -29,7 +29,7 @@ def error_of(spec, policy=LOCAL, **kwargs) -> DiscoveryError:
 
 @pytest.fixture
 def okta():
-    with LocalIdP("okta") as idp:
+    with HttpsIdP("okta") as idp:
         yield idp
 
 
@@ -42,7 +42,7 @@ def test_okta_custom_authorization_server(okta):
 
 
 def test_auth0_trailing_slash_issuer_and_symmetric_algorithms_ignored():
-    with LocalIdP("auth0") as idp:
+    with HttpsIdP("auth0") as idp:
         meta = discover(spec_for(idp, "Auth0"), LOCAL)
     assert meta.issuer == idp.issuer and meta.issuer.endswith("/")
     assert meta.keys.algorithms <= {"RS256", "RS384", "RS512"}
@@ -50,7 +50,7 @@ def test_auth0_trailing_slash_issuer_and_symmetric_algorithms_ignored():
 
 @pytest.mark.parametrize("kind, issuer_suffix", [("entra", "/{tenantid}/v2.0"), ("entra-v1", None)])
 def test_entra_multi_tenant_template_is_kept(kind, issuer_suffix):
-    with LocalIdP(kind) as idp:
+    with HttpsIdP(kind) as idp:
         meta = discover(spec_for(idp, "MicrosoftEntraID"), LOCAL)
         assert meta.issuer == idp.issuer and "{tenantid}" in meta.issuer
         if issuer_suffix:
@@ -134,7 +134,7 @@ def plain_http_idp():
             self.end_headers()
             self.wfile.write(data)
 
-    with LocalIdP() as signer:
+    with HttpsIdP() as signer:
         jwks = signer.jwks()
     server = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -197,8 +197,8 @@ def test_fetch_keys_for_the_server_refresh(okta):
 
 @pytest.fixture
 def apiserver(tmp_path):
-    """A LocalIdP standing in for the operator's API server, whose issuer differs from its URL."""
-    with LocalIdP("oidc") as idp:
+    """A HttpsIdP standing in for the operator's API server, whose issuer differs from its URL."""
+    with HttpsIdP("oidc") as idp:
         idp.document_overrides["issuer"] = "https://kubernetes.default.svc.cluster.local"
         ca_file = tmp_path / "ca.crt"
         ca_file.write_text(idp.ca_pem)

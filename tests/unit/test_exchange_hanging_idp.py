@@ -19,7 +19,7 @@ import jwt
 import yaml
 
 from tests.support.exchange import basic
-from tests.support.idp import LocalIdP
+from tests.support.idp import HttpsIdP
 from tests.support.processes import free_port, stop_group
 from tokenbridge import api
 
@@ -27,7 +27,7 @@ AUDIENCE = "api://hanging"
 
 
 def test_good_tokens_are_served_while_a_refresh_waits_on_a_hanging_idp(tmp_path):
-    idp = LocalIdP(kind="oidc", alg="RS256").start()
+    idp = HttpsIdP(kind="oidc", alg="RS256").start()
     docs = [
         {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "corp", "namespace": "ns"},
          "spec": {"type": "OIDC", "wellKnownURL": idp.well_known_url, "tls": {"caBundle": idp.ca_pem},
@@ -70,9 +70,8 @@ def test_good_tokens_are_served_while_a_refresh_waits_on_a_hanging_idp(tmp_path)
         fetches = sum(1 for path, _ in idp.requests if path == jwks_path)
         idp.delay = 8.0  # longer than any fetch timeout: the refresh gives up, the IdP never answers it
         now = int(time.time())
-        real_key = dict(idp._keys)[idp._keys[-1][0]]
         forged = jwt.encode({"iss": idp.issuer, "sub": "mallory", "aud": AUDIENCE, "iat": now, "exp": now + 900},
-                            real_key, algorithm="RS256", headers={"kid": uuid.uuid4().hex})
+                            idp.key, algorithm="RS256", headers={"kid": uuid.uuid4().hex})
         answer: dict[str, httpx.Response] = {}
         waiting = threading.Thread(target=lambda: answer.setdefault("forged", exchange(forged)))
         waiting.start()

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tests.support.exchange import Clock, TestIdP, app_object, idp_object, snapshot_of
+from tests.support.exchange import Clock, app_object, idp_object, snapshot_of
+from tests.support.idp import IdP
 from tokenbridge.jwks import parse_jwks
 from tokenbridge_exchange.jwks_cache import JwksCache, KeysUnavailable, RemoteKeys, StaticKeys
 
@@ -17,7 +18,7 @@ ALGS = ["RS256"]
 class Fetcher:
     """Serves the IdP's current JWKS; can fail or be slow; counts calls."""
 
-    def __init__(self, idp: TestIdP, delay: float = 0.0):
+    def __init__(self, idp: IdP, delay: float = 0.0):
         self.idp, self.delay, self.calls, self.failing = idp, delay, 0, False
 
     def __call__(self, uri, spec):
@@ -30,7 +31,7 @@ class Fetcher:
 
 @pytest.fixture
 def idp():
-    return TestIdP()
+    return IdP()
 
 
 def entry(fetcher, clock, **settings) -> RemoteKeys:
@@ -50,7 +51,7 @@ def test_unknown_kid_refreshes_at_most_once_per_cooldown(idp):
     fetcher, clock = Fetcher(idp), Clock()
     keys = entry(fetcher, clock, cooldown=10)
     keys.candidates(idp.kid, "RS256")
-    new_kid = idp.add_key()
+    new_kid = idp.rotate()
     clock.now += 5  # within the cooldown of the first fetch
     assert keys.candidates(new_kid, "RS256") == []
     assert keys.candidates("forged", "RS256") == []
@@ -99,7 +100,7 @@ def test_background_refresh_after_the_lifespan(idp):
     clock.now += 299
     cache.refresh_due()
     assert fetcher.calls == 1
-    new_kid = idp.add_key()
+    new_kid = idp.rotate()
     clock.now += 1
     cache.refresh_due()
     assert fetcher.calls == 2

@@ -10,8 +10,8 @@ import jwt
 import pytest
 import yaml
 
-from tests.support.exchange import TestIdP, basic, make_client
-from tests.support.idp import LocalIdP
+from tests.support.exchange import FORM, basic, make_client
+from tests.support.idp import HttpsIdP, IdP
 from tokenbridge import api
 from tokenbridge.discovery import discover, fetch_keys
 from tokenbridge.fetch import FetchPolicy
@@ -19,7 +19,6 @@ from tokenbridge.signing import generate_keyset
 from tokenbridge_exchange.jwks_cache import JwksCache
 from tokenbridge_exchange.sources.manifests import ManifestSource
 
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 LOOPBACK = FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
 
 
@@ -56,10 +55,10 @@ def exchange(client, token, secret="first-secret", **params):
 
 @pytest.fixture
 def idp():
-    return TestIdP()
+    return IdP()
 
 
-def fresh(idp: TestIdP, **claims):
+def fresh(idp: IdP, **claims):
     now = int(time.time())
     return idp.token(iat=now, exp=now + 600, **claims)
 
@@ -174,7 +173,7 @@ def test_application_without_its_credentials_secret_is_not_served(tmp_path, idp)
 
 
 def test_discovery_by_the_server_and_an_idp_key_rotation(tmp_path):
-    with LocalIdP(kind="okta") as local:
+    with HttpsIdP(kind="okta") as local:
         policy = LOOPBACK
         cache = JwksCache(lambda uri, spec: fetch_keys(uri, spec, policy)[1])
         write(tmp_path / "m.yaml", manifests({"wellKnownURL": local.well_known_url,
@@ -205,7 +204,7 @@ def test_discovery_by_the_server_and_an_idp_key_rotation(tmp_path):
                                             ("entra", "MicrosoftEntraID"), ("entra-v1", "MicrosoftEntraID")])
 def test_idp_shapes_discovered_and_exchanged(tmp_path, kind, idp_type):
     """Auth0's trailing slash, Entra's {tenantid} issuer template (v2 and v1) and Okta's custom server path."""
-    with LocalIdP(kind=kind) as local:
+    with HttpsIdP(kind=kind) as local:
         cache = JwksCache(lambda uri, spec: fetch_keys(uri, spec, LOOPBACK)[1])
         write(tmp_path / "m.yaml", manifests({"type": idp_type, "wellKnownURL": local.well_known_url,
                                               "tls": {"caBundle": local.ca_pem}}))

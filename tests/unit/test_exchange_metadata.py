@@ -6,12 +6,11 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 
-from tests.support.exchange import (NOW, PUBLIC_ISSUER, Clock, FixedSource, TestIdP, app_object, basic, idp_object,
-                                    make_client, snapshot_of)
+from tests.support.exchange import (FORM, PUBLIC_ISSUER, Clock, FixedSource, app_object, basic, idp_object, make_client,
+                                    snapshot_of)
+from tests.support.idp import NOW, IdP
 from tokenbridge import api
 from tokenbridge.signing import ensure_rotated, generate_keyset
-
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @pytest.fixture
@@ -21,7 +20,7 @@ def clock():
 
 @pytest.fixture
 def idp():
-    return TestIdP()
+    return IdP()
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.exchange import TestIdP, basic
+from tests.support.exchange import basic
+from tests.support.idp import IdP
 from tests.support.processes import free_port, stop_group
 from tokenbridge import api
 from tokenbridge.signing import generate_keyset
@@ -31,7 +32,7 @@ def never_discover(spec):
     raise AssertionError("no discovery expected")
 
 
-def documents(idp: TestIdP, *, apps: int = 2, scopes=("read",), secret: str = "pw") -> list[dict]:
+def documents(idp: IdP, *, apps: int = 2, scopes=("read",), secret: str = "pw") -> list[dict]:
     docs: list[dict] = [
         {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "corp", "namespace": "apps"},
          "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]}}]
@@ -62,7 +63,7 @@ class CountingSource(ManifestSource):
 
 @pytest.fixture
 def idp():
-    return TestIdP()
+    return IdP()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import jwt
 import pytest
 import yaml
 
-from tests.support.exchange import TestIdP
+from tests.support.idp import IdP
 from tests.support.processes import free_port
 from tokenbridge import api
 from tokenbridge_exchange import config as server_config
@@ -24,7 +24,7 @@ ONCE_ISSUER = "https://once.example.test"
 
 @pytest.fixture
 def server(tmp_path):
-    idp = TestIdP()
+    idp = IdP()
     docs = [
         {"apiVersion": api.API_VERSION, "kind": api.KIND_CLUSTER_IDP, "metadata": {"name": "corp"},
          "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]}},

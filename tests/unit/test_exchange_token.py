@@ -10,8 +10,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk as jwcrypto_jwk, jwt as jwcrypto_jwt
 
-from tests.support.exchange import (NOW, PUBLIC_ISSUER, Clock, FixedSource, TestIdP, app_object, b64url, basic,
-                                    idp_object, make_client, snapshot_of)
+from tests.support.exchange import (FORM, PUBLIC_ISSUER, Clock, FixedSource, app_object, basic, idp_object, make_client,
+                                    snapshot_of)
+from tests.support.idp import NOW, IdP, b64url
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import generate_keyset
@@ -19,12 +20,11 @@ from tokenbridge.signing import generate_keyset
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 POST_CLIENT, POST_SECRET = "tb-post", "p0st-secret"
 EXCHANGE = api.GRANT_TOKEN_EXCHANGE
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @pytest.fixture
 def idp():
-    return TestIdP()
+    return IdP()
 
 
 @pytest.fixture
@@ -34,8 +34,8 @@ def clock():
 
 @pytest.fixture
 def source(idp, clock):
-    other = TestIdP("https://other-idp.example.test")
-    entra = TestIdP("https://login.microsoftonline.com/{tenantid}/v2.0")
+    other = IdP("https://other-idp.example.test")
+    entra = IdP("https://login.microsoftonline.com/{tenantid}/v2.0")
     idps = [
         idp_object("corp", idp.issuer, jwks=idp.jwks()),
         idp_object("strict", "https://strict.example.test", jwks=idp.jwks(), allowedAlgorithms=["ES256"],
@@ -178,7 +178,7 @@ def test_aud_list_with_one_allowed_audience(client, idp):
 
 
 def test_header_key_references_are_ignored(client, idp):
-    token = idp.token(headers={"jku": "https://evil.test/jwks", "x5u": "https://evil.test/cert",
+    token = idp.token(header={"jku": "https://evil.test/jwks", "x5u": "https://evil.test/cert",
                                "jwk": {"kty": "EC"}, "x5c": ["AAAA"]})
     assert exchange(client, token).status_code == 200
 
@@ -425,7 +425,7 @@ def test_alg_outside_the_idps_allowed_set(client, idp):
 
 
 def test_crit_header_is_refused(client, idp):
-    assert_error(exchange(client, idp.token(headers={"crit": ["exp"]})), 400, "invalid_grant", "crit")
+    assert_error(exchange(client, idp.token(header={"crit": ["exp"]})), 400, "invalid_grant", "crit")
 
 
 def test_embedded_jwk_cannot_supply_the_key(client, idp):
@@ -434,13 +434,13 @@ def test_embedded_jwk_cannot_supply_the_key(client, idp):
                        headers={"kid": idp.kid, "jwk": json.loads(jwt.get_algorithm_by_name("ES256").to_jwk(
                            attacker.public_key()))})
     assert_error(exchange(client, token), 400, "invalid_grant", "no ES256 key with kid")
-    other = TestIdP(idp.issuer)
-    forged = other.token(headers={"kid": idp.kid, "jwk": other.jwks()["keys"][0]})
+    other = IdP(idp.issuer)
+    forged = other.token(header={"kid": idp.kid, "jwk": other.jwks()["keys"][0]})
     assert_error(exchange(client, forged), 400, "invalid_grant", "signature does not verify")
 
 
 def test_unknown_kid(client, idp):
-    assert_error(exchange(client, idp.token(headers={"kid": "rotated-away"})), 400, "invalid_grant",
+    assert_error(exchange(client, idp.token(header={"kid": "rotated-away"})), 400, "invalid_grant",
                  "no RS256 key with kid 'rotated-away'")
 
 
@@ -479,7 +479,7 @@ def test_nbf_and_iat_within_clock_skew_are_accepted(client, idp):
 
 
 def test_max_token_age(idp, clock):
-    strict = TestIdP("https://strict.example.test", alg="ES256")
+    strict = IdP("https://strict.example.test", alg="ES256")
     source = FixedSource(snapshot_of(
         [idp_object("strict", strict.issuer, jwks=strict.jwks(), allowedAlgorithms=["ES256"], maxTokenAge="5m",
                     clockSkew="10s")],
@@ -497,7 +497,7 @@ def test_jwt_bearer_assertion_is_validated_the_same_way(client, idp):
 
 
 def test_idps_sharing_an_issuer_are_each_tried(idp, clock):
-    second = TestIdP(idp.issuer)
+    second = IdP(idp.issuer)
     source = FixedSource(snapshot_of(
         [idp_object("a", idp.issuer, jwks=idp.jwks()), idp_object("b", idp.issuer, jwks=second.jwks())],
         apps=[app_object("web", CLIENT, SECRET, providers=[{"name": "a"}, {"name": "b"}])], clock=clock))

@@ -8,8 +8,9 @@ import uuid
 import pytest
 import yaml
 
-from tests.support.exchange import (Clock, FixedSource, TestIdP, app_object, expect_error, idp_object, make_client,
-                                    post_form, snapshot_of)
+from tests.support.exchange import (Clock, FixedSource, app_object, expect_error, idp_object, make_client, post_form,
+                                    snapshot_of)
+from tests.support.idp import IdP
 from tokenbridge import api
 from tokenbridge_cli.commands import explain as explain_cli
 
@@ -20,7 +21,7 @@ CONDITION = "assertion.sub.endsWith(':alice')"
 
 @pytest.fixture(scope="module")
 def idp():
-    return TestIdP()
+    return IdP()
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_a_refused_token_names_the_failed_step(client, idp):
 
 
 def test_a_bad_signature_fails_at_the_signature_step(client, idp):
-    forged = TestIdP(idp.issuer).token(headers={"kid": idp.kid})
+    forged = IdP(idp.issuer).token(header={"kid": idp.kid})
     report = post_form(client, "/oauth2/explain", form(forged), AUTH).json
     assert steps(report)["subject_token.alg"][0] == "pass"
     assert steps(report)["subject_token.signature"] == (

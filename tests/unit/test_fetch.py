@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from tests.support.idp import LocalIdP
+from tests.support.idp import HttpsIdP
 from tokenbridge import fetch
 from tokenbridge.fetch import FetchError, FetchPolicy, blocked_because, fetch_json
 
@@ -13,7 +13,7 @@ LOCAL = FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"), ipadd
 
 @pytest.fixture(scope="module")
 def idp():
-    with LocalIdP(kind="okta") as server:
+    with HttpsIdP(kind="okta") as server:
         yield server
 
 
@@ -111,7 +111,7 @@ def test_unknown_ca_fails_tls(idp):
 
 
 def test_certificate_is_verified_against_the_host_name_not_the_pinned_ip():
-    with LocalIdP(hostnames=("localhost",)) as only_name:
+    with HttpsIdP(hostnames=("localhost",)) as only_name:
         assert fetch_json(only_name.jwks_uri, LOCAL, ca_bundle=only_name.ca_pem)["keys"]
         ip_url = only_name.jwks_uri.replace("localhost", "127.0.0.1")
         assert reason_of(ip_url, ca_bundle=only_name.ca_pem) == "TLSError"
@@ -130,7 +130,7 @@ def test_connection_is_pinned_to_the_checked_address(monkeypatch):
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
-    with LocalIdP(hostnames=("rebind.test",)) as idp:
+    with HttpsIdP(hostnames=("rebind.test",)) as idp:
         assert fetch_json(idp.jwks_uri, LOCAL, ca_bundle=idp.ca_pem)["keys"]
         assert lookups == ["rebind.test"]
         assert idp.requests[-1][1]["Host"] == f"rebind.test:{idp.port}"

@@ -7,8 +7,8 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.exchange import (NOW, Clock, FixedSource, TestIdP, app_object, idp_object, make_client, post_form,
-                                    snapshot_of)
+from tests.support.exchange import Clock, FixedSource, app_object, idp_object, make_client, post_form, snapshot_of
+from tests.support.idp import NOW, IdP
 from tokenbridge import api
 from tokenbridge.jwks import parse_jwks
 from tokenbridge_exchange.jwks_cache import JwksCache
@@ -32,7 +32,7 @@ def value(samples, name, **labels) -> float:
 @pytest.fixture
 def world(tmp_path):
     clock = Clock()
-    remote, local = TestIdP("https://remote.example.test"), TestIdP()
+    remote, local = IdP("https://remote.example.test"), IdP()
     fetches = []
 
     def fetch(uri, spec):
@@ -69,9 +69,9 @@ def test_metric_values_after_known_traffic(world):
     cc = post_form(client, "/oauth2/token", {"grant_type": api.GRANT_CLIENT_CREDENTIALS}, AUTH)
     assert cc.status_code == 200
     clock.now += 11  # past the cooldown
-    assert exchange(client, remote.token(headers={"kid": "rotated"})).status_code == 400  # refetch: fails
+    assert exchange(client, remote.token(header={"kid": "rotated"})).status_code == 400  # refetch: fails
     clock.now += 1
-    assert exchange(client, remote.token(headers={"kid": "rotated-2"})).status_code == 400  # within cooldown
+    assert exchange(client, remote.token(header={"kid": "rotated-2"})).status_code == 400  # within cooldown
 
     m = scrape(client)
     x, tx = "tokenbridge_exchanges_total", api.GRANT_TOKEN_EXCHANGE

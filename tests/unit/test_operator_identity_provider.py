@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.support.idp import LocalIdP
+from tests.support.idp import HttpsIdP
 from tokenbridge.discovery import DiscoveryError
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge_operator.handlers.identity_provider import (
@@ -26,7 +26,7 @@ def cond(status, type_):
 
 @pytest.fixture(scope="module")
 def okta():
-    with LocalIdP("okta") as server:
+    with HttpsIdP("okta") as server:
         yield server
 
 

@@ -12,7 +12,7 @@ import pytest
 from kubernetes.client import ApiException
 from prometheus_client import REGISTRY
 
-from tests.support.idp import LocalIdP
+from tests.support.idp import HttpsIdP
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge_operator import main, metrics
 from tokenbridge_operator.config import OperatorConfig
@@ -79,7 +79,7 @@ def app_body(name, **spec):
 
 @pytest.fixture(scope="module")
 def okta():
-    with LocalIdP("okta") as server:
+    with HttpsIdP("okta") as server:
         yield server
 
 

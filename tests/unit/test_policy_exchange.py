@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.support.exchange import (NOW, Clock, FixedSource, TestIdP, app_object, claims_of, expect_error, idp_object,
-                                    make_client, no_fetch, post_form, snapshot_of)
+from tests.support.exchange import (Clock, FixedSource, app_object, claims_of, expect_error, idp_object, make_client,
+                                    no_fetch, post_form, snapshot_of)
+from tests.support.idp import NOW, IdP
 from tokenbridge import api
 from tokenbridge_exchange import snapshot as snapshot_module
 from tokenbridge_exchange.jwks_cache import JwksCache
@@ -22,7 +23,7 @@ def exchange(client, token, **params):
 
 
 def setup(idp_spec=None, app_spec=None, *, idp=None, clock=None, **config):
-    idp = idp or TestIdP()
+    idp = idp or IdP()
     clock = clock or Clock()
     snap = snapshot_of([idp_object("corp", idp.issuer, jwks=idp.jwks(), **(idp_spec or {}))],
                        apps=[app_object("web", CLIENT, SECRET, **(app_spec or {}))], clock=clock)
@@ -148,7 +149,7 @@ def test_an_application_whose_condition_does_not_compile_is_not_served():
 
 
 def test_policies_compile_once_and_are_reused_while_unchanged(monkeypatch):
-    idp = TestIdP()
+    idp = IdP()
     calls = []
     real = snapshot_module.compile_policy
     monkeypatch.setattr(snapshot_module, "compile_policy", lambda *a, **k: calls.append(a) or real(*a, **k))
@@ -167,7 +168,7 @@ def test_policies_compile_once_and_are_reused_while_unchanged(monkeypatch):
 
 def test_a_source_compiles_a_policy_once_across_its_reloads(monkeypatch, tmp_path):
     """A source keeps one PolicyCache for all its rebuilds: a reload that leaves a policy alone compiles nothing."""
-    idp = TestIdP()
+    idp = IdP()
     calls = []
     real = snapshot_module.compile_policy
     monkeypatch.setattr(snapshot_module, "compile_policy", lambda *a, **k: calls.append(a) or real(*a, **k))

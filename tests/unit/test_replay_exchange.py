@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from tests.support.exchange import (NOW, Clock, FixedSource, TestIdP, app_object, expect_error, idp_object, make_client,
-                                    post_form, snapshot_of)
+from tests.support.exchange import (Clock, FixedSource, app_object, expect_error, idp_object, make_client, post_form,
+                                    snapshot_of)
+from tests.support.idp import NOW, IdP
 from tokenbridge import api
 from tokenbridge_exchange.replay import CacheFull, ReplayCache, Replayed
 
@@ -18,7 +19,7 @@ AUTH = (CLIENT, SECRET)
 
 @pytest.fixture(scope="module")
 def idp():
-    return TestIdP()
+    return IdP()
 
 
 @pytest.fixture

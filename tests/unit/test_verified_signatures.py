@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.exchange import (NOW, Clock, FixedSource, TestIdP, app_object, expect_error, idp_object, make_client,
-                                    post_form, snapshot_of)
+from tests.support.exchange import (Clock, FixedSource, app_object, expect_error, idp_object, make_client, post_form,
+                                    snapshot_of)
+from tests.support.idp import NOW, IdP
 from tokenbridge import api
 from tokenbridge.jwks import VerificationKey
 from tokenbridge_exchange import assertions, config as server_config
@@ -33,7 +34,7 @@ def rs256(monkeypatch):
 @pytest.fixture
 def world():
     clock = Clock()
-    idp = TestIdP()
+    idp = IdP()
     source = FixedSource()
 
     def configure(idp_for_snapshot=idp):
@@ -76,7 +77,7 @@ def test_new_keys_verify_again_and_removed_keys_no_longer_count(world, rs256):
     configure()  # the same key material, parsed again (a new snapshot or a JWKS refresh): new key objects
     assert exchange(client, token).status_code == 200
     assert rs256.calls == 2
-    stranger = TestIdP(issuer=idp.issuer)  # the IdP rotated: the token's key is gone, its kid unknown
+    stranger = IdP(issuer=idp.issuer)  # the IdP rotated: the token's key is gone, its kid unknown
     configure(stranger)
     expect_error(exchange(client, token), 400, "invalid_grant", "no RS256 key")
 
@@ -84,7 +85,7 @@ def test_new_keys_verify_again_and_removed_keys_no_longer_count(world, rs256):
 def test_failed_signatures_are_never_remembered(world, rs256):
     clock, idp, source, _ = world
     client = make_client(source, clock)
-    other = TestIdP()
+    other = IdP()
     forged = idp.token(key=other.keys[other.kid])  # the IdP's kid, another key's signature
     for _ in range(3):
         expect_error(exchange(client, forged), 400, "invalid_grant", "signature does not verify")

@@ -19,7 +19,8 @@ import jwt
 import pytest
 import yaml
 
-from tests.support.exchange import TestIdP, basic
+from tests.support.exchange import basic
+from tests.support.idp import IdP
 from tests.support.processes import free_port, stop_group
 from tokenbridge import api
 from test_exchange_preload import documents
@@ -96,7 +97,7 @@ def test_installed_wheel_serves_a_token_exchange_with_the_default_worker_class(v
             "assert importlib.util.find_spec('pytest') is None, 'dev extras installed'")
     run([str(bin_dir / "python"), "-c", code], cwd=tmp_path, env=env, timeout=60)
 
-    idp = TestIdP()
+    idp = IdP()
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     (manifests / "config.yaml").write_text(yaml.safe_dump_all(documents(idp, apps=1)))
