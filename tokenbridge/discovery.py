@@ -80,7 +80,7 @@ class ProviderMetadata:
     issuer: str
     token_endpoint: str | None
     jwks_uri: str | None
-    jwks: dict
+    jwks: dict[str, Any]
     keys: KeySet
     discovered_at: datetime
 
@@ -219,7 +219,7 @@ def _get(url: str, spec: IdentityProviderSpec, policy: FetchPolicy, credentials:
 
 
 def fetch_keys(jwks_uri: str, spec: IdentityProviderSpec | Mapping[str, Any], policy: FetchPolicy, *,
-               credentials: KubeCredentials | None = None) -> tuple[dict, KeySet]:
+               credentials: KubeCredentials | None = None) -> tuple[dict[str, Any], KeySet]:
     """Fetch and parse a JWKS for this spec; DiscoveryError (stage ``keys``) when it has no usable key."""
     spec = IdentityProviderSpec.of(spec)
     document, _ = _get(jwks_uri, spec, policy, credentials, STAGE_KEYS)

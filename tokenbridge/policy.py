@@ -17,7 +17,8 @@ Errors never carry claim values: a refusal names the expression's field, not wha
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import celpy
@@ -102,7 +103,7 @@ def _from_cel(value: Any) -> Any:
 class Expression:
     field: str
     source: str
-    program: Any = field(repr=False, compare=False)
+    program: Any = dataclasses.field(repr=False, compare=False)
 
     def evaluate(self, activation: Mapping[str, Any]) -> Any:
         return self.program.evaluate(activation)

@@ -181,7 +181,7 @@ def identity_provider_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Mem
 
 
 @kopf.timer(GROUP, VERSION, PLURAL_IDP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
-async def identity_provider_refresh(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int,
+async def identity_provider_refresh(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int = 0,
                                     **_: Any) -> None:
     if memo.get("change_retrying") or time.monotonic() < memo.get("next_refresh", 0.0):
         return
@@ -258,7 +258,8 @@ def application_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, ret
 
 
 @kopf.timer(GROUP, VERSION, PLURAL_APP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
-async def application_recheck(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+async def application_recheck(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int = 0,
+                              **_: Any) -> None:
     refs = application.reference_keys(body["metadata"]["namespace"],
                                       OAuthApplicationSpec.from_dict(body["spec"]).identity_providers)
     due = time.monotonic() >= memo.get("next_check", 0.0)

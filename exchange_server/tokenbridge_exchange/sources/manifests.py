@@ -80,7 +80,7 @@ def _namespaced(doc: dict[str, Any]) -> dict[str, Any]:
 def _drain(items: list[Any]) -> Iterator[Any]:
     """The items in order, each dropped from the list as it is handed out (the list ends empty)."""
     for index in range(len(items)):
-        item, items[index] = items[index], None  # type: ignore[call-overload]
+        item, items[index] = items[index], None
         yield item
     items.clear()
 
@@ -266,8 +266,7 @@ class ManifestSource:
         discovered = {r.jwks_uri: r for _, r in self._discovered.values()
                       if isinstance(r, ProviderMetadata) and r.jwks_uri}
         for provider in snapshot.providers.values():
-            metadata = discovered.get(getattr(provider.keys, "jwks_uri", None))
-            if isinstance(provider.keys, RemoteKeys) and metadata is not None:
+            if isinstance(provider.keys, RemoteKeys) and (metadata := discovered.get(provider.keys.jwks_uri)):
                 provider.keys.seed(metadata.keys, metadata.discovered_at.timestamp())
 
     def _with_credentials(self, doc: dict[str, Any], secrets: Mapping[tuple, dict[str, str]]) -> dict[str, Any]:

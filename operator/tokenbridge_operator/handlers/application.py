@@ -325,9 +325,10 @@ def client_id_conflict(app: Mapping[str, Any], client_id: str, holders: ClientID
     try:
         found = list(holders(client_id))
     except Exception as exc:
-        if getattr(exc, "status", None) in (401, 403):  # a namespace-scoped install: fail closed, do not retry
+        code = getattr(exc, "status", None)
+        if code in (401, 403):  # a namespace-scoped install: fail closed, do not retry
             return f"OAuthApplications in all namespaces cannot be listed to check that no other application has " \
-                   f"it ({exc.status} {getattr(exc, 'reason', '')})".rstrip()
+                   f"it ({code} {getattr(exc, 'reason', '')})".rstrip()
         raise  # anything else is an API error like any other: retried
     uid = app["metadata"]["uid"]
     others = sorted(f"{(o.get('metadata') or {}).get('namespace')}/{(o.get('metadata') or {}).get('name')}"
@@ -374,8 +375,8 @@ def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mappi
                                   cluster_identity_providers=cluster_identity_providers)
     new = desired_status(status, meta.get("generation"), plan, references, now)
     expiry = _parse_time(new.get("previousClientSecretExpiresAt"))
-    return Outcome(new, plan.events + ready_events(status, new), get_condition(new["conditions"], COND_READY)[
-        "status"] == TRUE, expiry)
+    ready = get_condition(new["conditions"], COND_READY)
+    return Outcome(new, plan.events + ready_events(status, new), ready is not None and ready["status"] == TRUE, expiry)
 
 
 def utcnow() -> datetime:
