@@ -10,6 +10,7 @@
 
 This script lives beside the chart, not in it, so it is never packaged.
 """
+
 from __future__ import annotations
 
 import json
@@ -89,57 +90,89 @@ DEFS = {
         requests=obj(cpu=QUANTITY, memory=QUANTITY, **{"ephemeral-storage": QUANTITY}),
         limits=obj(cpu=QUANTITY, memory=QUANTITY, **{"ephemeral-storage": QUANTITY}),
     ),
-    "labelSelectorRequirement": obj(required=("key", "operator"), key=string(),
-                                    operator=string(enum=["In", "NotIn", "Exists", "DoesNotExist"]),
-                                    values=array(string())),
-    "labelSelector": obj(matchLabels={"type": "object", "additionalProperties": {"type": "string"}},
-                         matchExpressions=array(ref("labelSelectorRequirement"))),
-    "nodeSelectorRequirement": obj(required=("key", "operator"), key=string(),
-                                   operator=string(enum=["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]),
-                                   values=array(string())),
-    "nodeSelectorTerm": obj(matchExpressions=array(ref("nodeSelectorRequirement")),
-                            matchFields=array(ref("nodeSelectorRequirement"))),
-    "podAffinityTerm": obj(required=("topologyKey",), labelSelector=ref("labelSelector"),
-                           namespaceSelector=ref("labelSelector"), namespaces=array(string()),
-                           topologyKey=string(), matchLabelKeys=array(string()), mismatchLabelKeys=array(string())),
+    "labelSelectorRequirement": obj(
+        required=("key", "operator"),
+        key=string(),
+        operator=string(enum=["In", "NotIn", "Exists", "DoesNotExist"]),
+        values=array(string()),
+    ),
+    "labelSelector": obj(
+        matchLabels={"type": "object", "additionalProperties": {"type": "string"}},
+        matchExpressions=array(ref("labelSelectorRequirement")),
+    ),
+    "nodeSelectorRequirement": obj(
+        required=("key", "operator"),
+        key=string(),
+        operator=string(enum=["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]),
+        values=array(string()),
+    ),
+    "nodeSelectorTerm": obj(
+        matchExpressions=array(ref("nodeSelectorRequirement")), matchFields=array(ref("nodeSelectorRequirement"))
+    ),
+    "podAffinityTerm": obj(
+        required=("topologyKey",),
+        labelSelector=ref("labelSelector"),
+        namespaceSelector=ref("labelSelector"),
+        namespaces=array(string()),
+        topologyKey=string(),
+        matchLabelKeys=array(string()),
+        mismatchLabelKeys=array(string()),
+    ),
     "podAffinity": obj(
         requiredDuringSchedulingIgnoredDuringExecution=array(ref("podAffinityTerm")),
-        preferredDuringSchedulingIgnoredDuringExecution=array(obj(
-            required=("weight", "podAffinityTerm"), weight=integer("1-100", 1, 100),
-            podAffinityTerm=ref("podAffinityTerm"))),
+        preferredDuringSchedulingIgnoredDuringExecution=array(
+            obj(
+                required=("weight", "podAffinityTerm"),
+                weight=integer("1-100", 1, 100),
+                podAffinityTerm=ref("podAffinityTerm"),
+            )
+        ),
     ),
     "affinity": obj(
         "Pod affinity (Kubernetes Affinity).",
         nodeAffinity=obj(
             requiredDuringSchedulingIgnoredDuringExecution=obj(
-                required=("nodeSelectorTerms",), nodeSelectorTerms=array(ref("nodeSelectorTerm"))),
-            preferredDuringSchedulingIgnoredDuringExecution=array(obj(
-                required=("weight", "preference"), weight=integer("1-100", 1, 100),
-                preference=ref("nodeSelectorTerm"))),
+                required=("nodeSelectorTerms",), nodeSelectorTerms=array(ref("nodeSelectorTerm"))
+            ),
+            preferredDuringSchedulingIgnoredDuringExecution=array(
+                obj(
+                    required=("weight", "preference"),
+                    weight=integer("1-100", 1, 100),
+                    preference=ref("nodeSelectorTerm"),
+                )
+            ),
         ),
         podAffinity=ref("podAffinity"),
         podAntiAffinity=ref("podAffinity"),
     ),
-    "toleration": obj(key=string(), operator=string(enum=["Exists", "Equal"]), value=string(),
-                      effect=string(enum=["NoSchedule", "PreferNoSchedule", "NoExecute", ""]),
-                      tolerationSeconds=integer("seconds")),
+    "toleration": obj(
+        key=string(),
+        operator=string(enum=["Exists", "Equal"]),
+        value=string(),
+        effect=string(enum=["NoSchedule", "PreferNoSchedule", "NoExecute", ""]),
+        tolerationSeconds=integer("seconds"),
+    ),
     "envVar": obj(
         required=("name",),
         name=string(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"),
         value=string(),
         valueFrom=obj(
             secretKeyRef=obj(required=("name", "key"), name=string(), key=string(), optional={"type": "boolean"}),
-            configMapKeyRef=obj(required=("name", "key"), name=string(), key=string(),
-                                optional={"type": "boolean"}),
+            configMapKeyRef=obj(required=("name", "key"), name=string(), key=string(), optional={"type": "boolean"}),
             fieldRef=obj(required=("fieldPath",), fieldPath=string(), apiVersion=string()),
-            resourceFieldRef=obj(required=("resource",), resource=string(), containerName=string(),
-                                 divisor=QUANTITY),
+            resourceFieldRef=obj(required=("resource",), resource=string(), containerName=string(), divisor=QUANTITY),
         ),
     ),
-    "networkPolicyPeer": obj(podSelector=ref("labelSelector"), namespaceSelector=ref("labelSelector"),
-                             ipBlock=obj(required=("cidr",), cidr=string(), **{"except": array(string())})),
-    "networkPolicyPort": obj(protocol=string(enum=["TCP", "UDP", "SCTP"]), port=INT_OR_STRING,
-                             endPort=integer("end of a port range", 1, 65535)),
+    "networkPolicyPeer": obj(
+        podSelector=ref("labelSelector"),
+        namespaceSelector=ref("labelSelector"),
+        ipBlock=obj(required=("cidr",), cidr=string(), **{"except": array(string())}),
+    ),
+    "networkPolicyPort": obj(
+        protocol=string(enum=["TCP", "UDP", "SCTP"]),
+        port=INT_OR_STRING,
+        endPort=integer("end of a port range", 1, 65535),
+    ),
     "serviceAccount": obj(
         "The component's ServiceAccount.",
         create=boolean("Create the ServiceAccount (else `name` must exist)."),
@@ -169,12 +202,19 @@ def values_schema() -> dict:
         required=("publicIssuer",),
         nameOverride=string("Override the chart name part of resource names."),
         fullnameOverride=string("Override the full resource name prefix."),
-        image=obj("The one Tokenbridge image.", required=("repository",),
-                  repository=string("Image repository.", minLength=1), tag=string("Tag; empty means appVersion."),
-                  pullPolicy=string("Pull policy.", enum=["Always", "IfNotPresent", "Never"])),
+        image=obj(
+            "The one Tokenbridge image.",
+            required=("repository",),
+            repository=string("Image repository.", minLength=1),
+            tag=string("Tag; empty means appVersion."),
+            pullPolicy=string("Pull policy.", enum=["Always", "IfNotPresent", "Never"]),
+        ),
         imagePullSecrets=array(obj(required=("name",), name=string()), "Image pull secrets."),
-        publicIssuer={"type": "string", "description": "REQUIRED public issuer URL (https://...)",
-                      "anyOf": [{"const": ""}, {"pattern": r"^https?://[^\s/?#]+(/[^\s?#]*)?$"}]},
+        publicIssuer={
+            "type": "string",
+            "description": "REQUIRED public issuer URL (https://...)",
+            "anyOf": [{"const": ""}, {"pattern": r"^https?://[^\s/?#]+(/[^\s?#]*)?$"}],
+        },
         signing=obj(
             "Token-signing key.",
             algorithm=string("Signing algorithm.", enum=["ES256", "RS256", "EdDSA"]),
@@ -185,8 +225,9 @@ def values_schema() -> dict:
         ),
         fetch=obj(
             "SSRF guard of outbound fetches (both components).",
-            allowedNetworks=array(string(pattern=r"^[0-9a-fA-F:.]+(/[0-9]{1,3})?$"),
-                                  "Private CIDRs that may be fetched from."),
+            allowedNetworks=array(
+                string(pattern=r"^[0-9a-fA-F:.]+(/[0-9]{1,3})?$"), "Private CIDRs that may be fetched from."
+            ),
             allowInsecureHTTP=boolean("Allow http:// IdP URLs where the IdP opts in. Development only."),
         ),
         rbac=obj(
@@ -215,17 +256,30 @@ def values_schema() -> dict:
             jwksLifespan=duration("Refresh interval of cached IdP keys."),
             jwksMaxStaleness=duration("Serve last good IdP keys this long."),
             **pod_settings(),
-            service=obj("The Service.", type=string(enum=["ClusterIP", "NodePort", "LoadBalancer"]),
-                        port=integer("Service port.", 1, 65535), annotations=string_map("Annotations.")),
+            service=obj(
+                "The Service.",
+                type=string(enum=["ClusterIP", "NodePort", "LoadBalancer"]),
+                port=integer("Service port.", 1, 65535),
+                annotations=string_map("Annotations."),
+            ),
             ingress=obj(
                 "Optional Ingress.",
                 enabled=boolean("Create an Ingress."),
                 className=string("IngressClass."),
                 annotations=string_map("Annotations."),
-                hosts=array(obj(required=("host",), host=string(minLength=1),
-                                paths=array(obj(required=("path",), path=string(pattern="^/"),
-                                                pathType=string(enum=["Prefix", "Exact",
-                                                                      "ImplementationSpecific"]))))),
+                hosts=array(
+                    obj(
+                        required=("host",),
+                        host=string(minLength=1),
+                        paths=array(
+                            obj(
+                                required=("path",),
+                                path=string(pattern="^/"),
+                                pathType=string(enum=["Prefix", "Exact", "ImplementationSpecific"]),
+                            )
+                        ),
+                    )
+                ),
                 tls=array(obj(secretName=string(), hosts=array(string()))),
             ),
             podDisruptionBudget=obj(
@@ -255,11 +309,13 @@ def values_schema() -> dict:
             "Optional NetworkPolicies.",
             enabled=boolean("Create NetworkPolicies."),
             serverIngressFrom=array(ref("networkPolicyPeer"), "Who may reach the server; empty: anyone."),
-            operatorMetricsFrom=array(ref("networkPolicyPeer"),
-                                      "Who may scrape the operator's metrics port; empty: anyone."),
+            operatorMetricsFrom=array(
+                ref("networkPolicyPeer"), "Who may scrape the operator's metrics port; empty: anyone."
+            ),
             egressPorts=array(integer("TCP port", 1, 65535), "TCP ports both may connect to."),
-            extraEgress=array(obj(to=array(ref("networkPolicyPeer")), ports=array(ref("networkPolicyPort"))),
-                              "Extra egress rules."),
+            extraEgress=array(
+                obj(to=array(ref("networkPolicyPeer")), ports=array(ref("networkPolicyPort"))), "Extra egress rules."
+            ),
         ),
         podSecurityContext=obj(
             "Pod security context (runAsNonRoot and seccomp RuntimeDefault are always set).",
@@ -268,8 +324,12 @@ def values_schema() -> dict:
             fsGroup=integer("fsGroup.", 1),
         ),
     )
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "Tokenbridge chart values",
-            **schema, "$defs": DEFS}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Tokenbridge chart values",
+        **schema,
+        "$defs": DEFS,
+    }
 
 
 def render_schema() -> str:

@@ -39,7 +39,16 @@ AUTH_METHOD_POST = "client_secret_post"
 
 # Only asymmetric JWS algorithms are ever accepted (RFC 8725 §3.1); the default is the RS256/ES256 family.
 ASYMMETRIC_ALGORITHMS = (
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
 )
 DEFAULT_ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 

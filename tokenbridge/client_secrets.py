@@ -4,6 +4,7 @@ Client secrets are 256 random bits, so a fast hash is enough (no dictionary to g
 verify without ever reading the Secret. The server compares hashes in constant time
 (``tokenbridge_exchange.client_auth``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,4 +28,3 @@ def generate_client_secret() -> str:
 
 def hash_client_secret(secret: str) -> str:
     return HASH_PREFIX + hashlib.sha256(secret.encode()).hexdigest()
-

@@ -4,10 +4,12 @@ A pure function so that reconcilers can compute the whole new status first and w
 ``patch.status``; ``lastTransitionTime`` only moves when a condition's status really changes, which is what
 lets readers (and the operator's own Event logic) tell a transition from a refresh.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 TRUE = "True"
 FALSE = "False"
@@ -17,7 +19,7 @@ STATUSES = (TRUE, FALSE, UNKNOWN)
 
 def rfc3339(moment: datetime) -> str:
     """Kubernetes' metav1.Time format: UTC, second precision, ``Z`` suffix."""
-    return moment.astimezone(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(

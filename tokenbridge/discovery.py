@@ -23,21 +23,24 @@ Credentials of ``kubernetes.useOperatorCredentials`` are only ever sent to the o
 scheme, port and host, or a host resolving to the same address); its address is exempt from the SSRF guard
 because it comes from the operator's configuration, not from a user. A JWKS elsewhere is fetched without them.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import fetch
 from .api import IDP_ENTRA, IDP_KUBERNETES
 from .fetch import FetchError, FetchPolicy, fetch_json
-from .issuers import TENANT_PLACEHOLDER, issuer_from_well_known as implied_issuer
+from .issuers import TENANT_PLACEHOLDER
+from .issuers import issuer_from_well_known as implied_issuer
 from .jwks import JWKSError, KeySet, parse_jwks
 from .specs import IdentityProviderSpec
 
@@ -105,27 +108,28 @@ class KubeCredentials:
         return self.bearer_token
 
     @classmethod
-    def from_client_configuration(cls, configuration: Any) -> "KubeCredentials":
+    def from_client_configuration(cls, configuration: Any) -> KubeCredentials:
         token = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
-            "authorization")
+            "authorization"
+        )
         if token and token.lower().startswith("bearer "):
-            token = token[len("bearer "):]
+            token = token[len("bearer ") :]
         cert = (configuration.cert_file, configuration.key_file) if configuration.cert_file else None
         return cls(configuration.host, configuration.ssl_ca_cert or None, cert, token or None)
 
     @classmethod
-    def load(cls, kubeconfig: str | None = None) -> "KubeCredentials":
+    def load(cls, kubeconfig: str | None = None) -> KubeCredentials:
         """In-cluster configuration when running in a pod, else the kubeconfig (``KUBECONFIG`` or ``~/.kube``)."""
         from kubernetes import client, config
-
         from kubernetes.config.incluster_config import SERVICE_TOKEN_FILENAME
 
         configuration = client.Configuration()
         try:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
-            config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
-                                    client_configuration=configuration)
+            config.load_kube_config(
+                config_file=kubeconfig or os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
             return cls.from_client_configuration(configuration)
         return dataclasses.replace(cls.from_client_configuration(configuration), token_file=SERVICE_TOKEN_FILENAME)
 
@@ -182,44 +186,65 @@ def _check_http_opt_in(url: str, spec: IdentityProviderSpec, policy: FetchPolicy
     if urlsplit(url).scheme.lower() != "http":
         return
     if not spec.allow_insecure_http:
-        raise DiscoveryError(INSECURE_URL, f"{url} is not https and spec.allowInsecureHTTP is not set",
-                             permanent=True, stage=stage)
+        raise DiscoveryError(
+            INSECURE_URL, f"{url} is not https and spec.allowInsecureHTTP is not set", permanent=True, stage=stage
+        )
     if not policy.allow_http:
-        raise DiscoveryError(INSECURE_URL, f"{url} is not https: spec.allowInsecureHTTP also needs the operator "
-                             "and server started with TOKENBRIDGE_ALLOW_INSECURE_HTTP=true", permanent=True,
-                             stage=stage)
+        raise DiscoveryError(
+            INSECURE_URL,
+            f"{url} is not https: spec.allowInsecureHTTP also needs the operator "
+            "and server started with TOKENBRIDGE_ALLOW_INSECURE_HTTP=true",
+            permanent=True,
+            stage=stage,
+        )
 
 
-def _get(url: str, spec: IdentityProviderSpec, policy: FetchPolicy, credentials: KubeCredentials | None,
-         stage: str) -> tuple[Any, bool]:
+def _get(
+    url: str, spec: IdentityProviderSpec, policy: FetchPolicy, credentials: KubeCredentials | None, stage: str
+) -> tuple[Any, bool]:
     """Fetch ``url`` for this spec; also says whether it came from our API server with our credentials."""
     _check_http_opt_in(url, spec, policy, stage)
     kwargs: dict[str, Any] = {"ca_bundle": spec.tls.ca_bundle if spec.tls else None}
     trusted = False
     if spec.uses_operator_credentials:
         if credentials is None:
-            raise DiscoveryError(CREDENTIALS_UNAVAILABLE, "kubernetes.useOperatorCredentials is set but the "
-                                 "operator has no Kubernetes credentials to use", permanent=False, stage=stage)
+            raise DiscoveryError(
+                CREDENTIALS_UNAVAILABLE,
+                "kubernetes.useOperatorCredentials is set but the operator has no Kubernetes credentials to use",
+                permanent=False,
+                stage=stage,
+            )
         if credentials.serves(url):
             try:
                 policy = credentials.policy(policy)
             except FetchError as exc:
                 raise _from_fetch_error(exc, stage) from exc
-            kwargs.update(ca_file=credentials.ca_file, client_cert=credentials.client_cert,
-                          bearer_token=credentials.token())
+            kwargs.update(
+                ca_file=credentials.ca_file, client_cert=credentials.client_cert, bearer_token=credentials.token()
+            )
             trusted = True
         elif stage == STAGE_DISCOVERY:
-            raise DiscoveryError(INVALID_SPEC, f"{url} is not the operator's API server ({credentials.host}); its "
-                                 "credentials are only sent there (set kubernetes.useOperatorCredentials: false "
-                                 "for another cluster)", permanent=True, stage=stage)
+            raise DiscoveryError(
+                INVALID_SPEC,
+                f"{url} is not the operator's API server ({credentials.host}); its "
+                "credentials are only sent there (set kubernetes.useOperatorCredentials: false "
+                "for another cluster)",
+                permanent=True,
+                stage=stage,
+            )
     try:
         return fetch_json(url, _spec_policy(spec, policy), **kwargs), trusted
     except FetchError as exc:
         raise _from_fetch_error(exc, stage) from exc
 
 
-def fetch_keys(jwks_uri: str, spec: IdentityProviderSpec | Mapping[str, Any], policy: FetchPolicy, *,
-               credentials: KubeCredentials | None = None) -> tuple[dict[str, Any], KeySet]:
+def fetch_keys(
+    jwks_uri: str,
+    spec: IdentityProviderSpec | Mapping[str, Any],
+    policy: FetchPolicy,
+    *,
+    credentials: KubeCredentials | None = None,
+) -> tuple[dict[str, Any], KeySet]:
     """Fetch and parse a JWKS for this spec; DiscoveryError (stage ``keys``) when it has no usable key."""
     spec = IdentityProviderSpec.of(spec)
     document, _ = _get(jwks_uri, spec, policy, credentials, STAGE_KEYS)
@@ -234,8 +259,9 @@ def _parse_keys(document: Any, spec: IdentityProviderSpec) -> KeySet:
         raise DiscoveryError(INVALID_JWKS, str(exc), permanent=True, stage=STAGE_KEYS) from exc
     if not len(keys):
         why = "; ".join(keys.skipped[:5]) or "the set is empty"
-        raise DiscoveryError(NO_USABLE_KEYS, f"no key usable with {', '.join(algorithms)}: {why}",
-                             permanent=True, stage=STAGE_KEYS)
+        raise DiscoveryError(
+            NO_USABLE_KEYS, f"no key usable with {', '.join(algorithms)}: {why}", permanent=True, stage=STAGE_KEYS
+        )
     return keys
 
 
@@ -246,16 +272,22 @@ def _optional_url(document: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
-def discover(spec: IdentityProviderSpec | Mapping[str, Any], policy: FetchPolicy, *,
-             credentials: KubeCredentials | None = None) -> ProviderMetadata:
+def discover(
+    spec: IdentityProviderSpec | Mapping[str, Any], policy: FetchPolicy, *, credentials: KubeCredentials | None = None
+) -> ProviderMetadata:
     """The effective metadata and keys of the IdP described by ``spec``; DiscoveryError otherwise."""
     spec = IdentityProviderSpec.of(spec)
     issuer, jwks_uri, token_endpoint, well_known = spec.issuer, spec.jwks_uri, spec.token_endpoint, spec.well_known_url
-    for name, value in (("wellKnownURL", well_known), ("jwksURI", jwks_uri), ("tokenEndpoint", token_endpoint),
-                        ("issuer", issuer)):
+    for name, value in (
+        ("wellKnownURL", well_known),
+        ("jwksURI", jwks_uri),
+        ("tokenEndpoint", token_endpoint),
+        ("issuer", issuer),
+    ):
         if value and "@" in urlsplit(value).netloc:
-            raise DiscoveryError(INVALID_URL, f"spec.{name} has user information; URLs with credentials are refused",
-                                 permanent=True)
+            raise DiscoveryError(
+                INVALID_URL, f"spec.{name} has user information; URLs with credentials are refused", permanent=True
+            )
     if well_known:
         try:
             implied_issuer(well_known)
@@ -269,10 +301,15 @@ def discover(spec: IdentityProviderSpec | Mapping[str, Any], policy: FetchPolicy
             raise DiscoveryError(INVALID_DISCOVERY_DOCUMENT, f"{well_known} has no issuer", permanent=True)
         if not issuer:
             if not (trusted and spec.type == IDP_KUBERNETES) and not issuer_matches(
-                    spec.type or "", well_known, stated):
-                raise DiscoveryError(ISSUER_MISMATCH, f"the document at {well_known} names issuer {stated!r}, "
-                                     f"but its URL implies {implied_issuer(well_known)!r} (OpenID Discovery §4.3); "
-                                     "set spec.issuer to trust it anyway", permanent=True)
+                spec.type or "", well_known, stated
+            ):
+                raise DiscoveryError(
+                    ISSUER_MISMATCH,
+                    f"the document at {well_known} names issuer {stated!r}, "
+                    f"but its URL implies {implied_issuer(well_known)!r} (OpenID Discovery §4.3); "
+                    "set spec.issuer to trust it anyway",
+                    permanent=True,
+                )
             issuer = stated
         jwks_uri = jwks_uri or _optional_url(document, "jwks_uri")
         token_endpoint = token_endpoint or _optional_url(document, "token_endpoint")
@@ -284,6 +321,7 @@ def discover(spec: IdentityProviderSpec | Mapping[str, Any], policy: FetchPolicy
     elif jwks_uri:
         jwks, keys = fetch_keys(jwks_uri, spec, policy, credentials=credentials)
     else:
-        raise DiscoveryError(INVALID_DISCOVERY_DOCUMENT, "no jwks_uri in the document and no spec.jwksURI or "
-                             "spec.jwks", permanent=True)
-    return ProviderMetadata(issuer, token_endpoint, jwks_uri, jwks, keys, datetime.now(timezone.utc))
+        raise DiscoveryError(
+            INVALID_DISCOVERY_DOCUMENT, "no jwks_uri in the document and no spec.jwksURI or spec.jwks", permanent=True
+        )
+    return ProviderMetadata(issuer, token_endpoint, jwks_uri, jwks, keys, datetime.now(UTC))

@@ -19,6 +19,7 @@ The timeout applies to each of connect, TLS and every read; the body loop also s
 
 Errors are :class:`FetchError` with a CamelCase ``reason`` that the operator puts into conditions as is.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -27,8 +28,9 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import certifi
@@ -81,15 +83,16 @@ class FetchPolicy:
     max_bytes: int = 1 << 20
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "FetchPolicy":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> FetchPolicy:
         """``TOKENBRIDGE_ALLOWED_NETWORKS`` (comma-separated CIDRs) and ``TOKENBRIDGE_ALLOW_INSECURE_HTTP``."""
         networks = tuple(
             ipaddress.ip_network(part.strip(), strict=False)
             for part in environ.get("TOKENBRIDGE_ALLOWED_NETWORKS", "").split(",")
             if part.strip()
         )
-        allow_http = _parse_bool(environ.get("TOKENBRIDGE_ALLOW_INSECURE_HTTP", "false"),
-                                 "TOKENBRIDGE_ALLOW_INSECURE_HTTP")
+        allow_http = _parse_bool(
+            environ.get("TOKENBRIDGE_ALLOW_INSECURE_HTTP", "false"), "TOKENBRIDGE_ALLOW_INSECURE_HTTP"
+        )
         return cls(allow_http=allow_http, allowed_networks=networks)
 
     def allows_address(self, address: IPAddress) -> bool:
@@ -107,8 +110,12 @@ def blocked_because(address: IPAddress) -> str | None:
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     for attribute, what in (
-        ("is_loopback", "loopback"), ("is_link_local", "link-local"), ("is_multicast", "multicast"),
-        ("is_unspecified", "unspecified"), ("is_reserved", "reserved"), ("is_private", "private"),
+        ("is_loopback", "loopback"),
+        ("is_link_local", "link-local"),
+        ("is_multicast", "multicast"),
+        ("is_unspecified", "unspecified"),
+        ("is_reserved", "reserved"),
+        ("is_private", "private"),
     ):
         if getattr(address, attribute):
             return f"a {what} address"
@@ -157,8 +164,9 @@ def check_url(url: str, policy: FetchPolicy) -> tuple[str, str, int, IPAddress]:
     for address in addresses:
         why = blocked_because(address)
         if why and not policy.allows_address(address):
-            raise FetchError(BLOCKED_ADDRESS,
-                             f"{host} resolves to {address}, {why}, which is not in the allowed networks")
+            raise FetchError(
+                BLOCKED_ADDRESS, f"{host} resolves to {address}, {why}, which is not in the allowed networks"
+            )
     return scheme, host, port, addresses[0]
 
 
@@ -200,12 +208,14 @@ def fetch_json(
     try:
         verify: ssl.SSLContext | bool = _ssl_context(ca_bundle, ca_file, client_cert) if scheme == "https" else False
     except (ssl.SSLError, OSError, ValueError) as exc:
-        raise FetchError(INVALID_TLS_CONFIGURATION,
-                         f"cannot use the configured CA bundle or client certificate: {exc}") from exc
+        raise FetchError(
+            INVALID_TLS_CONFIGURATION, f"cannot use the configured CA bundle or client certificate: {exc}"
+        ) from exc
     try:
         with httpx.Client(verify=verify, trust_env=False, follow_redirects=False, timeout=timeout) as client:
-            request = client.build_request("GET", pinned, headers=headers,
-                                           extensions={"sni_hostname": host} if scheme == "https" else {})
+            request = client.build_request(
+                "GET", pinned, headers=headers, extensions={"sni_hostname": host} if scheme == "https" else {}
+            )
             response = client.send(request, stream=True)
             try:
                 if response.is_redirect or 300 <= response.status_code < 400:

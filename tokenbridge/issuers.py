@@ -4,11 +4,13 @@ Issuers compare exactly (OpenID Connect Core §3.1.3.7). The one exception is Mi
 metadata, whose ``issuer`` is the literal template ``https://login.microsoftonline.com/{tenantid}/v2.0``: a token
 matches it when its ``iss`` fills the placeholder with exactly the tenant id the token itself carries in ``tid``.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 TENANT_PLACEHOLDER = "{tenantid}"
 OIDC_WELL_KNOWN = "/.well-known/openid-configuration"
@@ -35,7 +37,7 @@ def issuer_from_well_known(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     host, slash, path = rest.partition("/")
     if sep and ("/" + path).startswith(OAUTH_WELL_KNOWN):
-        suffix = ("/" + path)[len(OAUTH_WELL_KNOWN):]
+        suffix = ("/" + path)[len(OAUTH_WELL_KNOWN) :]
         return f"{scheme}://{host}{suffix}"
     if sep and url.endswith(OAUTH_WELL_KNOWN):
         return url[: -len(OAUTH_WELL_KNOWN)]
@@ -59,16 +61,16 @@ class IssuerIndex(Generic[V]):
 
     __slots__ = ("_exact", "_templates")
 
-    def __init__(self, entries: Iterable[tuple[str, V]],
-                 share: Callable[[tuple[V, ...]], tuple[V, ...]] | None = None):
+    def __init__(self, entries: Iterable[tuple[str, V]], share: Callable[[tuple[V, ...]], tuple[V, ...]] | None = None):
         exact: dict[str, list[V]] = {}
         templates: dict[str, list[V]] = {}
         for issuer, value in entries:
             (templates if is_template(issuer) else exact).setdefault(issuer, []).append(value)
         share = share or tuple
         self._exact: Mapping[str, tuple[V, ...]] = {k: share(tuple(v)) for k, v in exact.items()}
-        self._templates: Mapping[str, tuple[V, ...]] = \
+        self._templates: Mapping[str, tuple[V, ...]] = (
             {k: share(tuple(v)) for k, v in templates.items()} if templates else _NONE
+        )
 
     def lookup(self, iss: str, tid: object = None) -> tuple[V, ...]:
         found = self._exact.get(iss, ())

@@ -3,10 +3,12 @@
 Both the operator (to count usable keys) and the exchange server (to verify tokens) use this, so a key that one
 of them accepts is exactly a key the other accepts. Keys are parsed once per JWKS document, never per request.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import jwt
 from jwt.exceptions import PyJWTError
@@ -82,7 +84,7 @@ def parse_jwks(document: Any, allowed_algorithms: Iterable[str]) -> KeySet:
     allowed = frozenset(allowed_algorithms) & frozenset(ASYMMETRIC_ALGORITHMS)
     by_kid: dict[str | None, list[VerificationKey]] = {}
     skipped: list[str] = []
-    for index, jwk in enumerate(document["keys"][: MAX_KEYS]):
+    for index, jwk in enumerate(document["keys"][:MAX_KEYS]):
         name = f"key {index}"
         if not isinstance(jwk, Mapping):
             skipped.append(f"{name}: not a JSON object")

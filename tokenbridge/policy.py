@@ -14,12 +14,14 @@ the token-size cap on the input: CEL has no loops beyond macros over the (bounde
 
 Errors never carry claim values: a refusal names the expression's field, not what the token contained.
 """
+
 from __future__ import annotations
 
-import re
 import dataclasses
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import celpy
 from celpy import celtypes
@@ -34,20 +36,36 @@ MAX_EXPRESSION_LENGTH = EXPRESSION_MAX
 MAX_CLAIM_MAPPINGS = CLAIM_MAPPINGS_MAX
 MAX_SYNTAX_NODES = 400
 # Claims the server sets itself; a mapping may not forge them. ``sub`` may be mapped.
-RESERVED_CLAIMS = frozenset({"iss", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "act", "idp", "cnf",
-                             "may_act", "typ"})
+RESERVED_CLAIMS = frozenset(
+    {"iss", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "act", "idp", "cnf", "may_act", "typ"}
+)
 _CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")
 
 SAMPLE_ASSERTION: dict[str, Any] = {
-    "iss": "https://issuer.example", "sub": "sample-subject", "aud": ["sample-audience"], "exp": 2000000000,
-    "iat": 1700000000, "nbf": 1700000000, "jti": "sample-jti", "email": "user@example.com",
-    "email_verified": True, "name": "Sample User", "groups": ["sample-group"], "roles": ["sample-role"],
-    "scp": "read", "tid": "00000000-0000-0000-0000-000000000000", "azp": "sample-client",
+    "iss": "https://issuer.example",
+    "sub": "sample-subject",
+    "aud": ["sample-audience"],
+    "exp": 2000000000,
+    "iat": 1700000000,
+    "nbf": 1700000000,
+    "jti": "sample-jti",
+    "email": "user@example.com",
+    "email_verified": True,
+    "name": "Sample User",
+    "groups": ["sample-group"],
+    "roles": ["sample-role"],
+    "scp": "read",
+    "tid": "00000000-0000-0000-0000-000000000000",
+    "azp": "sample-client",
     "kubernetes.io": {"namespace": "sample", "serviceaccount": {"name": "sample", "uid": "sample-uid"}},
 }
-SAMPLE_REQUEST: dict[str, Any] = {"client_id": "sample-client", "audience": ["https://api.example"],
-                                  "scope": ["read"], "namespace": "sample",
-                                  "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange"}
+SAMPLE_REQUEST: dict[str, Any] = {
+    "client_id": "sample-client",
+    "audience": ["https://api.example"],
+    "scope": ["read"],
+    "namespace": "sample",
+    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+}
 
 _ENV = celpy.Environment()
 
@@ -192,8 +210,9 @@ class Policy:
 Policy.EMPTY = Policy()  # type: ignore[attr-defined]
 
 
-def compile_policy(spec: IdentityProviderSpec | OAuthApplicationSpec | Mapping[str, Any], *, kind: str,
-                   owner: str | None = None) -> Policy:
+def compile_policy(
+    spec: IdentityProviderSpec | OAuthApplicationSpec | Mapping[str, Any], *, kind: str, owner: str | None = None
+) -> Policy:
     """The compiled policy of an IdentityProvider/ClusterIdentityProvider (claimMappings, condition) or
     OAuthApplication (condition) spec, a spec's JSON read as the model of ``kind``; PolicyError for the first
     invalid expression."""

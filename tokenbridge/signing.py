@@ -5,13 +5,15 @@ resource server has it in its JWKS cache before the first token it signed arrive
 until every token it signed has expired. ``ensure_rotated`` is pure: the operator calls it on a schedule and
 writes the result only when it changed.
 """
+
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -36,8 +38,11 @@ def _new_private_key(alg: str) -> PrivateKey:
 
 def _public_jwk(private_key: PrivateKey) -> dict[str, Any]:
     algorithm = jwt.get_algorithm_by_name(
-        "RS256" if isinstance(private_key, rsa.RSAPrivateKey)
-        else "ES256" if isinstance(private_key, ec.EllipticCurvePrivateKey) else "EdDSA"
+        "RS256"
+        if isinstance(private_key, rsa.RSAPrivateKey)
+        else "ES256"
+        if isinstance(private_key, ec.EllipticCurvePrivateKey)
+        else "EdDSA"
     )
     jwk: dict[str, Any] = json.loads(algorithm.to_jwk(private_key.public_key()))
     return jwk
@@ -67,14 +72,28 @@ class SigningKey:
         pem = self.private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
-        return {"kid": self.kid, "alg": self.alg, "privateKey": pem, "createdAt": self.created_at,
-                "signFrom": self.sign_from, "retireAt": self.retire_at, "expireAt": self.expire_at}
+        return {
+            "kid": self.kid,
+            "alg": self.alg,
+            "privateKey": pem,
+            "createdAt": self.created_at,
+            "signFrom": self.sign_from,
+            "retireAt": self.retire_at,
+            "expireAt": self.expire_at,
+        }
 
     @classmethod
-    def _from_json(cls, doc: Mapping[str, Any]) -> "SigningKey":
+    def _from_json(cls, doc: Mapping[str, Any]) -> SigningKey:
         key = serialization.load_pem_private_key(doc["privateKey"].encode(), password=None)
-        return cls(doc["kid"], doc["alg"], key, float(doc["createdAt"]), float(doc["signFrom"]),
-                   doc.get("retireAt"), doc.get("expireAt"))
+        return cls(
+            doc["kid"],
+            doc["alg"],
+            key,
+            float(doc["createdAt"]),
+            float(doc["signFrom"]),
+            doc.get("retireAt"),
+            doc.get("expireAt"),
+        )
 
 
 def generate_key(alg: str, *, now: float, sign_from: float) -> SigningKey:
@@ -105,7 +124,7 @@ class SigningKeySet:
         return {SECRET_KEY: base64.b64encode(doc.encode()).decode()}
 
     @classmethod
-    def from_secret_data(cls, data: Mapping[str, str]) -> "SigningKeySet":
+    def from_secret_data(cls, data: Mapping[str, str]) -> SigningKeySet:
         """Parse a Secret's ``.data``; ValueError when it holds no usable key set."""
         try:
             doc = json.loads(base64.b64decode(data[SECRET_KEY]))
@@ -121,8 +140,15 @@ def generate_keyset(alg: str, now: float) -> SigningKeySet:
     return SigningKeySet((generate_key(alg, now=now, sign_from=now),))
 
 
-def ensure_rotated(keyset: SigningKeySet | None, *, now: float, alg: str, rotation_period: float,
-                   publish_lead: float, max_token_lifetime: float) -> SigningKeySet:
+def ensure_rotated(
+    keyset: SigningKeySet | None,
+    *,
+    now: float,
+    alg: str,
+    rotation_period: float,
+    publish_lead: float,
+    max_token_lifetime: float,
+) -> SigningKeySet:
     """The key set as it should be at ``now``; the very same object when nothing is due.
 
     - no keys: one new key that signs at once (nothing can have cached an older set);
@@ -141,9 +167,8 @@ def ensure_rotated(keyset: SigningKeySet | None, *, now: float, alg: str, rotati
     due = now - active.sign_from >= rotation_period - publish_lead or active.alg != alg
     if due and not pending:
         successor = generate_key(alg, now=now, sign_from=now + publish_lead)
-        retired = replace(active, retire_at=successor.sign_from,
-                          expire_at=successor.sign_from + max_token_lifetime)
+        retired = replace(active, retire_at=successor.sign_from, expire_at=successor.sign_from + max_token_lifetime)
         keys = [retired if k is active else k for k in keys] + [successor]
-    if len(keys) == len(keyset.keys) and all(a is b for a, b in zip(keys, keyset.keys)):
+    if len(keys) == len(keyset.keys) and all(a is b for a, b in zip(keys, keyset.keys, strict=True)):
         return keyset
     return SigningKeySet(tuple(keys))

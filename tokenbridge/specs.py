@@ -12,6 +12,7 @@ a string read as a list would be its characters (``allowedAudiences: api`` accep
 standalone alike: a missing issuer, a duration that does not parse, an expression that does not compile. Fields
 kept as raw JSON (``jwks``, ``claimMappings``) are checked only there (``tokenbridge.jwks``, ``tokenbridge.policy``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,18 @@ class Prop:
     declared: bool
 
 
-def prop(name: str, description: str, *, required: bool = False, default: Any = NO_DEFAULT, empty: Any = None,
-         rules: tuple[Rule, ...] = (), shape: type | None = None, declared: bool = True, **schema: Any) -> Any:
+def prop(
+    name: str,
+    description: str,
+    *,
+    required: bool = False,
+    default: Any = NO_DEFAULT,
+    empty: Any = None,
+    rules: tuple[Rule, ...] = (),
+    shape: type | None = None,
+    declared: bool = True,
+    **schema: Any,
+) -> Any:
     """A dataclass field with its schema. ``default`` is the schema's default and the attribute of an absent
     field; ``empty`` is the attribute of an absent field without one (None, False, ())."""
     meta = Prop(name, description, required, default, schema, rules, shape, declared)
@@ -65,19 +76,28 @@ def prop(name: str, description: str, *, required: bool = False, default: Any = 
 
 
 def _https_url(name: str, description: str) -> Any:
-    return prop(name, description + " Must start with https:// (http:// only with allowInsecureHTTP: true).",
-                maxLength=URL_MAX, minLength=1)
+    return prop(
+        name,
+        description + " Must start with https:// (http:// only with allowInsecureHTTP: true).",
+        maxLength=URL_MAX,
+        minLength=1,
+    )
 
 
 def _duration(name: str, description: str, **kwargs: Any) -> Any:
-    return prop(name, description + " A Go-style duration such as 90s, 5m or 1h30m.", maxLength=32,
-                pattern=DURATION_PATTERN, **kwargs)
+    return prop(
+        name,
+        description + " A Go-style duration such as 90s, 5m or 1h30m.",
+        maxLength=32,
+        pattern=DURATION_PATTERN,
+        **kwargs,
+    )
 
 
 def _https_rule(name: str) -> Rule:
     return {
         "rule": f"!has(self.{name}) || self.{name}.startsWith('https://') || "
-                f"(has(self.allowInsecureHTTP) && self.allowInsecureHTTP && self.{name}.startsWith('http://'))",
+        f"(has(self.allowInsecureHTTP) && self.allowInsecureHTTP && self.{name}.startsWith('http://'))",
         "message": f"{name} must be an https:// URL (http:// is allowed only with allowInsecureHTTP: true)",
         "fieldPath": f".{name}",
     }
@@ -138,8 +158,9 @@ def _readers(model: type) -> dict[str, tuple[str, Callable[[Any], Any]]]:
     """JSON name -> (attribute, reader) of each field of ``model``."""
     readers = _READERS.get(model)
     if readers is None:
-        readers = _READERS[model] = {p.name: (f.name, _reader(unoptional(hint), p.name, f.default))
-                                     for f, p, hint in props(model)}
+        readers = _READERS[model] = {
+            p.name: (f.name, _reader(unoptional(hint), p.name, f.default)) for f, p, hint in props(model)
+        }
     return readers
 
 
@@ -147,6 +168,7 @@ def _reader(hint: Any, name: str, default: Any) -> Callable[[Any], Any]:
     """How one field is read from its JSON value (null, and an empty string or list, are its default)."""
     origin = typing.get_origin(hint)
     if hint is bool:
+
         def read(raw: Any) -> Any:
             if raw is None:
                 return default
@@ -154,6 +176,7 @@ def _reader(hint: Any, name: str, default: Any) -> Callable[[Any], Any]:
                 raise SpecError(f".{name} must be true or false, not {raw!r:.60}")
             return raw
     elif hint is str:
+
         def read(raw: Any) -> Any:
             if raw is None or raw == "":
                 return default
@@ -161,6 +184,7 @@ def _reader(hint: Any, name: str, default: Any) -> Callable[[Any], Any]:
                 raise SpecError(f".{name} must be a string, not {raw!r:.60}")
             return raw
     elif isinstance(hint, type) and issubclass(hint, Model):
+
         def read(raw: Any) -> Any:
             if raw is None:
                 return default
@@ -189,6 +213,7 @@ def _reader(hint: Any, name: str, default: Any) -> Callable[[Any], Any]:
                     raise SpecError(f".{name}[{i}]{exc}") from None
             return tuple(parsed)
     elif origin is Mapping:
+
         def read(raw: Any) -> Any:
             return raw  # raw JSON, checked where it is used
     else:
@@ -206,29 +231,51 @@ class JsonWebKey(Model):
 
     RULES = (
         {"rule": "self.kty != 'RSA' || (has(self.n) && has(self.e))", "message": "an RSA key needs n and e"},
-        {"rule": "self.kty != 'EC' || (has(self.crv) && has(self.x) && has(self.y))",
-         "message": "an EC key needs crv, x and y"},
+        {
+            "rule": "self.kty != 'EC' || (has(self.crv) && has(self.x) && has(self.y))",
+            "message": "an EC key needs crv, x and y",
+        },
         {"rule": "self.kty != 'OKP' || (has(self.crv) && has(self.x))", "message": "an OKP key needs crv and x"},
     )
 
-    kty: str = prop("kty", "Key type: RSA, EC or OKP (Ed25519/Ed448). Symmetric (oct) keys are never accepted.",
-                    required=True, enum=("RSA", "EC", "OKP"))
+    kty: str = prop(
+        "kty",
+        "Key type: RSA, EC or OKP (Ed25519/Ed448). Symmetric (oct) keys are never accepted.",
+        required=True,
+        enum=("RSA", "EC", "OKP"),
+    )
     kid: str | None = prop("kid", "Key ID, matched against the kid header of a subject token.", maxLength=256)
     use: str | None = prop("use", "Intended use; only sig keys verify tokens.", maxLength=16)
-    alg: str | None = prop("alg", "Algorithm the key is meant for, e.g. RS256; keys whose alg is not in "
-                                  "allowedAlgorithms are not used.", maxLength=32)
-    key_ops: tuple[str, ...] = prop("key_ops", "Permitted operations, e.g. [verify].", empty=(), maxItems=8,
-                                    list_type="set", items={"maxLength": 32})
+    alg: str | None = prop(
+        "alg",
+        "Algorithm the key is meant for, e.g. RS256; keys whose alg is not in allowedAlgorithms are not used.",
+        maxLength=32,
+    )
+    key_ops: tuple[str, ...] = prop(
+        "key_ops",
+        "Permitted operations, e.g. [verify].",
+        empty=(),
+        maxItems=8,
+        list_type="set",
+        items={"maxLength": 32},
+    )
     n: str | None = prop("n", "RSA modulus, " + _B64 + ", big-endian.", maxLength=4096)
     e: str | None = prop("e", "RSA public exponent, " + _B64 + " (usually AQAB).", maxLength=16)
     crv: str | None = prop("crv", "Curve of an EC or OKP key: P-256, P-384, P-521, Ed25519 or Ed448.", maxLength=16)
     x: str | None = prop("x", "x coordinate (EC) or public key (OKP), " + _B64 + ".", maxLength=256)
     y: str | None = prop("y", "y coordinate of an EC key, " + _B64 + ".", maxLength=256)
     x5t: str | None = prop("x5t", "SHA-1 thumbprint of the first x5c certificate, " + _B64 + ".", maxLength=64)
-    x5t_s256: str | None = prop("x5t#S256", "SHA-256 thumbprint of the first x5c certificate, " + _B64 + ".",
-                                maxLength=64)
-    x5c: tuple[str, ...] = prop("x5c", "X.509 certificate chain, each base64 (not base64url) DER.", empty=(),
-                                maxItems=10, list_type="atomic", items={"maxLength": 16384})
+    x5t_s256: str | None = prop(
+        "x5t#S256", "SHA-256 thumbprint of the first x5c certificate, " + _B64 + ".", maxLength=64
+    )
+    x5c: tuple[str, ...] = prop(
+        "x5c",
+        "X.509 certificate chain, each base64 (not base64url) DER.",
+        empty=(),
+        maxItems=10,
+        list_type="atomic",
+        items={"maxLength": 16384},
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,28 +283,46 @@ class JsonWebKeySet(Model):
     """The schema of ``spec.jwks``."""
 
     keys: tuple[JsonWebKey, ...] = prop(
-        "keys", "The public keys (at most 100).", required=True, empty=(), minItems=1, maxItems=100,
+        "keys",
+        "The public keys (at most 100).",
+        required=True,
+        empty=(),
+        minItems=1,
+        maxItems=100,
         list_type="atomic",
-        items={"description": "One public JSON Web Key (RFC 7517). Only the public members below are declared, so "
-                              "a private member (d, p, q, k, ...) is refused by strict field validation (or "
-                              "pruned)."})
+        items={
+            "description": "One public JSON Web Key (RFC 7517). Only the public members below are declared, so "
+            "a private member (d, p, q, k, ...) is refused by strict field validation (or "
+            "pruned)."
+        },
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class TLSSettings(Model):
     ca_bundle: str | None = prop(
-        "caBundle", "PEM-encoded CA certificates trusted, in addition to the system roots, for this identity "
-                    "provider's HTTPS endpoints (private IdPs).", maxLength=65536,
-        rules=({"rule": "self.contains('-----BEGIN CERTIFICATE-----')",
-                "message": "caBundle must contain PEM certificates (-----BEGIN CERTIFICATE-----)"},))
+        "caBundle",
+        "PEM-encoded CA certificates trusted, in addition to the system roots, for this identity "
+        "provider's HTTPS endpoints (private IdPs).",
+        maxLength=65536,
+        rules=(
+            {
+                "rule": "self.contains('-----BEGIN CERTIFICATE-----')",
+                "message": "caBundle must contain PEM certificates (-----BEGIN CERTIFICATE-----)",
+            },
+        ),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class KubernetesSettings(Model):
     use_operator_credentials: bool = prop(
-        "useOperatorCredentials", "Fetch discovery and JWKS with the fetcher's own in-cluster/kubeconfig "
-                                  "credentials and CA (the API server's discovery endpoints usually need "
-                                  "authentication). Defaults to true.", default=True)
+        "useOperatorCredentials",
+        "Fetch discovery and JWKS with the fetcher's own in-cluster/kubeconfig "
+        "credentials and CA (the API server's discovery endpoints usually need "
+        "authentication). Defaults to true.",
+        default=True,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,90 +332,147 @@ class IdentityProviderSpec(Model):
     skipped with its reason, not lost here), and the mappings are compiled by tokenbridge.policy."""
 
     RULES = (
-        {"rule": "has(self.wellKnownURL) || (has(self.issuer) && (has(self.jwksURI) || has(self.jwks)))",
-         "message": "either wellKnownURL, or issuer together with jwksURI or jwks, must be set"},
-        {"rule": "!(has(self.jwksURI) && has(self.jwks))",
-         "message": "jwksURI and jwks are mutually exclusive", "fieldPath": ".jwks"},
+        {
+            "rule": "has(self.wellKnownURL) || (has(self.issuer) && (has(self.jwksURI) || has(self.jwks)))",
+            "message": "either wellKnownURL, or issuer together with jwksURI or jwks, must be set",
+        },
+        {
+            "rule": "!(has(self.jwksURI) && has(self.jwks))",
+            "message": "jwksURI and jwks are mutually exclusive",
+            "fieldPath": ".jwks",
+        },
         *(_https_rule(name) for name in ("wellKnownURL", "issuer", "jwksURI", "tokenEndpoint")),
-        {"rule": f"!has(self.kubernetes) || self.type == '{api.IDP_KUBERNETES}'",
-         "message": f"kubernetes may only be set when type is {api.IDP_KUBERNETES}", "fieldPath": ".kubernetes"},
+        {
+            "rule": f"!has(self.kubernetes) || self.type == '{api.IDP_KUBERNETES}'",
+            "message": f"kubernetes may only be set when type is {api.IDP_KUBERNETES}",
+            "fieldPath": ".kubernetes",
+        },
     )
 
     type: str | None = prop(
-        "type", f"Kind of identity provider: {', '.join(api.IDP_TYPES)}. Selects provider-specific handling (e.g. "
-                "the Entra multi-tenant {tenantid} issuer, ServiceAccount tokens).", required=True,
-        enum=api.IDP_TYPES)
+        "type",
+        f"Kind of identity provider: {', '.join(api.IDP_TYPES)}. Selects provider-specific handling (e.g. "
+        "the Entra multi-tenant {tenantid} issuer, ServiceAccount tokens).",
+        required=True,
+        enum=api.IDP_TYPES,
+    )
     description: str | None = prop("description", "Free text for humans.", maxLength=1024)
     well_known_url: str | None = _https_url(
-        "wellKnownURL", "URL of the OpenID Provider Metadata, usually <issuer>/.well-known/openid-configuration. "
-                        "issuer, jwksURI and tokenEndpoint are discovered from it unless given.")
+        "wellKnownURL",
+        "URL of the OpenID Provider Metadata, usually <issuer>/.well-known/openid-configuration. "
+        "issuer, jwksURI and tokenEndpoint are discovered from it unless given.",
+    )
     issuer: str | None = _https_url(
-        "issuer", "Issuer (iss) that subject tokens must carry, compared exactly (mind a trailing slash, e.g. "
-                  "Auth0). Overrides the discovered issuer.")
+        "issuer",
+        "Issuer (iss) that subject tokens must carry, compared exactly (mind a trailing slash, e.g. "
+        "Auth0). Overrides the discovered issuer.",
+    )
     jwks_uri: str | None = _https_url(
-        "jwksURI", "URL of the JSON Web Key Set that signs the tokens. Overrides the discovered jwks_uri. Mutually "
-                   "exclusive with jwks.")
+        "jwksURI",
+        "URL of the JSON Web Key Set that signs the tokens. Overrides the discovered jwks_uri. Mutually "
+        "exclusive with jwks.",
+    )
     token_endpoint: str | None = _https_url(
-        "tokenEndpoint", "Token endpoint of the identity provider. Overrides the discovered token_endpoint.")
+        "tokenEndpoint", "Token endpoint of the identity provider. Overrides the discovered token_endpoint."
+    )
     jwks: Mapping[str, Any] | None = prop(
-        "jwks", "Inline JSON Web Key Set for air-gapped identity providers; it is never fetched or refreshed. Use "
-                "with issuer instead of wellKnownURL/jwksURI.", shape=JsonWebKeySet)
+        "jwks",
+        "Inline JSON Web Key Set for air-gapped identity providers; it is never fetched or refreshed. Use "
+        "with issuer instead of wellKnownURL/jwksURI.",
+        shape=JsonWebKeySet,
+    )
     allowed_audiences: tuple[str, ...] = prop(
-        "allowedAudiences", "Audiences accepted from this identity provider: a subject token's aud must contain at "
-                            "least one of them (1 to 10 values).", required=True, empty=(), minItems=1,
-        maxItems=10, list_type="set", items={"minLength": 1, "maxLength": 512})
+        "allowedAudiences",
+        "Audiences accepted from this identity provider: a subject token's aud must contain at "
+        "least one of them (1 to 10 values).",
+        required=True,
+        empty=(),
+        minItems=1,
+        maxItems=10,
+        list_type="set",
+        items={"minLength": 1, "maxLength": 512},
+    )
     allowed_algorithms: tuple[str, ...] = prop(
-        "allowedAlgorithms", "Asymmetric JWS algorithms accepted in subject tokens (RFC 8725: never HS* or none). "
-                             "Defaults to " + ", ".join(api.DEFAULT_ALLOWED_ALGORITHMS) + ".",
-        default=api.DEFAULT_ALLOWED_ALGORITHMS, minItems=1, maxItems=len(api.ASYMMETRIC_ALGORITHMS),
-        list_type="set", items={"enum": api.ASYMMETRIC_ALGORITHMS})
-    clock_skew: str = _duration("clockSkew", "Leeway applied to exp, nbf and iat of subject tokens. Defaults to 60s.",
-                               default="60s")
-    max_token_age: str | None = _duration("maxTokenAge", "If set, subject tokens whose iat is older than this are "
-                                                        "refused.")
+        "allowedAlgorithms",
+        "Asymmetric JWS algorithms accepted in subject tokens (RFC 8725: never HS* or none). "
+        "Defaults to " + ", ".join(api.DEFAULT_ALLOWED_ALGORITHMS) + ".",
+        default=api.DEFAULT_ALLOWED_ALGORITHMS,
+        minItems=1,
+        maxItems=len(api.ASYMMETRIC_ALGORITHMS),
+        list_type="set",
+        items={"enum": api.ASYMMETRIC_ALGORITHMS},
+    )
+    clock_skew: str = _duration(
+        "clockSkew", "Leeway applied to exp, nbf and iat of subject tokens. Defaults to 60s.", default="60s"
+    )
+    max_token_age: str | None = _duration(
+        "maxTokenAge", "If set, subject tokens whose iat is older than this are refused."
+    )
     tls: TLSSettings | None = prop("tls", "TLS settings used to reach this identity provider.")
     kubernetes: KubernetesSettings | None = prop(
-        "kubernetes", "Settings for type Kubernetes (ServiceAccount token issuers); only allowed with that type.")
+        "kubernetes", "Settings for type Kubernetes (ServiceAccount token issuers); only allowed with that type."
+    )
     allow_insecure_http: bool = prop(
-        "allowInsecureHTTP", "Development only: allow http:// URLs. Defaults to false; never enable in production.",
-        default=False)
+        "allowInsecureHTTP",
+        "Development only: allow http:// URLs. Defaults to false; never enable in production.",
+        default=False,
+    )
     claim_mappings: Mapping[str, str] | None = prop(
-        "claimMappings", "Claims of issued tokens computed from the subject token: claim name -> CEL expression "
-                         "over assertion (the validated subject token's claims), e.g. sub: \"'okta:' + "
-                         "assertion.sub\" or groups: assertion.groups. sub replaces the subject (default: the "
-                         "subject token's sub); iss, aud, exp, iat, nbf, jti, client_id, scope, act, idp, cnf, "
-                         "may_act and typ cannot be mapped. A mapping that cannot be computed for a token (a claim "
-                         "it reads is missing) refuses the request. Compiled when the resource changes: an "
-                         "expression that does not compile keeps the identity provider out of service "
-                         "(Ready=False, reason InvalidExpression).",
-        maxProperties=CLAIM_MAPPINGS_MAX, values={"maxLength": EXPRESSION_MAX})
+        "claimMappings",
+        "Claims of issued tokens computed from the subject token: claim name -> CEL expression "
+        "over assertion (the validated subject token's claims), e.g. sub: \"'okta:' + "
+        'assertion.sub" or groups: assertion.groups. sub replaces the subject (default: the '
+        "subject token's sub); iss, aud, exp, iat, nbf, jti, client_id, scope, act, idp, cnf, "
+        "may_act and typ cannot be mapped. A mapping that cannot be computed for a token (a claim "
+        "it reads is missing) refuses the request. Compiled when the resource changes: an "
+        "expression that does not compile keeps the identity provider out of service "
+        "(Ready=False, reason InvalidExpression).",
+        maxProperties=CLAIM_MAPPINGS_MAX,
+        values={"maxLength": EXPRESSION_MAX},
+    )
     condition: str | None = prop(
-        "condition", "CEL expression that must be true for a token of this identity provider to be accepted, over "
-                     "assertion (the validated token's claims) and request (client_id, audience and scope as "
-                     "lists, namespace of the application, grant_type), e.g. \"assertion['kubernetes.io']."
-                     "serviceaccount.name == 'ci' && 'read' in request.scope\". False, or not evaluable for the "
-                     "token, refuses with invalid_grant naming this identity provider.", maxLength=EXPRESSION_MAX)
+        "condition",
+        "CEL expression that must be true for a token of this identity provider to be accepted, over "
+        "assertion (the validated token's claims) and request (client_id, audience and scope as "
+        "lists, namespace of the application, grant_type), e.g. \"assertion['kubernetes.io']."
+        "serviceaccount.name == 'ci' && 'read' in request.scope\". False, or not evaluable for the "
+        "token, refuses with invalid_grant naming this identity provider.",
+        maxLength=EXPRESSION_MAX,
+    )
     require_jti: bool = prop("requireJTI", "Refuse tokens without a jti claim. Defaults to false.", empty=False)
     prevent_replay: bool = prop(
-        "preventReplay", "Accept each token (iss, jti) only once, until it expires (exp plus clockSkew): a second "
-                         "use is refused with invalid_grant. The replay cache is per server process tree, so "
-                         "replicas of the server do not see each other's uses. Combine with requireJTI to refuse "
-                         "tokens without jti. Defaults to false.", empty=False)
+        "preventReplay",
+        "Accept each token (iss, jti) only once, until it expires (exp plus clockSkew): a second "
+        "use is refused with invalid_grant. The replay cache is per server process tree, so "
+        "replicas of the server do not see each other's uses. Combine with requireJTI to refuse "
+        "tokens without jti. Defaults to false.",
+        empty=False,
+    )
 
     @property
     def uses_operator_credentials(self) -> bool:
         """Whether discovery and JWKS are fetched with the fetcher's own Kubernetes credentials."""
-        return self.type == api.IDP_KUBERNETES and (
-            self.kubernetes is None or self.kubernetes.use_operator_credentials)
+        return self.type == api.IDP_KUBERNETES and (self.kubernetes is None or self.kubernetes.use_operator_credentials)
 
 
 # --------------------------------------------------------------------------------------------- applications
 @dataclass(frozen=True, kw_only=True)
 class IdentityProviderReference(Model):
-    kind: str = prop("kind", f"{api.KIND_IDP} (default, same namespace) or {api.KIND_CLUSTER_IDP}.",
-                     default=api.KIND_IDP, enum=(api.KIND_IDP, api.KIND_CLUSTER_IDP))
-    name: str = prop("name", "Name of the identity provider.", required=True, empty="", maxLength=NAME_MAX,
-                     minLength=1, pattern=DNS_SUBDOMAIN)
+    kind: str = prop(
+        "kind",
+        f"{api.KIND_IDP} (default, same namespace) or {api.KIND_CLUSTER_IDP}.",
+        default=api.KIND_IDP,
+        enum=(api.KIND_IDP, api.KIND_CLUSTER_IDP),
+    )
+    name: str = prop(
+        "name",
+        "Name of the identity provider.",
+        required=True,
+        empty="",
+        maxLength=NAME_MAX,
+        minLength=1,
+        pattern=DNS_SUBDOMAIN,
+    )
     # The API server prunes it; read so that a reference naming another namespace is reported as such.
     namespace: str | None = prop("namespace", "Not part of the API.", declared=False)
 
@@ -358,9 +480,15 @@ class IdentityProviderReference(Model):
 @dataclass(frozen=True, kw_only=True)
 class ClientCredentials(Model):
     secret_name: str = prop(
-        "secretName", "Secret in the application's namespace that receives client_id, client_secret and "
-                      "token_endpoint. Immutable.", required=True, empty="", maxLength=NAME_MAX, minLength=1,
-        pattern=DNS_SUBDOMAIN, rules=({"rule": "self == oldSelf", "message": "credentials.secretName is immutable"},))
+        "secretName",
+        "Secret in the application's namespace that receives client_id, client_secret and token_endpoint. Immutable.",
+        required=True,
+        empty="",
+        maxLength=NAME_MAX,
+        minLength=1,
+        pattern=DNS_SUBDOMAIN,
+        rules=({"rule": "self == oldSelf", "message": "credentials.secretName is immutable"},),
+    )
 
 
 _NEEDS_IDENTITY_PROVIDERS = (api.GRANT_TOKEN_EXCHANGE, api.GRANT_JWT_BEARER)
@@ -369,46 +497,84 @@ _NEEDS_IDENTITY_PROVIDERS = (api.GRANT_TOKEN_EXCHANGE, api.GRANT_JWT_BEARER)
 @dataclass(frozen=True, kw_only=True)
 class OAuthApplicationSpec(Model):
     RULES = (
-        {"rule": "!has(self.grantTypes) || !self.grantTypes.exists(g, g in "
-                 + "[" + ", ".join(f"'{g}'" for g in _NEEDS_IDENTITY_PROVIDERS) + "]) || "
-                 "(has(self.identityProviders) && size(self.identityProviders) > 0)",
-         "message": "the token-exchange and jwt-bearer grants need at least one entry in identityProviders",
-         "fieldPath": ".identityProviders"},
+        {
+            "rule": "!has(self.grantTypes) || !self.grantTypes.exists(g, g in "
+            + "["
+            + ", ".join(f"'{g}'" for g in _NEEDS_IDENTITY_PROVIDERS)
+            + "]) || "
+            "(has(self.identityProviders) && size(self.identityProviders) > 0)",
+            "message": "the token-exchange and jwt-bearer grants need at least one entry in identityProviders",
+            "fieldPath": ".identityProviders",
+        },
     )
 
     description: str | None = prop("description", "Free text for humans.", maxLength=1024)
     grant_types: tuple[str, ...] = prop(
-        "grantTypes", "Grant types the client may use (a set of 1 to 3): " + ", ".join(api.GRANT_TYPES)
-                      + ". token-exchange (RFC 8693) and jwt-bearer (RFC 7523) need identityProviders.",
-        required=True, empty=(), minItems=1, maxItems=len(api.GRANT_TYPES), list_type="set",
-        items={"enum": api.GRANT_TYPES})
+        "grantTypes",
+        "Grant types the client may use (a set of 1 to 3): "
+        + ", ".join(api.GRANT_TYPES)
+        + ". token-exchange (RFC 8693) and jwt-bearer (RFC 7523) need identityProviders.",
+        required=True,
+        empty=(),
+        minItems=1,
+        maxItems=len(api.GRANT_TYPES),
+        list_type="set",
+        items={"enum": api.GRANT_TYPES},
+    )
     identity_providers: tuple[IdentityProviderReference, ...] = prop(
-        "identityProviders", "Identity providers whose tokens this client may present as subject tokens or "
-                             "assertions. An IdentityProvider is always looked up in the application's own "
-                             "namespace.", empty=(), maxItems=20, list_type="map", map_keys=("kind", "name"),
-        items={"description": "Reference to an IdentityProvider or ClusterIdentityProvider."})
+        "identityProviders",
+        "Identity providers whose tokens this client may present as subject tokens or "
+        "assertions. An IdentityProvider is always looked up in the application's own "
+        "namespace.",
+        empty=(),
+        maxItems=20,
+        list_type="map",
+        map_keys=("kind", "name"),
+        items={"description": "Reference to an IdentityProvider or ClusterIdentityProvider."},
+    )
     audiences: tuple[str, ...] = prop(
-        "audiences", "Audiences the client may request for issued tokens.", empty=(), maxItems=32, list_type="set",
-        items={"minLength": 1, "maxLength": 512})
+        "audiences",
+        "Audiences the client may request for issued tokens.",
+        empty=(),
+        maxItems=32,
+        list_type="set",
+        items={"minLength": 1, "maxLength": 512},
+    )
     scopes: tuple[str, ...] = prop(
-        "scopes", "Scopes the client may request for issued tokens (RFC 6749 scope tokens).", empty=(), maxItems=64,
-        list_type="set", items={"minLength": 1, "maxLength": 256, "pattern": SCOPE_TOKEN})
-    access_token_lifetime: str = _duration("accessTokenLifetime", "Lifetime of issued access tokens. Defaults to 15m.",
-                                          default="15m")
+        "scopes",
+        "Scopes the client may request for issued tokens (RFC 6749 scope tokens).",
+        empty=(),
+        maxItems=64,
+        list_type="set",
+        items={"minLength": 1, "maxLength": 256, "pattern": SCOPE_TOKEN},
+    )
+    access_token_lifetime: str = _duration(
+        "accessTokenLifetime", "Lifetime of issued access tokens. Defaults to 15m.", default="15m"
+    )
     token_endpoint_auth_method: str = prop(
-        "tokenEndpointAuthMethod", f"How the client authenticates at the token endpoint: {api.AUTH_METHOD_BASIC} "
-                                   f"(default, HTTP Basic) or {api.AUTH_METHOD_POST} (form parameters).",
-        default=api.AUTH_METHOD_BASIC, enum=(api.AUTH_METHOD_BASIC, api.AUTH_METHOD_POST))
-    credentials: ClientCredentials | None = prop("credentials", "Where the client's credentials are published.",
-                                                 required=True)
+        "tokenEndpointAuthMethod",
+        f"How the client authenticates at the token endpoint: {api.AUTH_METHOD_BASIC} "
+        f"(default, HTTP Basic) or {api.AUTH_METHOD_POST} (form parameters).",
+        default=api.AUTH_METHOD_BASIC,
+        enum=(api.AUTH_METHOD_BASIC, api.AUTH_METHOD_POST),
+    )
+    credentials: ClientCredentials | None = prop(
+        "credentials", "Where the client's credentials are published.", required=True
+    )
     condition: str | None = prop(
-        "condition", "CEL expression that must be true for this client to get a token, over assertion (the "
-                     "validated subject token's claims) and request (client_id, audience and scope as lists, "
-                     "namespace, grant_type), e.g. \"assertion.sub.endsWith(':alice') && request.scope.all(s, s != "
-                     "'admin')\". For client_credentials assertion is empty, so a condition reading it refuses. False "
-                     "refuses with invalid_grant naming this application.", maxLength=EXPRESSION_MAX)
+        "condition",
+        "CEL expression that must be true for this client to get a token, over assertion (the "
+        "validated subject token's claims) and request (client_id, audience and scope as lists, "
+        "namespace, grant_type), e.g. \"assertion.sub.endsWith(':alice') && request.scope.all(s, s != "
+        "'admin')\". For client_credentials assertion is empty, so a condition reading it refuses. False "
+        "refuses with invalid_grant naming this application.",
+        maxLength=EXPRESSION_MAX,
+    )
     delegation: bool = prop(
-        "delegation", "Allow delegation in token exchange (RFC 8693 §4.1): an actor_token from any of this client's "
-                      "identity providers, validated like a subject token; the issued token carries act {sub, iss} "
-                      "(nested when the actor token has act), and a may_act claim in the subject token must name "
-                      "the actor. Defaults to false.", empty=False)
+        "delegation",
+        "Allow delegation in token exchange (RFC 8693 §4.1): an actor_token from any of this client's "
+        "identity providers, validated like a subject token; the issued token carries act {sub, iss} "
+        "(nested when the actor token has act), and a may_act claim in the subject token must name "
+        "the actor. Defaults to false.",
+        empty=False,
+    )

@@ -4,6 +4,7 @@ Each subcommand's module is imported only when it runs, so ``tokenbridge serve``
 ``tokenbridge operator`` never loads falcon. The subcommand gets the rest of the command line untouched (its own
 parser handles ``--help``, ``-`` and ``--``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,13 +14,25 @@ import sys
 
 # subcommand -> (module with main(argv) -> int, one-line help)
 SUBCOMMANDS = {
-    "serve": ("tokenbridge_exchange.serve", "run the token exchange server (standalone from manifests, or from a cluster)"),
+    "serve": (
+        "tokenbridge_exchange.serve",
+        "run the token exchange server (standalone from manifests, or from a cluster)",
+    ),
     "operator": ("tokenbridge_operator.run", "run the Kubernetes operator that reconciles Tokenbridge resources"),
     "discover": ("tokenbridge_cli.commands.discover", "show what the operator would discover from a well-known URL"),
-    "exchange": ("tokenbridge_cli.commands.exchange", "exchange a token at a token endpoint (or print the curl command)"),
-    "explain": ("tokenbridge_cli.commands.explain", "show step by step what the token endpoint would decide for a token"),
+    "exchange": (
+        "tokenbridge_cli.commands.exchange",
+        "exchange a token at a token endpoint (or print the curl command)",
+    ),
+    "explain": (
+        "tokenbridge_cli.commands.explain",
+        "show step by step what the token endpoint would decide for a token",
+    ),
     "decode": ("tokenbridge_cli.commands.decode", "show a JWT's header and claims (NOT verified)"),
-    "dev": ("tokenbridge_cli.commands.dev", "DEVELOPMENT ONLY: a local server and issuer, ready to exchange in a minute"),
+    "dev": (
+        "tokenbridge_cli.commands.dev",
+        "DEVELOPMENT ONLY: a local server and issuer, ready to exchange in a minute",
+    ),
 }
 
 EPILOG = """\
@@ -39,12 +52,14 @@ PYPROJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 def version() -> str:
     """The installed distribution's version; else the source tree's pyproject.toml's; else ``unknown``."""
     from importlib import metadata  # only for --version: it costs more to import than the rest of this module
+
     try:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         pass
     try:
         import tomllib
+
         with open(PYPROJECT, "rb") as f:
             project = tomllib.load(f).get("project", {})
     except (OSError, ValueError):
@@ -56,8 +71,9 @@ class VersionAction(argparse.Action):
     """``--version``: like argparse's own, but the version is looked up only when asked for."""
 
     def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
-                         help="print the version and exit", **kwargs)
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit", **kwargs
+        )
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         print(f"{parser.prog} {version()}")

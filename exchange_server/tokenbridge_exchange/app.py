@@ -1,9 +1,10 @@
 """The WSGI application: resources and middleware wired to their dependencies (configuration, snapshot source,
 clock, audit sink, telemetry), all passed in: nothing here is a module-level global."""
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import falcon
 
@@ -24,8 +25,14 @@ from .token_endpoint import ExplainResource, TokenResource
 TOKEN_PATH = "/oauth2/token"  # counted and audited
 
 
-def create_app(config: ServerConfig, snapshot_source: SnapshotSource, *, clock: Callable[[], float] = time.time,
-               audit: AuditSink | None = None, telemetry: Telemetry | None = None) -> falcon.App:
+def create_app(
+    config: ServerConfig,
+    snapshot_source: SnapshotSource,
+    *,
+    clock: Callable[[], float] = time.time,
+    audit: AuditSink | None = None,
+    telemetry: Telemetry | None = None,
+) -> falcon.App:
     """What the app shares with the rest of the server comes from whoever builds it (a gunicorn worker, a test).
     ``audit``: where each token request's record goes (default: the logger ``tokenbridge.audit``). ``telemetry``:
     the one the source and its JWKS cache were given, for the metrics (none: they hear no event)."""

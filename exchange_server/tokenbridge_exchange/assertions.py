@@ -9,6 +9,7 @@ HMAC, whatever the key says); ``crit`` is refused, and so is ``b64`` other than 
 :class:`InvalidGrant` with the specific reason; each check is one step of the pipeline that the token endpoint
 and ``explain`` share (:mod:`.trace`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,9 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from jwt.algorithms import get_default_algorithms
 
@@ -120,7 +122,9 @@ def parse(token: str, max_bytes: int, what: str = "subject_token") -> Unverified
         raise InvalidGrant(f"{what} is larger than {max_bytes} bytes")
     parts = token.split(".")
     if len(parts) != 3:
-        raise InvalidGrant(f"{what} is not a JWT (a signed compact JWS has three parts; encrypted JWTs are not accepted)")
+        raise InvalidGrant(
+            f"{what} is not a JWT (a signed compact JWS has three parts; encrypted JWTs are not accepted)"
+        )
     header = _json_object(parts[0], "header")
     claims = _json_object(parts[1], "payload")
     signature = _b64decode(parts[2], "signature")
@@ -205,8 +209,9 @@ class VerifiedSignatures:
             self._entries[token.signature] = (token.signing_input, alg, key)
 
 
-def _signature(token: UnverifiedJWT, provider: IdentityProvider, now: float,
-               verified: VerifiedSignatures | None = None) -> tuple[None, str]:
+def _signature(
+    token: UnverifiedJWT, provider: IdentityProvider, now: float, verified: VerifiedSignatures | None = None
+) -> tuple[None, str]:
     alg = token.header["alg"]
     kid = token.header.get("kid")
     if kid is not None and not isinstance(kid, str):
@@ -234,8 +239,9 @@ def _aud(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[
     audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
     matched = sorted(provider.allowed_audiences.intersection(a for a in audiences if isinstance(a, str)))
     if not matched:
-        raise InvalidGrant(f"the token's aud {aud!r} contains none of the audiences identity provider "
-                           f"{provider.label} allows")
+        raise InvalidGrant(
+            f"the token's aud {aud!r} contains none of the audiences identity provider {provider.label} allows"
+        )
     return None, f"contains {matched[0]!r}, allowed by identity provider {provider.label}"
 
 
@@ -291,14 +297,24 @@ def _jti(token: UnverifiedJWT, provider: IdentityProvider, now: float) -> tuple[
     if jti is None and not provider.require_jti:
         return None, "no jti claim (not required)"
     if not isinstance(jti, str) or not jti:
-        raise InvalidGrant(f"identity provider {provider.label} requires a jti claim and the token has none"
-                           if jti is None else "the jti claim is not a non-empty string")
+        raise InvalidGrant(
+            f"identity provider {provider.label} requires a jti claim and the token has none"
+            if jti is None
+            else "the jti claim is not a non-empty string"
+        )
     return None, "present"
 
 
 CHECKS: tuple[tuple[str, Check], ...] = (
-    ("alg", _alg), ("signature", _signature), ("aud", _aud), ("exp", _exp), ("nbf", _nbf), ("iat", _iat),
-    ("maxTokenAge", _max_age), ("sub", _sub), ("jti", _jti),
+    ("alg", _alg),
+    ("signature", _signature),
+    ("aud", _aud),
+    ("exp", _exp),
+    ("nbf", _nbf),
+    ("iat", _iat),
+    ("maxTokenAge", _max_age),
+    ("sub", _sub),
+    ("jti", _jti),
 )
 
 
@@ -306,12 +322,18 @@ def _issuer(app: Application, token: UnverifiedJWT) -> tuple[tuple[IdentityProvi
     found = providers_for(app, token)
     labels = ", ".join(p.label for p in found)
     return found, f"issuer {token.claims['iss']!r}: identity provider {labels}" + (
-        " (tried in turn)" if len(found) > 1 else "")
+        " (tried in turn)" if len(found) > 1 else ""
+    )
 
 
-def validate(token: UnverifiedJWT, app: Application, now: float, trace: Trace = NO_TRACE,
-             what: str = "subject_token", verified: VerifiedSignatures | None = None
-             ) -> tuple[IdentityProvider, dict[str, Any]]:
+def validate(
+    token: UnverifiedJWT,
+    app: Application,
+    now: float,
+    trace: Trace = NO_TRACE,
+    what: str = "subject_token",
+    verified: VerifiedSignatures | None = None,
+) -> tuple[IdentityProvider, dict[str, Any]]:
     """The IdP that vouches for ``token`` and its verified claims, for an application's allowed IdPs."""
     errors: list[InvalidGrant] = []
     for provider in step(trace, f"{what}.issuer", _issuer, app, token):  # usually one; more share an issuer

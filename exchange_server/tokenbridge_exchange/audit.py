@@ -7,6 +7,7 @@ appends its line and one writer thread per worker writes what has gathered, a fe
 request then never waits on stdout or a handler's lock, and skips logging's record machinery (LogRecord, caller
 lookup, QueueHandler copy).
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,7 +16,8 @@ import logging
 import sys
 import threading
 import time
-from typing import IO, Any, Callable, Protocol
+from collections.abc import Callable
+from typing import IO, Any, Protocol
 
 import falcon
 
@@ -104,8 +106,9 @@ class AuditMiddleware:
     def __init__(self, sink: AuditSink, path: str):
         self._sink, self._path = sink, path
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         req_succeeded: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
         if req.path != self._path or req.method != "POST" or not self._sink.enabled:
             return
         state, status, error, description = token_response(req, resp)
@@ -119,8 +122,12 @@ def token_response(req: falcon.Request, resp: falcon.Response) -> tuple[Exchange
     if status == 200:
         return req.context.get("exchange") or Exchange(), status, None, None
     media = resp.media if isinstance(resp.media, dict) else {}
-    return (req.context.get("exchange") or Exchange(), status, media.get("error", "server_error"),
-            media.get("error_description"))
+    return (
+        req.context.get("exchange") or Exchange(),
+        status,
+        media.get("error", "server_error"),
+        media.get("error_description"),
+    )
 
 
 def _direct(fn: Callable[..., Any], *args: Any) -> Any:
@@ -134,6 +141,7 @@ def _blocking_call() -> Callable[..., Any]:
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None and monkey.is_module_patched("threading"):
         from gevent import get_hub
+
         return lambda fn, *args: get_hub().threadpool.apply(fn, args)
     return _direct
 
@@ -153,27 +161,28 @@ def outcome(status: int) -> str:
     return "issued" if status == 200 else "refused" if status < 500 else "failed"
 
 
-def record(state: Exchange, status: int, error: str | None, description: str | None,
-           remote_addr: str | None) -> str:
+def record(state: Exchange, status: int, error: str | None, description: str | None, remote_addr: str | None) -> str:
     """Who asked for what and what they got: the issued token named by its ``jti``, the subject token by its
     ``jti`` when it has one."""
-    return _encode({
-        "time": _timestamp(),
-        "event": "token_request",
-        "outcome": outcome(status),
-        "status": status,
-        "grant_type": state.grant_type,
-        "client_id": state.client_id,
-        "application": state.app.label if state.app is not None else None,
-        "idp": state.idp,
-        "subject": state.subject,
-        "actor": state.actor,
-        "audience": list(state.audiences),
-        "scope": list(state.scopes),
-        "error": error,
-        "error_description": description,
-        "jti": state.jti,
-        "subject_jti": state.subject_jti,
-        "expires_at": int(state.expires_at) if state.jti and state.expires_at else None,
-        "remote_addr": remote_addr,
-    })
+    return _encode(
+        {
+            "time": _timestamp(),
+            "event": "token_request",
+            "outcome": outcome(status),
+            "status": status,
+            "grant_type": state.grant_type,
+            "client_id": state.client_id,
+            "application": state.app.label if state.app is not None else None,
+            "idp": state.idp,
+            "subject": state.subject,
+            "actor": state.actor,
+            "audience": list(state.audiences),
+            "scope": list(state.scopes),
+            "error": error,
+            "error_description": description,
+            "jti": state.jti,
+            "subject_jti": state.subject_jti,
+            "expires_at": int(state.expires_at) if state.jti and state.expires_at else None,
+            "remote_addr": remote_addr,
+        }
+    )

@@ -6,12 +6,14 @@ it is registered for. Every attempt costs the same: the presented secret is hash
 time with two hashes (current and previous, a placeholder where there is none), whether the client exists, is
 rotating or not, so timing tells nothing about either.
 """
+
 from __future__ import annotations
 
 import base64
 import binascii
 import hmac
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import unquote_plus
 
 from tokenbridge import api, client_secrets
@@ -56,8 +58,9 @@ def _secret_matches(app: Application | None, secret: str, now: float) -> bool:
     return (current_ok & (current is not None)) | (previous_ok & (previous is not None))
 
 
-def authenticate(authorization: str | None, form: Mapping[str, list[str]], snapshot: Snapshot,
-                 now: float, state: Any = None) -> Application:
+def authenticate(
+    authorization: str | None, form: Mapping[str, list[str]], snapshot: Snapshot, now: float, state: Any = None
+) -> Application:
     """The authenticated application, or :class:`InvalidClient` / :class:`InvalidRequest`; ``state.client_id``
     gets the presented client id (for the audit record) before the secret is checked."""
     form_id, form_secret = form.get("client_id", [None])[0], form.get("client_secret", [None])[0]

@@ -1,10 +1,12 @@
 """Server configuration, read once from the command line and the environment (flags win over env)."""
+
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from tokenbridge.durations import parse_duration
 
@@ -65,10 +67,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", help=f"host:port to listen on (default {DEFAULT_BIND})")
     p.add_argument("--workers", type=int, help="gunicorn worker processes (default 2)")
     p.add_argument("--threads", type=int, help="threads per worker (default 8; gthread only)")
-    p.add_argument("--worker-class", choices=WORKER_CLASSES,
-                   help="gunicorn worker class (env TOKENBRIDGE_WORKER_CLASS; default gevent): gevent serves each "
-                        "connection in a greenlet, gthread --threads requests at once per worker, sync one at a time "
-                        "(--threads applies to gthread only)")
+    p.add_argument(
+        "--worker-class",
+        choices=WORKER_CLASSES,
+        help="gunicorn worker class (env TOKENBRIDGE_WORKER_CLASS; default gevent): gevent serves each "
+        "connection in a greenlet, gthread --threads requests at once per worker, sync one at a time "
+        "(--threads applies to gthread only)",
+    )
     p.add_argument("--issuer", help="public issuer URL (env TOKENBRIDGE_PUBLIC_ISSUER)")
     return p
 
@@ -106,14 +111,18 @@ def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServerConfig:
         "cluster_identity_providers": env.get("TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS", "true").strip().lower()
         in ("true", "1", "yes"),
     }
-    for field, var in (("jwks_lifespan", "TOKENBRIDGE_JWKS_LIFESPAN"),
-                       ("jwks_cooldown", "TOKENBRIDGE_JWKS_COOLDOWN"),
-                       ("jwks_max_staleness", "TOKENBRIDGE_JWKS_MAX_STALENESS"),
-                       ("max_token_lifetime", "TOKENBRIDGE_MAX_TOKEN_LIFETIME")):
+    for field, var in (
+        ("jwks_lifespan", "TOKENBRIDGE_JWKS_LIFESPAN"),
+        ("jwks_cooldown", "TOKENBRIDGE_JWKS_COOLDOWN"),
+        ("jwks_max_staleness", "TOKENBRIDGE_JWKS_MAX_STALENESS"),
+        ("max_token_lifetime", "TOKENBRIDGE_MAX_TOKEN_LIFETIME"),
+    ):
         if env.get(var):
             values[field] = parse_duration(env[var])
-    for field, var in (("replay_cache_max_entries", "TOKENBRIDGE_REPLAY_CACHE_MAX_ENTRIES"),
-                       ("verified_signatures", "TOKENBRIDGE_VERIFIED_SIGNATURES")):
+    for field, var in (
+        ("replay_cache_max_entries", "TOKENBRIDGE_REPLAY_CACHE_MAX_ENTRIES"),
+        ("verified_signatures", "TOKENBRIDGE_VERIFIED_SIGNATURES"),
+    ):
         if env.get(var):
             if not env[var].strip().isdigit():
                 p.error(f"{var}={env[var]!r}: must be a whole number, 0 or more")

@@ -3,6 +3,7 @@
 Every failure a client can see, including falcon's own routing errors and unexpected exceptions, leaves as the
 same JSON body with ``Cache-Control: no-store``, so clients parse one shape and nothing leaks a stack trace.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,8 +84,11 @@ def handle_error(req: falcon.Request, resp: falcon.Response, ex: Exception, para
         status = ex.status_code
         error = _FALCON_ERRORS.get(status, "invalid_request" if status < 500 else "server_error")
         headers = dict(ex.headers or {})
-        description = ex.description or (f"method {req.method} is not allowed; use {headers['Allow']}"
-                                         if status == 405 and headers.get("Allow") else ex.title)
+        description = ex.description or (
+            f"method {req.method} is not allowed; use {headers['Allow']}"
+            if status == 405 and headers.get("Allow")
+            else ex.title
+        )
     else:
         log.exception("unexpected error in %s %s", req.method, req.path)
         status, error, description, headers = 500, "server_error", "internal error", {}

@@ -3,6 +3,7 @@
 The cap is enforced while reading, before anything is decoded. Parameters other than the ones RFC 8693 lets a
 client repeat (``audience``, ``resource``) must appear at most once; empty values count as absent.
 """
+
 from __future__ import annotations
 
 from urllib.parse import parse_qsl
@@ -30,8 +31,9 @@ def read_form(req: falcon.Request, max_bytes: int) -> dict[str, list[str]]:
     if len(body) > max_bytes:
         raise RequestTooLarge(f"the request body is larger than {max_bytes} bytes")
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=False, strict_parsing=False,
-                          errors="strict", max_num_fields=64)
+        pairs = parse_qsl(
+            body.decode("utf-8"), keep_blank_values=False, strict_parsing=False, errors="strict", max_num_fields=64
+        )
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequest(f"the request body is not a valid form: {exc}") from None
     form: dict[str, list[str]] = {}

@@ -16,6 +16,7 @@ which reloads a changed file in that worker, and the JWKS refresh thread. When t
 an older configuration than the file holds. The cluster source (``--kubernetes``) is built in each worker (its
 watches are threads).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -49,8 +50,9 @@ log = logging.getLogger("tokenbridge_exchange")
 READY_WAIT = 10.0  # seconds; below gunicorn's 30 s worker timeout
 
 
-def build_source(config: ServerConfig, signing_keys: SigningKeySet | None, telemetry: Telemetry, *,
-                 start: bool = True) -> SnapshotSource:
+def build_source(
+    config: ServerConfig, signing_keys: SigningKeySet | None, telemetry: Telemetry, *, start: bool = True
+) -> SnapshotSource:
     """The configured source with its JWKS cache and policy cache, reporting on ``telemetry``; both started (call
     in the serving process) unless ``start`` is false (see :func:`start_source`)."""
     policy = FetchPolicy.from_env()
@@ -61,22 +63,40 @@ def build_source(config: ServerConfig, signing_keys: SigningKeySet | None, telem
     def fetch(jwks_uri, spec):
         return fetch_keys(jwks_uri, spec, policy, credentials=credentials)[1]
 
-    cache = JwksCache(fetch, telemetry=telemetry, lifespan=config.jwks_lifespan, cooldown=config.jwks_cooldown,
-                      max_staleness=config.jwks_max_staleness)
+    cache = JwksCache(
+        fetch,
+        telemetry=telemetry,
+        lifespan=config.jwks_lifespan,
+        cooldown=config.jwks_cooldown,
+        max_staleness=config.jwks_max_staleness,
+    )
     policies = PolicyCache()  # one per source: every rebuild compiles only the policies that changed
     source: SnapshotSource
     if config.kubernetes:
         from .sources.kubernetes import KubernetesSource
+
         source = KubernetesSource.from_kubeconfig(
-            config.kubeconfig, cache, signing_secret=(config.signing_secret_namespace, config.signing_secret_name),
-            namespace=config.watch_namespace, cluster_identity_providers=config.cluster_identity_providers,
-            policies=policies, telemetry=telemetry)
+            config.kubeconfig,
+            cache,
+            signing_secret=(config.signing_secret_namespace, config.signing_secret_name),
+            namespace=config.watch_namespace,
+            cluster_identity_providers=config.cluster_identity_providers,
+            policies=policies,
+            telemetry=telemetry,
+        )
     else:
         from .sources.manifests import ManifestSource
+
         assert config.manifests, "the command line requires --manifests without --kubernetes"
-        source = ManifestSource(config.manifests, cache, lambda spec: discover(spec, policy),
-                                signing_keys=signing_keys, poll_interval=config.manifests_poll_interval,
-                                policies=policies, telemetry=telemetry)
+        source = ManifestSource(
+            config.manifests,
+            cache,
+            lambda spec: discover(spec, policy),
+            signing_keys=signing_keys,
+            poll_interval=config.manifests_poll_interval,
+            policies=policies,
+            telemetry=telemetry,
+        )
     if start:
         start_source(source, cache)
     return source
@@ -96,8 +116,9 @@ def preload_source(config: ServerConfig, signing_keys: SigningKeySet | None, tel
     if source.preload():  # type: ignore[attr-defined]
         log.info("first snapshot loaded in %.1fs, before forking the workers", time.monotonic() - started)
     else:
-        log.error("no configuration loaded from %s: the workers serve 503 until a good one is in place",
-                  config.manifests)
+        log.error(
+            "no configuration loaded from %s: the workers serve 503 until a good one is in place", config.manifests
+        )
     settle_before_fork()
     return source
 
@@ -134,8 +155,16 @@ def worker_exited(server, worker) -> None:
 class Server(BaseApplication):
     """``telemetry``: the one a preloaded ``source`` was built with; forked into every worker, whose app listens."""
 
-    def __init__(self, config: ServerConfig, signing_keys: SigningKeySet | None, metrics_dir: str | None,
-                 replay_dir: str | None = None, source: SnapshotSource | None = None, *, telemetry: Telemetry):
+    def __init__(
+        self,
+        config: ServerConfig,
+        signing_keys: SigningKeySet | None,
+        metrics_dir: str | None,
+        replay_dir: str | None = None,
+        source: SnapshotSource | None = None,
+        *,
+        telemetry: Telemetry,
+    ):
         self._config, self._signing_keys, self._metrics_dir = config, signing_keys, metrics_dir
         self._replay_dir = replay_dir
         self._source = source  # standalone: preloaded in the master (preload_source); None: built per worker
@@ -171,6 +200,7 @@ class Server(BaseApplication):
             settings["child_exit"] = worker_exited
         created = [d for d in (self._metrics_dir, self._replay_dir) if d]
         if created:  # the master removes the directories it created; workers never do
+
             def remove_created(arbiter: object) -> None:
                 for d in created:
                     shutil.rmtree(d, ignore_errors=True)
@@ -223,8 +253,13 @@ def run(config: ServerConfig) -> int:
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before any worker imports prometheus_client
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tokenbridge-metrics-")
-    log.info("serving %s as issuer %s on %s (%s workers)", "the cluster's configuration" if config.kubernetes
-             else config.manifests, config.issuer, config.bind, config.worker_class)
+    log.info(
+        "serving %s as issuer %s on %s (%s workers)",
+        "the cluster's configuration" if config.kubernetes else config.manifests,
+        config.issuer,
+        config.bind,
+        config.worker_class,
+    )
     telemetry = Telemetry()  # no listener in the master: each worker's app subscribes to its forked copy
     source = None if config.kubernetes else preload_source(config, signing_keys, telemetry)
     Server(config, signing_keys, metrics_dir, replay_dir, source, telemetry=telemetry).run()

@@ -1,4 +1,5 @@
 """Liveness (``/healthz``: the process answers) and readiness (``/readyz``: a snapshot with signing keys is loaded)."""
+
 from __future__ import annotations
 
 import os
@@ -23,5 +24,9 @@ class ReadyResource:
             resp.status = 503
             resp.media = {"status": "not ready", "reason": "no configuration or no signing keys loaded yet"}
             return
-        resp.media = {"status": "ready", "applications": len(snapshot.applications),
-                      "identityProviders": len(snapshot.providers), "worker": os.getpid()}
+        resp.media = {
+            "status": "ready",
+            "applications": len(snapshot.applications),
+            "identityProviders": len(snapshot.providers),
+            "worker": os.getpid(),
+        }

@@ -3,9 +3,10 @@
 A client learns about a token only when the token was issued to it or names one of its audiences; for any other
 token, as for an invalid one, the answer is ``{"active": false}`` (RFC 7662 §2.2), which reveals nothing.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import falcon
 
@@ -27,8 +28,9 @@ class IntrospectionResource:
         now = self._clock()
         app = authenticate(req.get_header("Authorization"), form, snapshot, now)
         token = required(form, "token")
-        claims = access_tokens.verify(token, signing_keys, issuer=self._config.issuer, now=now,
-                                      max_bytes=self._config.max_token_bytes)
+        claims = access_tokens.verify(
+            token, signing_keys, issuer=self._config.issuer, now=now, max_bytes=self._config.max_token_bytes
+        )
         resp.set_headers(NO_STORE)
         if claims is None or not self._may_see(app.client_id, app.audience_set, claims):
             resp.media = {"active": False}

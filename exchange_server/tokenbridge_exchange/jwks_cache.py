@@ -9,12 +9,14 @@ The cooldown (``TOKENBRIDGE_JWKS_COOLDOWN``, never below 10 s) bounds every fetc
 lifespan shorter than the cooldown refreshes once per cooldown, and after an IdP goes away its keys are served
 for between ``max_staleness`` minus one cooldown and ``max_staleness``.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from tokenbridge.jwks import KeySet, VerificationKey
 from tokenbridge.specs import IdentityProviderSpec
@@ -48,9 +50,19 @@ class StaticKeys:
 class RemoteKeys:
     """The keys behind one IdP's ``jwks_uri``; thread-safe, shared by every snapshot that uses the same IdP."""
 
-    def __init__(self, name: str, jwks_uri: str, spec: IdentityProviderSpec, fetch: Fetcher, *,
-                 clock: Callable[[], float], telemetry: Telemetry, lifespan: float, cooldown: float,
-                 max_staleness: float):
+    def __init__(
+        self,
+        name: str,
+        jwks_uri: str,
+        spec: IdentityProviderSpec,
+        fetch: Fetcher,
+        *,
+        clock: Callable[[], float],
+        telemetry: Telemetry,
+        lifespan: float,
+        cooldown: float,
+        max_staleness: float,
+    ):
         self.name, self.jwks_uri, self.spec = name, jwks_uri, spec
         self._fetch, self._clock, self._telemetry = fetch, clock, telemetry
         self.lifespan, self.cooldown, self.max_staleness = lifespan, cooldown, max_staleness
@@ -145,8 +157,17 @@ class JwksCache:
     """Every remote IdP's :class:`RemoteKeys`, kept across snapshot rebuilds, refreshed by one thread. Fetches are
     reported on ``telemetry`` (none: nobody listens, as in ``tokenbridge explain``)."""
 
-    def __init__(self, fetch: Fetcher, *, clock: Callable[[], float] = time.time, telemetry: Telemetry | None = None,
-                 lifespan: float = 300.0, cooldown: float = 10.0, max_staleness: float = 86400.0, tick: float = 1.0):
+    def __init__(
+        self,
+        fetch: Fetcher,
+        *,
+        clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
+        lifespan: float = 300.0,
+        cooldown: float = 10.0,
+        max_staleness: float = 86400.0,
+        tick: float = 1.0,
+    ):
         self._fetch, self._clock, self._tick = fetch, clock, tick
         self._telemetry = telemetry if telemetry is not None else Telemetry()
         self._settings = {"lifespan": lifespan, "cooldown": max(cooldown, 10.0), "max_staleness": max_staleness}
@@ -158,8 +179,15 @@ class JwksCache:
     @staticmethod
     def fingerprint(name: str, jwks_uri: str, spec: IdentityProviderSpec) -> tuple:
         """What the fetch depends on: a change to anything else in the spec keeps the cached keys."""
-        return (name, jwks_uri, spec.type, spec.tls, spec.uses_operator_credentials, spec.allow_insecure_http,
-                spec.allowed_algorithms)
+        return (
+            name,
+            jwks_uri,
+            spec.type,
+            spec.tls,
+            spec.uses_operator_credentials,
+            spec.allow_insecure_http,
+            spec.allowed_algorithms,
+        )
 
     def remote(self, name: str, jwks_uri: str, spec: IdentityProviderSpec | Mapping[str, Any]) -> RemoteKeys:
         spec = IdentityProviderSpec.of(spec)
@@ -167,8 +195,9 @@ class JwksCache:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                entry = RemoteKeys(name, jwks_uri, spec, self._fetch, clock=self._clock, telemetry=self._telemetry,
-                                   **self._settings)
+                entry = RemoteKeys(
+                    name, jwks_uri, spec, self._fetch, clock=self._clock, telemetry=self._telemetry, **self._settings
+                )
                 self._entries[key] = entry
             return entry
 

@@ -1,8 +1,10 @@
 """Discovery documents (RFC 8414, OpenID Connect Discovery) and the JWKS of our signing keys (RFC 7517)."""
+
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import falcon
 
@@ -55,7 +57,7 @@ class JWKSResource:
         _, signing_keys = current_snapshot(self._source)
         published = signing_keys.published(self._clock())
         cached, text = self._cached
-        if not text or len(cached) != len(published) or any(a is not b for a, b in zip(cached, published)):
+        if not text or len(cached) != len(published) or any(a is not b for a, b in zip(cached, published, strict=True)):
             text = json.dumps({"keys": [k.public_jwk() for k in published]})
             self._cached = (published, text)
         resp.text = text

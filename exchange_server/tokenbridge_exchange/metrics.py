@@ -18,11 +18,13 @@ Metric families:
   ``tokenbridge_jwks_last_success_timestamp_seconds{idp}``, ``tokenbridge_jwks_cache_age_seconds{idp}``
 - ``tokenbridge_snapshot_generation``, ``tokenbridge_snapshot_timestamp_seconds``, ``tokenbridge_snapshot_age_seconds``
 """
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -57,28 +59,64 @@ class Metrics:
     def __init__(self, source: SnapshotSource | None = None, telemetry: Telemetry | None = None) -> None:
         self._source = source
         self.registry = CollectorRegistry()
-        self.latency = Histogram("tokenbridge_token_request_seconds", "Token endpoint latency by grant type",
-                                 ["grant_type"], registry=None,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-        self.exchanges = Counter("tokenbridge_exchanges", "Token requests by grant type, outcome (issued, refused, "
-                                 "failed), identity provider, application and OAuth error code",
-                                 ["grant_type", "outcome", "idp", "application", "error"], registry=None)
-        self.replay_rejections = Counter("tokenbridge_replay_rejections", "Tokens refused because their jti was "
-                                         "used before, by identity provider", ["idp"], registry=None)
-        self.jwks_fetches = Counter("tokenbridge_jwks_fetches", "JWKS fetches by identity provider and result",
-                                    ["idp", "result"], registry=None)
-        self.unknown_kid = Counter("tokenbridge_jwks_unknown_kid_refreshes", "Tokens with a kid the cached keys "
-                                   "lack: refreshed on the request path, or not (cooldown)", ["idp", "result"],
-                                   registry=None)
-        self.jwks_fetched_at = Gauge("tokenbridge_jwks_last_success_timestamp_seconds", "When the JWKS in use was "
-                                     "fetched (oldest over the workers)", ["idp"], registry=None,
-                                     multiprocess_mode="livemin")
-        self.generation = Gauge("tokenbridge_snapshot_generation", "Configuration snapshots built by this "
-                                "process (highest over the workers)", registry=None, multiprocess_mode="livemax")
-        self.snapshot_at = Gauge("tokenbridge_snapshot_timestamp_seconds", "When the configuration snapshot in use "
-                                 "was built (oldest over the workers)", registry=None, multiprocess_mode="livemin")
-        self._own = [self.latency, self.exchanges, self.replay_rejections, self.jwks_fetches,
-                     self.unknown_kid, self.jwks_fetched_at, self.generation, self.snapshot_at]
+        self.latency = Histogram(
+            "tokenbridge_token_request_seconds",
+            "Token endpoint latency by grant type",
+            ["grant_type"],
+            registry=None,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.exchanges = Counter(
+            "tokenbridge_exchanges",
+            "Token requests by grant type, outcome (issued, refused, "
+            "failed), identity provider, application and OAuth error code",
+            ["grant_type", "outcome", "idp", "application", "error"],
+            registry=None,
+        )
+        self.replay_rejections = Counter(
+            "tokenbridge_replay_rejections",
+            "Tokens refused because their jti was used before, by identity provider",
+            ["idp"],
+            registry=None,
+        )
+        self.jwks_fetches = Counter(
+            "tokenbridge_jwks_fetches", "JWKS fetches by identity provider and result", ["idp", "result"], registry=None
+        )
+        self.unknown_kid = Counter(
+            "tokenbridge_jwks_unknown_kid_refreshes",
+            "Tokens with a kid the cached keys lack: refreshed on the request path, or not (cooldown)",
+            ["idp", "result"],
+            registry=None,
+        )
+        self.jwks_fetched_at = Gauge(
+            "tokenbridge_jwks_last_success_timestamp_seconds",
+            "When the JWKS in use was fetched (oldest over the workers)",
+            ["idp"],
+            registry=None,
+            multiprocess_mode="livemin",
+        )
+        self.generation = Gauge(
+            "tokenbridge_snapshot_generation",
+            "Configuration snapshots built by this process (highest over the workers)",
+            registry=None,
+            multiprocess_mode="livemax",
+        )
+        self.snapshot_at = Gauge(
+            "tokenbridge_snapshot_timestamp_seconds",
+            "When the configuration snapshot in use was built (oldest over the workers)",
+            registry=None,
+            multiprocess_mode="livemin",
+        )
+        self._own = [
+            self.latency,
+            self.exchanges,
+            self.replay_rejections,
+            self.jwks_fetches,
+            self.unknown_kid,
+            self.jwks_fetched_at,
+            self.generation,
+            self.snapshot_at,
+        ]
         self._collectors: list[Any] = self._own
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             self._collectors = [MultiProcessCollector(None)]
@@ -103,13 +141,22 @@ class Metrics:
         values = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
         snapshot_at = values.get(("tokenbridge_snapshot_timestamp_seconds", ()))
         if snapshot_at:
-            yield GaugeMetricFamily("tokenbridge_snapshot_age_seconds", "Age of the oldest configuration snapshot "
-                                    "a worker serves", value=max(0.0, now - snapshot_at))
-        ages = GaugeMetricFamily("tokenbridge_jwks_cache_age_seconds", "Age of the oldest JWKS a worker uses, by "
-                                 "identity provider (configured, remote keys only)", labels=["idp"])
+            yield GaugeMetricFamily(
+                "tokenbridge_snapshot_age_seconds",
+                "Age of the oldest configuration snapshot a worker serves",
+                value=max(0.0, now - snapshot_at),
+            )
+        ages = GaugeMetricFamily(
+            "tokenbridge_jwks_cache_age_seconds",
+            "Age of the oldest JWKS a worker uses, by identity provider (configured, remote keys only)",
+            labels=["idp"],
+        )
         snapshot = self._snapshot()
-        remote = {p.label for p in snapshot.providers.values() if isinstance(p.keys, RemoteKeys)} \
-            if snapshot is not None else set()
+        remote = (
+            {p.label for p in snapshot.providers.values() if isinstance(p.keys, RemoteKeys)}
+            if snapshot is not None
+            else set()
+        )
         for (name, labels), value in sorted(values.items()):
             if name == "tokenbridge_jwks_last_success_timestamp_seconds" and dict(labels).get("idp") in remote:
                 ages.add_metric([dict(labels)["idp"]], max(0.0, now - value))
@@ -145,16 +192,18 @@ class MetricsMiddleware:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         req_succeeded: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
         if req.path != self._path or req.method != "POST":
             return
         elapsed = time.perf_counter() - req.context.started
         state, status, error, _ = token_response(req, resp)
         grant = state.grant_type if state.grant_type in api.GRANT_TYPES else "other"
         self._latency[(grant,)].observe(elapsed)
-        self._exchanges[(grant, outcome(status), state.idp or "", state.app.label if state.app is not None else "",
-                         error or "")].inc()
+        self._exchanges[
+            (grant, outcome(status), state.idp or "", state.app.label if state.app is not None else "", error or "")
+        ].inc()
         if state.replayed_idp is not None:
             self._replays[(state.replayed_idp,)].inc()
 

@@ -5,6 +5,7 @@ passes a :class:`~.trace.Recorder` and ``consume=False`` (the replay cache is lo
 checks run first (grant, audience, scope), signatures after, policies (CEL) only for resources that have one,
 and the replay cache is written last, once everything else has passed, so a refused request burns no ``jti``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,16 @@ from tokenbridge.policy import PolicyDenied
 
 from . import assertions
 from .config import ServerConfig
-from .errors import (InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, OAuthError, TemporarilyUnavailable,
-                     UnauthorizedClient, UnsupportedGrantType)
+from .errors import (
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    OAuthError,
+    TemporarilyUnavailable,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+)
 from .forms import required, single
 from .replay import CacheFull, ReplayCache, Replayed
 from .snapshot import Application, IdentityProvider
@@ -64,6 +73,7 @@ class Validated:
 
 # --- the checks; each returns (value, what passed) or raises the OAuth error --------------------------------------
 
+
 def _grant_type(form: Form, app: Application, supported: frozenset[str]) -> tuple[str, str]:
     grant_type = required(form, "grant_type")
     if grant_type not in supported:
@@ -93,8 +103,10 @@ def requested_scopes(form: Form, app: Application) -> tuple[tuple[str, ...], str
         scopes = tuple(sorted(app.scopes))
         return scopes, (" ".join(scopes) or "none") + " (the client's default)"
     if not _SCOPE.fullmatch(scope):  # not str.split(): other whitespace is no separator, and no scope token's
-        raise InvalidScope(f"scope {scope[:200]!r} is not scope tokens (printable ASCII other than \" and \\) "
-                           "separated by single spaces (RFC 6749 §3.3)")
+        raise InvalidScope(
+            f'scope {scope[:200]!r} is not scope tokens (printable ASCII other than " and \\) '
+            "separated by single spaces (RFC 6749 §3.3)"
+        )
     requested = tuple(dict.fromkeys(scope.split(" ")))
     unknown = [s for s in requested if s not in app.scopes]
     if unknown:
@@ -106,16 +118,18 @@ def _token_type(form: Form, name: str, token_name: str) -> tuple[str, str]:
     required(form, token_name)
     token_type = required(form, name)
     if token_type not in SUBJECT_TOKEN_TYPES:
-        raise InvalidRequest(f"{name} {token_type!r} is not supported; use a JWT "
-                             f"({', '.join(sorted(SUBJECT_TOKEN_TYPES))})")
+        raise InvalidRequest(
+            f"{name} {token_type!r} is not supported; use a JWT ({', '.join(sorted(SUBJECT_TOKEN_TYPES))})"
+        )
     return token_type, token_type
 
 
 def _requested_token_type(form: Form) -> tuple[str, str]:
     issued_type = single(form, "requested_token_type") or api.TOKEN_TYPE_ACCESS_TOKEN
     if issued_type not in ISSUED_TOKEN_TYPES:
-        raise InvalidRequest(f"requested_token_type {issued_type!r} cannot be issued; use "
-                             f"{api.TOKEN_TYPE_ACCESS_TOKEN}")
+        raise InvalidRequest(
+            f"requested_token_type {issued_type!r} cannot be issued; use {api.TOKEN_TYPE_ACCESS_TOKEN}"
+        )
     return issued_type, issued_type
 
 
@@ -126,8 +140,9 @@ def _parse(token: str, max_bytes: int, what: str) -> tuple[assertions.Unverified
 
 def _delegation(app: Application) -> tuple[None, str]:
     if not app.delegation:
-        raise InvalidRequest("actor_token (delegation) is not enabled for this client; the OAuthApplication needs "
-                             "spec.delegation: true")
+        raise InvalidRequest(
+            "actor_token (delegation) is not enabled for this client; the OAuthApplication needs spec.delegation: true"
+        )
     return None, "enabled for this client"
 
 
@@ -180,13 +195,22 @@ def _map_claims(policy: Any, claims: dict[str, Any]) -> tuple[dict[str, Any], st
 
 
 class Pipeline:
-    def __init__(self, config: ServerConfig, replay: ReplayCache | None,
-                 verified: assertions.VerifiedSignatures | None = None):
+    def __init__(
+        self, config: ServerConfig, replay: ReplayCache | None, verified: assertions.VerifiedSignatures | None = None
+    ):
         self._config, self._replay, self._verified = config, replay, verified
         self._grants = frozenset(api.GRANT_TYPES)
 
-    def run(self, form: Form, app: Application, now: float, state: Exchange, trace: Trace = NO_TRACE, *,
-            consume: bool = True) -> None:
+    def run(
+        self,
+        form: Form,
+        app: Application,
+        now: float,
+        state: Exchange,
+        trace: Trace = NO_TRACE,
+        *,
+        consume: bool = True,
+    ) -> None:
         """Decide ``state`` for an authenticated ``app``; raises the OAuthError the client gets.
 
         ``consume`` writes the tokens' ``jti`` to the replay cache (the token endpoint); without it the cache is
@@ -235,16 +259,22 @@ class Pipeline:
             state.subject = mapped.pop("sub", state.subject)
             state.claims.update(mapped)
         if actor is not None:
-            state.claims["act"] = step(trace, "act", lambda a: (_act(a), "act names the actor token's sub and iss"),
-                                       actor)
+            state.claims["act"] = step(
+                trace, "act", lambda a: (_act(a), "act names the actor token's sub and iss"), actor
+            )
         self._lifetime(state, now, validated, trace)
         self._replay_step(validated, now, state, trace, consume)
 
     @staticmethod
     def _request(state: Exchange, app: Application) -> dict[str, Any]:
         """The CEL ``request`` variable."""
-        return {"client_id": app.client_id, "audience": list(state.audiences), "scope": list(state.scopes),
-                "namespace": app.namespace, "grant_type": state.grant_type}
+        return {
+            "client_id": app.client_id,
+            "audience": list(state.audiences),
+            "scope": list(state.scopes),
+            "namespace": app.namespace,
+            "grant_type": state.grant_type,
+        }
 
     def _validated(self, token: str, what: str, app: Application, now: float, trace: Trace) -> Validated:
         parsed = step(trace, f"{what}.format", _parse, token, self._config.max_token_bytes, what)
@@ -256,8 +286,11 @@ class Pipeline:
         app = state.app
         assert app is not None
         expires_at = now + min(app.lifetime, self._config.max_token_lifetime)
-        capped_by = "the client's accessTokenLifetime" if app.lifetime <= self._config.max_token_lifetime \
+        capped_by = (
+            "the client's accessTokenLifetime"
+            if app.lifetime <= self._config.max_token_lifetime
             else "the server's maximum token lifetime"
+        )
         for token in validated:
             if float(token.claims["exp"]) < expires_at:
                 expires_at, capped_by = float(token.claims["exp"]), f"the {token.what}'s exp"
@@ -267,17 +300,24 @@ class Pipeline:
         state.expires_at = expires_at
         trace.record("lifetime", PASS, f"{int(expires_at) - int(now)}s, set by {capped_by}")
 
-    def _replay_step(self, validated: list[Validated], now: float, state: Exchange, trace: Trace,
-                     consume: bool) -> None:
-        keys = [(v.claims["iss"], v.claims["jti"], float(v.claims["exp"]) + v.provider.clock_skew, v)
-                for v in validated if v.provider.prevent_replay and isinstance(v.claims.get("jti"), str)]
+    def _replay_step(
+        self, validated: list[Validated], now: float, state: Exchange, trace: Trace, consume: bool
+    ) -> None:
+        keys = [
+            (v.claims["iss"], v.claims["jti"], float(v.claims["exp"]) + v.provider.clock_skew, v)
+            for v in validated
+            if v.provider.prevent_replay and isinstance(v.claims.get("jti"), str)
+        ]
         if not keys:
             if any(v.provider.prevent_replay for v in validated):
                 trace.record("replay", PASS, "no jti to check (the identity provider does not require one)")
             return
         if self._replay is None:
-            trace.record("replay", SKIP, "not checked: the replay cache belongs to the server (each server "
-                                         "process tree has its own)")
+            trace.record(
+                "replay",
+                SKIP,
+                "not checked: the replay cache belongs to the server (each server process tree has its own)",
+            )
             return
         if not consume:
             for iss, jti, _, v in keys:
@@ -315,10 +355,30 @@ def explain(pipeline: Pipeline, form: Form, app: Application, now: float, *, cli
         report.update(decision="refused", error=exc.error, error_description=exc.description, steps=trace.steps)
         return report
     assert state.expires_at is not None
-    report.update(decision="issue", steps=trace.steps, token={
-        "sub": state.subject, "aud": list(state.audiences), "scope": " ".join(state.scopes),
-        "idp": state.idp, "expires_in": int(state.expires_at) - int(now), "issued_token_type": state.issued_type,
-        "claims": sorted({"iss", "sub", "aud", "client_id", "iat", "exp", "jti", *state.claims,
-                          *(["scope"] if state.scopes else []), *(["idp"] if state.idp else [])}),
-    })
+    report.update(
+        decision="issue",
+        steps=trace.steps,
+        token={
+            "sub": state.subject,
+            "aud": list(state.audiences),
+            "scope": " ".join(state.scopes),
+            "idp": state.idp,
+            "expires_in": int(state.expires_at) - int(now),
+            "issued_token_type": state.issued_type,
+            "claims": sorted(
+                {
+                    "iss",
+                    "sub",
+                    "aud",
+                    "client_id",
+                    "iat",
+                    "exp",
+                    "jti",
+                    *state.claims,
+                    *(["scope"] if state.scopes else []),
+                    *(["idp"] if state.idp else []),
+                }
+            ),
+        },
+    )
     return report

@@ -11,6 +11,7 @@ Memory and disk stay bounded: expired rows are purged every ``purge_interval`` s
 second, when the cache is full), and while the table holds ``max_entries`` unexpired rows new tokens of those IdPs
 are refused (``temporarily_unavailable``) rather than accepted unchecked: the cache fails closed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,14 @@ class CacheFull(Exception):
 class ReplayCache:
     """Thread-safe; one SQLite connection per process (reopened after a fork), opened on first use."""
 
-    def __init__(self, path: str | None = None, *, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 purge_interval: float = PURGE_INTERVAL, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        purge_interval: float = PURGE_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ):
         self._path = path
         self.max_entries, self._purge_interval, self._clock = max_entries, purge_interval, clock
         self._lock = threading.Lock()
@@ -118,8 +125,11 @@ class ReplayCache:
                             self._purge(conn, now)
                             continue
                         if not self._full:
-                            log.error("the replay cache holds %d unexpired tokens, its limit; refusing tokens of "
-                                      "identity providers with preventReplay until some expire", size)
+                            log.error(
+                                "the replay cache holds %d unexpired tokens, its limit; refusing tokens of "
+                                "identity providers with preventReplay until some expire",
+                                size,
+                            )
                         self._full = True
                         raise CacheFull(f"the replay cache holds {self.max_entries} unexpired tokens")
                     self._full = False
@@ -127,7 +137,9 @@ class ReplayCache:
                         # a row that expired but was not purged yet no longer counts as a use: it is overwritten
                         cursor = conn.execute(
                             "INSERT INTO seen (id, until) VALUES (?, ?) ON CONFLICT (id) "
-                            "DO UPDATE SET until = excluded.until WHERE seen.until < ?", (_id(iss, jti), until, now))
+                            "DO UPDATE SET until = excluded.until WHERE seen.until < ?",
+                            (_id(iss, jti), until, now),
+                        )
                         if cursor.rowcount != 1:
                             raise Replayed(iss, jti)
                     conn.execute("UPDATE size SET n = n + ?", (len(keys),))

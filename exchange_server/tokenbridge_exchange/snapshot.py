@@ -12,16 +12,18 @@ its :class:`PolicyCache`, so an unchanged expression keeps its compiled program 
 Sized for 100,000 applications: within one build, equal values (grant types, scopes, audiences, the index of the
 IdPs an application trusts) are one shared object, and the resources are slotted dataclasses.
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from tokenbridge import api
 from tokenbridge.durations import parse_duration
@@ -164,8 +166,9 @@ def _timestamp(text: Any) -> float | None:
     return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
 
 
-def _policy(spec: IdentityProviderSpec | OAuthApplicationSpec, kind: str, owner: str, kept: PolicyCache,
-            used: dict[str, Policy]) -> Policy:
+def _policy(
+    spec: IdentityProviderSpec | OAuthApplicationSpec, kind: str, owner: str, kept: PolicyCache, used: dict[str, Policy]
+) -> Policy:
     """The compiled policy of a spec (PolicyError, a ValueError, when it does not compile)."""
     mappings = spec.claim_mappings if isinstance(spec, IdentityProviderSpec) else None
     if not mappings and not spec.condition:
@@ -178,8 +181,9 @@ def _policy(spec: IdentityProviderSpec | OAuthApplicationSpec, kind: str, owner:
     return policy
 
 
-def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache, kept: PolicyCache, used: dict[str, Policy],
-              shared: _Shared) -> IdentityProvider:
+def _provider(
+    kind: str, obj: Mapping[str, Any], cache: JwksCache, kept: PolicyCache, used: dict[str, Policy], shared: _Shared
+) -> IdentityProvider:
     namespace, name = _meta(obj)
     spec, status = IdentityProviderSpec.of(obj.get("spec") or {}), obj.get("status") or {}
     label = f"{namespace}/{name}" if kind == api.KIND_IDP else name
@@ -201,15 +205,27 @@ def _provider(kind: str, obj: Mapping[str, Any], cache: JwksCache, kept: PolicyC
     owner = "cluster identity provider" if kind == api.KIND_CLUSTER_IDP else "identity provider"
     policy = _policy(spec, kind, f"{owner} {label}", kept, used)
     return IdentityProvider(
-        ref=(kind, namespace, name), label=label, issuer=issuer, allowed_audiences=audiences,
-        allowed_algorithms=algorithms, clock_skew=shared.seconds(spec.clock_skew),
-        max_token_age=shared.seconds(spec.max_token_age) if spec.max_token_age else None, keys=keys, policy=policy,
-        require_jti=spec.require_jti, prevent_replay=spec.prevent_replay,
+        ref=(kind, namespace, name),
+        label=label,
+        issuer=issuer,
+        allowed_audiences=audiences,
+        allowed_algorithms=algorithms,
+        clock_skew=shared.seconds(spec.clock_skew),
+        max_token_age=shared.seconds(spec.max_token_age) if spec.max_token_age else None,
+        keys=keys,
+        policy=policy,
+        require_jti=spec.require_jti,
+        prevent_replay=spec.prevent_replay,
     )
 
 
-def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvider], kept: PolicyCache,
-                 used: dict[str, Policy], shared: _Shared) -> Application:
+def _application(
+    obj: Mapping[str, Any],
+    providers: Mapping[Ref, IdentityProvider],
+    kept: PolicyCache,
+    used: dict[str, Policy],
+    shared: _Shared,
+) -> Application:
     namespace, name = _meta(obj)
     spec, status = OAuthApplicationSpec.of(obj.get("spec") or {}), obj.get("status") or {}
     client_id, secret_hash = status.get("clientID"), status.get("clientSecretHash")
@@ -223,16 +239,21 @@ def _application(obj: Mapping[str, Any], providers: Mapping[Ref, IdentityProvide
     audiences = shared.strings(dict.fromkeys(spec.audiences), tuple)
     policy = _policy(spec, api.KIND_APP, f"application {namespace}/{name}", kept, used)
     return Application(
-        namespace=shared.value(namespace), name=name, client_id=client_id, secret_hash=secret_hash,
+        namespace=shared.value(namespace),
+        name=name,
+        client_id=client_id,
+        secret_hash=secret_hash,
         previous_secret_hash=status.get("previousClientSecretHash"),
         previous_secret_expires_at=_timestamp(status.get("previousClientSecretExpiresAt")),
         auth_method=shared.value(spec.token_endpoint_auth_method),
         grant_types=shared.strings(spec.grant_types),
         providers=shared.index(allowed),
-        audiences=audiences, audience_set=shared.strings(audiences),
+        audiences=audiences,
+        audience_set=shared.strings(audiences),
         scopes=shared.strings(spec.scopes),
         lifetime=shared.seconds(spec.access_token_lifetime),
-        policy=policy, delegation=spec.delegation,
+        policy=policy,
+        delegation=spec.delegation,
     )
 
 
@@ -243,8 +264,9 @@ def _created(obj: Mapping[str, Any]) -> float | None:
         return None
 
 
-def _client_id_owner(client_id: str, claimants: list[tuple[Application, float | None]],
-                     skipped: list[str]) -> Application | None:
+def _client_id_owner(
+    client_id: str, claimants: list[tuple[Application, float | None]], skipped: list[str]
+) -> Application | None:
     """Several applications publish one client id (a copied status, or a squatter in another namespace): the one
     created first keeps it, whatever order they are listed in; when creation times cannot decide (missing, equal),
     none of them is served. The others are left out with the reason, and the conflict is logged as a warning."""
@@ -254,15 +276,25 @@ def _client_id_owner(client_id: str, claimants: list[tuple[Application, float | 
     owner = None
     if None not in times and times.count(oldest) == 1:
         owner = claimants[times.index(oldest)][0]
-    log.warning("client id %s is claimed by several applications (%s): %s", client_id, labels,
-                f"serving {owner.label}, created first" if owner else
-                "creation times do not tell which had it first, serving none of them")
+    log.warning(
+        "client id %s is claimed by several applications (%s): %s",
+        client_id,
+        labels,
+        f"serving {owner.label}, created first"
+        if owner
+        else "creation times do not tell which had it first, serving none of them",
+    )
     for app, _ in claimants:
         if app is owner:
             continue
-        skipped.append(f"{api.KIND_APP} {app.label}: client id {client_id} is also claimed by "
-                       + (f"{owner.label}, created earlier" if owner else
-                          f"{labels} and creation times do not tell which had it first"))
+        skipped.append(
+            f"{api.KIND_APP} {app.label}: client id {client_id} is also claimed by "
+            + (
+                f"{owner.label}, created earlier"
+                if owner
+                else f"{labels} and creation times do not tell which had it first"
+            )
+        )
     return owner
 
 
@@ -311,8 +343,14 @@ def build_snapshot(
     kept.keep(used)
     for reason in skipped:
         log.info("not serving %s", reason)
-    snapshot = Snapshot(MappingProxyType(apps), MappingProxyType(providers), signing_keys, tuple(skipped),
-                        generation=next(_generations), built_at=time.time())
+    snapshot = Snapshot(
+        MappingProxyType(apps),
+        MappingProxyType(providers),
+        signing_keys,
+        tuple(skipped),
+        generation=next(_generations),
+        built_at=time.time(),
+    )
     if telemetry is not None:
         telemetry.emit("snapshot", snapshot=snapshot)
     return snapshot

@@ -5,11 +5,13 @@ Whoever builds the server makes one :class:`Telemetry` and hands it to what emit
 the JWKS cache) and to the app, whose metrics listen. Made in the gunicorn master, it is forked with no listener:
 each worker's metrics subscribe to their own copy.
 """
+
 from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 

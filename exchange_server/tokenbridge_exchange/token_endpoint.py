@@ -4,9 +4,11 @@ The decision is :mod:`.pipeline`'s (shared with explain); this resource authenti
 the result. Nothing here touches the network except the bounded JWKS refresh an unknown ``kid`` may trigger (see
 :mod:`jwks_cache`). ``req.context.exchange`` keeps what the request got to, for the metrics and the audit record.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import falcon
 
@@ -33,8 +35,7 @@ def current_snapshot(source: SnapshotSource) -> tuple[Snapshot, SigningKeySet]:
 
 
 class TokenResource:
-    def __init__(self, config: ServerConfig, source: SnapshotSource, clock: Callable[[], float],
-                 pipeline: Pipeline):
+    def __init__(self, config: ServerConfig, source: SnapshotSource, clock: Callable[[], float], pipeline: Pipeline):
         self._config, self._source, self._clock, self._pipeline = config, source, clock, pipeline
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -47,9 +48,17 @@ class TokenResource:
         assert state.subject is not None and state.expires_at is not None
         state.jti = access_tokens.new_jti()
         token = access_tokens.issue(
-            signing_keys, issuer=self._config.issuer, subject=state.subject, audiences=state.audiences,
-            client_id=app.client_id, scopes=state.scopes, now=now, expires_at=state.expires_at, idp=state.idp,
-            jti=state.jti, extra_claims=state.claims,
+            signing_keys,
+            issuer=self._config.issuer,
+            subject=state.subject,
+            audiences=state.audiences,
+            client_id=app.client_id,
+            scopes=state.scopes,
+            now=now,
+            expires_at=state.expires_at,
+            idp=state.idp,
+            jti=state.jti,
+            extra_claims=state.claims,
         )
         body: dict[str, Any] = {
             "access_token": token,
@@ -67,8 +76,7 @@ class ExplainResource:
     """``POST /oauth2/explain``: the token endpoint's decision for the same form and client authentication, step by
     step, without issuing a token or recording a ``jti``. Only an authenticated client learns anything."""
 
-    def __init__(self, config: ServerConfig, source: SnapshotSource, clock: Callable[[], float],
-                 pipeline: Pipeline):
+    def __init__(self, config: ServerConfig, source: SnapshotSource, clock: Callable[[], float], pipeline: Pipeline):
         self._config, self._source, self._clock, self._pipeline = config, source, clock, pipeline
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -77,6 +85,7 @@ class ExplainResource:
         now = self._clock()
         state = Exchange()
         app = authenticate(req.get_header("Authorization"), form, snapshot, now, state)
-        resp.media = explain(self._pipeline, form, app, now,
-                             client=f"authenticated as application {app.label} ({app.auth_method})")
+        resp.media = explain(
+            self._pipeline, form, app, now, client=f"authenticated as application {app.label} ({app.auth_method})"
+        )
         resp.set_headers(NO_STORE)

@@ -3,9 +3,11 @@
 Every check of the pipeline runs through :func:`step`: it returns a short description of what passed, or raises
 the :class:`~tokenbridge_exchange.errors.OAuthError` the client will see. Details never contain a token or a secret.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .errors import OAuthError
 

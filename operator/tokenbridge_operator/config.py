@@ -31,11 +31,12 @@ Variable                                   Default                     Meaning
                                                                        (all interfaces); ``0`` disables it
 =========================================  ==========================  ==============================================
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from tokenbridge.durations import parse_duration
 from tokenbridge.fetch import FetchPolicy
@@ -92,8 +93,9 @@ class OperatorConfig:
         return min(self.retry_backoff * 2 ** min(retry, 20), max(self.idp_refresh_interval, self.retry_backoff))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "OperatorConfig":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> OperatorConfig:
         """ValueError naming the variable when one is malformed."""
+
         def duration(name: str, default: float) -> float:
             if name not in environ:
                 return default
@@ -116,12 +118,12 @@ class OperatorConfig:
             app_recheck_interval=duration("TOKENBRIDGE_APP_RECHECK_INTERVAL", defaults.app_recheck_interval),
             retry_backoff=duration("TOKENBRIDGE_RETRY_BACKOFF", defaults.retry_backoff),
             secret_rotation_grace=duration("TOKENBRIDGE_SECRET_ROTATION_GRACE", defaults.secret_rotation_grace),
-            signing_secret_namespace=environ.get("TOKENBRIDGE_SIGNING_SECRET_NAMESPACE",
-                                                 defaults.signing_secret_namespace),
+            signing_secret_namespace=environ.get(
+                "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE", defaults.signing_secret_namespace
+            ),
             signing_secret_name=environ.get("TOKENBRIDGE_SIGNING_SECRET_NAME", defaults.signing_secret_name),
             signing_algorithm=algorithm,
-            signing_rotation_period=duration("TOKENBRIDGE_SIGNING_ROTATION_PERIOD",
-                                             defaults.signing_rotation_period),
+            signing_rotation_period=duration("TOKENBRIDGE_SIGNING_ROTATION_PERIOD", defaults.signing_rotation_period),
             signing_publish_lead=duration("TOKENBRIDGE_SIGNING_PUBLISH_LEAD", defaults.signing_publish_lead),
             max_token_lifetime=duration("TOKENBRIDGE_MAX_TOKEN_LIFETIME", defaults.max_token_lifetime),
             signing_check_interval=duration("TOKENBRIDGE_SIGNING_CHECK_INTERVAL", defaults.signing_check_interval),
@@ -132,6 +134,7 @@ class OperatorConfig:
             metrics_port=_port(environ, "TOKENBRIDGE_METRICS_PORT", defaults.metrics_port),
         )
         if config.signing_publish_lead >= config.signing_rotation_period:
-            raise ValueError("TOKENBRIDGE_SIGNING_PUBLISH_LEAD must be shorter than "
-                             "TOKENBRIDGE_SIGNING_ROTATION_PERIOD")
+            raise ValueError(
+                "TOKENBRIDGE_SIGNING_PUBLISH_LEAD must be shorter than TOKENBRIDGE_SIGNING_ROTATION_PERIOD"
+            )
         return config

@@ -4,10 +4,12 @@ kopf watches and patches the Tokenbridge resources itself; this client reads and
 identity providers an application references. Objects are returned as JSON-shaped dicts (camelCase keys), so the
 reconcilers stay independent of the client library's model classes.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, cast
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 from kubernetes import client, config
@@ -49,7 +51,7 @@ class Kube:
         self.timeout = timeout
 
     @classmethod
-    def load(cls, timeout: float) -> "Kube":
+    def load(cls, timeout: float) -> Kube:
         return cls(client.ApiClient(load_configuration()), timeout)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
@@ -68,21 +70,30 @@ class Kube:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         # The client sends a plain dict body as it is; its type hints only name the model classes.
         if create:
-            self.core.create_namespaced_secret(namespace, body,  # type: ignore[arg-type]
-                                               _request_timeout=self.timeout)
+            self.core.create_namespaced_secret(
+                namespace,
+                body,  # type: ignore[arg-type]
+                _request_timeout=self.timeout,
+            )
         else:
-            self.core.replace_namespaced_secret(name, namespace, body,  # type: ignore[arg-type]
-                                                _request_timeout=self.timeout)
+            self.core.replace_namespaced_secret(
+                name,
+                namespace,
+                body,  # type: ignore[arg-type]
+                _request_timeout=self.timeout,
+            )
 
     def get_idp(self, key: tuple[str, str, str]) -> dict[str, Any] | None:
         kind, namespace, name = key
         try:
             if kind == KIND_IDP:
-                found = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL_IDP, name,
-                                                                 _request_timeout=self.timeout)
+                found = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL_IDP, name, _request_timeout=self.timeout
+                )
             else:
-                found = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL_CLUSTER_IDP, name,
-                                                              _request_timeout=self.timeout)
+                found = self.custom.get_cluster_custom_object(
+                    GROUP, VERSION, PLURAL_CLUSTER_IDP, name, _request_timeout=self.timeout
+                )
             return cast(dict[str, Any], found)  # custom objects come back as the JSON they are
         except client.ApiException as exc:
             if exc.status == 404:

@@ -11,6 +11,7 @@ at startup, never at import) decides whether a tick does anything. kopf timers p
 ``tokenbridge.dev/finalizer`` on every IdentityProvider, ClusterIdentityProvider and OAuthApplication; the running
 operator removes it on deletion, so uninstall the operator after its resources (or remove the finalizers).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,8 +46,11 @@ class _QuietTicks(logging.Filter):
     """Drop kopf's "Timer ... succeeded." line: every object logs it every tick, mostly for a tick with nothing due."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.INFO and record.getMessage().startswith("Timer '")
-                    and record.getMessage().endswith("' succeeded."))
+        return not (
+            record.levelno == logging.INFO
+            and record.getMessage().startswith("Timer '")
+            and record.getMessage().endswith("' succeeded.")
+        )
 
 
 @kopf.on.startup()
@@ -56,7 +60,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration")
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
     settings.watching.server_timeout = int(config.watch_timeout)  # the API server wants whole seconds
     settings.watching.client_timeout = config.watch_timeout + 30
     settings.watching.connect_timeout = 10
@@ -101,19 +106,30 @@ def signing_keys_probe(memo: kopf.Memo, **_: Any) -> str | None:
 
 # --- signing keys ----------------------------------------------------------------------------------------------
 
+
 async def _check_signing_keys(memo: kopf.Memo) -> None:
     try:
         now = time.time()
-        result = await asyncio.to_thread(signing_keys.reconcile, memo.config, read_secret=memo.kube.read_secret,
-                                         write_secret=memo.kube.write_secret, now=now)
+        result = await asyncio.to_thread(
+            signing_keys.reconcile,
+            memo.config,
+            read_secret=memo.kube.read_secret,
+            write_secret=memo.kube.write_secret,
+            now=now,
+        )
         metrics.signing_key_in_use(result.keyset.active(now).sign_from)
         memo.signing_checked_at = rfc3339(application.utcnow())
     except ApiException as exc:
-        logger.error("signing keys: Kubernetes API error %s %s; retrying in %gs", exc.status, exc.reason,
-                     memo.config.signing_check_interval)
+        logger.error(
+            "signing keys: Kubernetes API error %s %s; retrying in %gs",
+            exc.status,
+            exc.reason,
+            memo.config.signing_check_interval,
+        )
     except Exception as exc:  # the loop must outlive any single failure (API server down, ...)
-        logger.error("signing keys: %s: %s; retrying in %gs", type(exc).__name__, exc,
-                     memo.config.signing_check_interval)
+        logger.error(
+            "signing keys: %s: %s; retrying in %gs", type(exc).__name__, exc, memo.config.signing_check_interval
+        )
 
 
 async def _signing_keys_loop(memo: kopf.Memo) -> None:
@@ -123,6 +139,7 @@ async def _signing_keys_loop(memo: kopf.Memo) -> None:
 
 
 # --- outcomes --------------------------------------------------------------------------------------------------
+
 
 def _apply(body: kopf.Body, patch: kopf.Patch, outcome: identity_provider.Outcome | application.Outcome) -> None:
     """Write a reconcile's outcome, IdP or application alike: its status (kopf patches it even when the handler
@@ -136,6 +153,7 @@ def _apply(body: kopf.Body, patch: kopf.Patch, outcome: identity_provider.Outcom
 
 # --- identity providers ----------------------------------------------------------------------------------------
 
+
 def _idp_key(body: kopf.Body) -> tuple[str, str, str]:
     return (body["kind"], body["metadata"].get("namespace") or "", body["metadata"]["name"])
 
@@ -145,8 +163,14 @@ def _reconcile_idp(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: i
     config: OperatorConfig = memo.config
     status = dict(body.get("status") or {})
     outcome = identity_provider.reconcile(
-        IdentityProviderSpec.from_dict(body["spec"]), status, body["metadata"].get("generation"), kind=body["kind"],
-        policy=config.fetch_policy, load_credentials=_operator_credentials, now=application.utcnow)
+        IdentityProviderSpec.from_dict(body["spec"]),
+        status,
+        body["metadata"].get("generation"),
+        kind=body["kind"],
+        policy=config.fetch_policy,
+        load_credentials=_operator_credentials,
+        now=application.utcnow,
+    )
     memo.next_refresh = time.monotonic() + config.idp_refresh_interval  # sooner only after a temporary error
     _apply(body, patch, outcome)
     if outcome.error is None:
@@ -181,8 +205,9 @@ def identity_provider_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Mem
 
 
 @kopf.timer(GROUP, VERSION, PLURAL_IDP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
-async def identity_provider_refresh(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int = 0,
-                                    **_: Any) -> None:
+async def identity_provider_refresh(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int = 0, **_: Any
+) -> None:
     if memo.get("change_retrying") or time.monotonic() < memo.get("next_refresh", 0.0):
         return
     await asyncio.to_thread(_reconcile_idp, body, patch, memo, retry)
@@ -217,27 +242,35 @@ def serve_cluster_identity_providers(registry: kopf.OperatorRegistry | None = No
     kopf.on.resume(*resource, registry=registry)(identity_provider_changed)
     kopf.on.create(*resource, registry=registry)(identity_provider_changed)
     kopf.on.update(*resource, field="spec", registry=registry)(identity_provider_changed)
-    kopf.timer(*resource, interval=TIMER_TICK, initial_delay=TIMER_TICK, registry=registry)(
-        identity_provider_refresh)
+    kopf.timer(*resource, interval=TIMER_TICK, initial_delay=TIMER_TICK, registry=registry)(identity_provider_refresh)
     kopf.on.event(*resource, registry=registry)(identity_provider_observed)
     kopf.on.delete(*resource, optional=True, registry=registry)(identity_provider_deleted)
 
 
 # --- applications ----------------------------------------------------------------------------------------------
 
+
 @metrics.counted
 def _reconcile_app(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int) -> None:
     config: OperatorConfig = memo.config
     memo.checked_at = time.monotonic()
-    app = {"metadata": body["metadata"], "spec": OAuthApplicationSpec.from_dict(body["spec"]),
-           "status": dict(body.get("status") or {})}
+    app = {
+        "metadata": body["metadata"],
+        "spec": OAuthApplicationSpec.from_dict(body["spec"]),
+        "status": dict(body.get("status") or {}),
+    }
     try:
         outcome = application.reconcile(
-            app, read_secret=memo.kube.read_secret, write_secret=memo.kube.write_secret,
-            lookup_idp=memo.kube.get_idp, cluster_identity_providers=config.cluster_identity_providers,
+            app,
+            read_secret=memo.kube.read_secret,
+            write_secret=memo.kube.write_secret,
+            lookup_idp=memo.kube.get_idp,
+            cluster_identity_providers=config.cluster_identity_providers,
             token_endpoint=config.token_endpoint,
-            grace=config.secret_rotation_grace, now=application.utcnow(),
-            client_id_holders=application.list_client_id_holders(memo.kube.custom, memo.kube.timeout))
+            grace=config.secret_rotation_grace,
+            now=application.utcnow(),
+            client_id_holders=application.list_client_id_holders(memo.kube.custom, memo.kube.timeout),
+        )
     except (ApiException, urllib3.exceptions.HTTPError) as exc:
         delay = config.backoff(retry)
         memo.next_check = time.monotonic() + delay
@@ -258,10 +291,10 @@ def application_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, ret
 
 
 @kopf.timer(GROUP, VERSION, PLURAL_APP, interval=TIMER_TICK, initial_delay=TIMER_TICK)
-async def application_recheck(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int = 0,
-                              **_: Any) -> None:
-    refs = application.reference_keys(body["metadata"]["namespace"],
-                                      OAuthApplicationSpec.from_dict(body["spec"]).identity_providers)
+async def application_recheck(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int = 0, **_: Any) -> None:
+    refs = application.reference_keys(
+        body["metadata"]["namespace"], OAuthApplicationSpec.from_dict(body["spec"]).identity_providers
+    )
     due = time.monotonic() >= memo.get("next_check", 0.0)
     if not due and not memo.board.changed_since(refs, memo.get("checked_at", 0.0)):
         return

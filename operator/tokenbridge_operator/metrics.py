@@ -13,14 +13,16 @@
 
 The operator is one process, so plain in-memory metrics suffice (no multiprocess directory, unlike the server).
 """
+
 from __future__ import annotations
 
 import contextlib
 import functools
 import math
 import time
+from collections.abc import Callable
 from http.server import HTTPServer
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import kopf
 from prometheus_client import Counter, Gauge, start_http_server
@@ -31,14 +33,22 @@ SUCCESS = "success"
 TEMPORARY_ERROR = "temporary_error"
 PERMANENT_ERROR = "permanent_error"
 
-RECONCILIATIONS = Counter("tokenbridge_operator_reconciliations", "Reconciliations by resource kind and result",
-                          ["kind", "result"])
-DISCOVERY_FAILURES = Counter("tokenbridge_operator_discovery_failures",
-                             "Failed identity provider discoveries and key fetches by reason", ["reason"])
-IDP_KEYS = Gauge("tokenbridge_operator_identity_provider_keys",
-                 "Usable keys at the last successful discovery of an identity provider", ["kind", "namespace", "name"])
-SIGNING_KEY_AGE = Gauge("tokenbridge_operator_signing_key_age_seconds",
-                        "Seconds since the active token-signing key began signing")
+RECONCILIATIONS = Counter(
+    "tokenbridge_operator_reconciliations", "Reconciliations by resource kind and result", ["kind", "result"]
+)
+DISCOVERY_FAILURES = Counter(
+    "tokenbridge_operator_discovery_failures",
+    "Failed identity provider discoveries and key fetches by reason",
+    ["reason"],
+)
+IDP_KEYS = Gauge(
+    "tokenbridge_operator_identity_provider_keys",
+    "Usable keys at the last successful discovery of an identity provider",
+    ["kind", "namespace", "name"],
+)
+SIGNING_KEY_AGE = Gauge(
+    "tokenbridge_operator_signing_key_age_seconds", "Seconds since the active token-signing key began signing"
+)
 SIGNING_KEY_AGE.set(math.nan)
 
 for _kind in (KIND_IDP, KIND_CLUSTER_IDP, KIND_APP):  # every series exists from the start: rate() sees the first
@@ -51,6 +61,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def counted(reconcile: F) -> F:
     """Count each call by how kopf takes its end: it retries every exception but PermanentError. The first
     argument is the object's body."""
+
     @functools.wraps(reconcile)
     def wrapper(body: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -63,6 +74,7 @@ def counted(reconcile: F) -> F:
             raise
         RECONCILIATIONS.labels(body["kind"], SUCCESS).inc()
         return result
+
     return wrapper  # type: ignore[return-value]
 
 

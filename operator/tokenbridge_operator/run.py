@@ -3,6 +3,7 @@
 Logs are JSON (one object per line). The operator is standalone (one replica) unless ``--peering NAME`` or
 ``TOKENBRIDGE_PEERING`` names a kopf peering object, which needs kopf's peering CRDs installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,12 +13,19 @@ MODULE = "tokenbridge_operator.main"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokenbridge operator",
-                                description="Run the operator that reconciles Tokenbridge resources.")
+    p = argparse.ArgumentParser(
+        prog="tokenbridge operator", description="Run the operator that reconciles Tokenbridge resources."
+    )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG or ~/.kube/config)")
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", dest="namespaces", metavar="NS",
-                       help="watch only this namespace (repeatable; globs as in kopf)")
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch only this namespace (repeatable; globs as in kopf)",
+    )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (default)")
     p.add_argument("--liveness", metavar="URL", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--peering", metavar="NAME", help="kopf peering name for several replicas (env TOKENBRIDGE_PEERING)")

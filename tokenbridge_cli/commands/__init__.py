@@ -3,6 +3,7 @@
 Every module has ``main(argv) -> int``. They share one exit-code contract, so scripts can tell a refusal from a
 typo: 0 done, 1 refused or failed (the message says why and what to do), 2 usage error (argparse).
 """
+
 from __future__ import annotations
 
 import argparse

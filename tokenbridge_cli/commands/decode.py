@@ -3,12 +3,13 @@
 Debugging an exchange usually means asking "what is actually in this token?" (iss, aud, exp). Decoding is not
 verifying, so the output says so loudly and nothing here looks up keys or secrets.
 """
+
 from __future__ import annotations
 
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -47,7 +48,7 @@ def iso(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
-        return datetime.fromtimestamp(value, timezone.utc).isoformat().replace("+00:00", "Z")
+        return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
     except (OverflowError, OSError, ValueError):
         return None
 
@@ -55,11 +56,13 @@ def iso(value: Any) -> str | None:
 def decode(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims without any verification; ValueError with a readable reason."""
     if token.lower().startswith("bearer "):
-        token = token[len("bearer "):].strip()
+        token = token[len("bearer ") :].strip()
     parts = token.split(".")
     if len(parts) == 5:
-        raise ValueError("this is an encrypted JWT (JWE, five parts); only signed JWTs (JWS, three parts) can be "
-                         "read without the decryption key")
+        raise ValueError(
+            "this is an encrypted JWT (JWE, five parts); only signed JWTs (JWS, three parts) can be "
+            "read without the decryption key"
+        )
     if len(parts) != 3:
         raise ValueError(f"not a JWT: a signed JWT has three dot-separated parts, this has {len(parts)}")
     try:
@@ -72,10 +75,16 @@ def decode(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def main(argv: list[str]) -> int:
     p = parser("tokenbridge decode", DESCRIPTION, EXAMPLES)
-    p.add_argument("token", nargs="?", default="-", metavar="TOKEN|-",
-                   help="the JWT, @FILE, or - to read it from stdin (the default)")
-    p.add_argument("--json", action="store_true",
-                   help='print one JSON object {"verified": false, "header", "claims", "times"}')
+    p.add_argument(
+        "token",
+        nargs="?",
+        default="-",
+        metavar="TOKEN|-",
+        help="the JWT, @FILE, or - to read it from stdin (the default)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help='print one JSON object {"verified": false, "header", "claims", "times"}'
+    )
     args = p.parse_args(argv)
     try:
         header, claims = decode(read_argument(args.token, "the token"))

@@ -6,6 +6,7 @@ nothing is ever fetched; an OAuthApplication with all three grants; its credenti
 serve`` on loopback, and prints a copy-paste walkthrough. ``tokenbridge dev token`` mints subject tokens with the
 key. The directory is reused on the next start, so minted tokens and the client secret stay valid.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ from tokenbridge import api
 from tokenbridge.client_secrets import generate_client_secret
 from tokenbridge.durations import parse_duration
 from tokenbridge.signing import thumbprint
+
 from . import EXIT_FAILED, EXIT_OK, fail, parser
 
 DEFAULT_DIR = ".tokenbridge-dev"
@@ -45,8 +47,10 @@ IDP_NAME, APP_NAME, SECRET_NAME = "dev-idp", "dev-app", "dev-app-credentials"
 ALGORITHM = "ES256"
 READY_TIMEOUT = 30.0
 
-WARNING = ("DEVELOPMENT ONLY: 'tokenbridge dev' keeps a private signing key and a client secret unencrypted on disk "
-           "and serves plain http on loopback. Never use it, its key or its manifests in production.")
+WARNING = (
+    "DEVELOPMENT ONLY: 'tokenbridge dev' keeps a private signing key and a client secret unencrypted on disk "
+    "and serves plain http on loopback. Never use it, its key or its manifests in production."
+)
 
 DESCRIPTION = f"""
 {WARNING}
@@ -75,7 +79,7 @@ Mint a subject token signed by the dev issuer's key in DIR (written by 'tokenbri
 would issue it: iss {DEV_ISSUER}, the given sub and aud, iat/nbf now, exp after --ttl, a random jti. The token
 is printed alone on stdout, ready for $(...).
 """
-TOKEN_EXAMPLES = f"""
+TOKEN_EXAMPLES = """
 SUBJECT=$(tokenbridge dev token --sub alice)
 tokenbridge dev token --sub bob --ttl 1h --claim email=bob@example.com --claim 'groups=["admins"]'
 tokenbridge dev token --sub alice --aud someone-else     # an audience the IdP refuses: the exchange fails
@@ -87,8 +91,12 @@ class _QuotingDumper(yaml.SafeDumper):
 
 
 _YAML11_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false"})
-_QuotingDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", value, style='"' if value.lower() in _YAML11_WORDS else None))
+_QuotingDumper.add_representer(
+    str,
+    lambda dumper, value: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style='"' if value.lower() in _YAML11_WORDS else None
+    ),
+)
 
 
 def public_jwk(private_key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
@@ -112,17 +120,40 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def manifests(jwk: dict[str, Any], client_secret: str) -> list[dict[str, Any]]:
     return [
-        {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": IDP_NAME},
-         "spec": {"type": api.IDP_OIDC, "description": "tokenbridge dev: development issuer (DEVELOPMENT ONLY)",
-                  "issuer": DEV_ISSUER, "jwks": {"keys": [jwk]}, "allowedAudiences": [SUBJECT_AUDIENCE],
-                  "allowedAlgorithms": [ALGORITHM]}},
-        {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": APP_NAME},
-         "spec": {"description": "tokenbridge dev: an application with every grant (DEVELOPMENT ONLY)",
-                  "grantTypes": list(api.GRANT_TYPES), "identityProviders": [{"name": IDP_NAME}],
-                  "audiences": [API_AUDIENCE], "scopes": list(SCOPES), "accessTokenLifetime": "15m",
-                  "credentials": {"secretName": SECRET_NAME}}},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET_NAME}, "type": "Opaque",
-         "stringData": {"client_id": CLIENT_ID, "client_secret": client_secret}},
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND_IDP,
+            "metadata": {"name": IDP_NAME},
+            "spec": {
+                "type": api.IDP_OIDC,
+                "description": "tokenbridge dev: development issuer (DEVELOPMENT ONLY)",
+                "issuer": DEV_ISSUER,
+                "jwks": {"keys": [jwk]},
+                "allowedAudiences": [SUBJECT_AUDIENCE],
+                "allowedAlgorithms": [ALGORITHM],
+            },
+        },
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND_APP,
+            "metadata": {"name": APP_NAME},
+            "spec": {
+                "description": "tokenbridge dev: an application with every grant (DEVELOPMENT ONLY)",
+                "grantTypes": list(api.GRANT_TYPES),
+                "identityProviders": [{"name": IDP_NAME}],
+                "audiences": [API_AUDIENCE],
+                "scopes": list(SCOPES),
+                "accessTokenLifetime": "15m",
+                "credentials": {"secretName": SECRET_NAME},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": SECRET_NAME},
+            "type": "Opaque",
+            "stringData": {"client_id": CLIENT_ID, "client_secret": client_secret},
+        },
     ]
 
 
@@ -133,16 +164,21 @@ def prepare(directory: Path, reset: bool = False) -> str:
     key_path, manifest_path = directory / KEY_FILE, directory / MANIFEST_FILE
     if reset or not key_path.exists():
         key = ec.generate_private_key(ec.SECP256R1())
-        _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                   serialization.NoEncryption()))
+        _write_private(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+        )
         reset = True
     if not reset and manifest_path.exists():
         for doc in yaml.safe_load_all(manifest_path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "Secret":
                 return str((doc.get("stringData") or {}).get("client_secret", ""))
     client_secret = generate_client_secret()  # as the operator's: never starting with "-"
-    text = yaml.dump_all(manifests(public_jwk(load_key(directory)), client_secret), Dumper=_QuotingDumper,
-                         sort_keys=False)
+    text = yaml.dump_all(
+        manifests(public_jwk(load_key(directory)), client_secret), Dumper=_QuotingDumper, sort_keys=False
+    )
     _write_private(manifest_path, (f"# Written by 'tokenbridge dev'. {WARNING}\n---\n" + text).encode())
     return client_secret
 
@@ -163,7 +199,7 @@ def walkthrough(base: str, directory: Path, client_secret: str) -> str:
 Tokenbridge (DEVELOPMENT ONLY) is serving {base}, configured from {directory}/{MANIFEST_FILE}.
   dev issuer   {DEV_ISSUER}   (key {directory}/{KEY_FILE}; subject tokens for audience {SUBJECT_AUDIENCE})
   client       {CLIENT_ID}   (OAuthApplication {APP_NAME}: token-exchange, jwt-bearer, client_credentials;
-               audience {API_AUDIENCE}, scopes {' '.join(SCOPES)})
+               audience {API_AUDIENCE}, scopes {" ".join(SCOPES)})
 
 Try it from another terminal:
 
@@ -212,8 +248,9 @@ def _wait_ready(proc: subprocess.Popen, base: str) -> bool:
 def serve(argv: list[str]) -> int:
     p = parser("tokenbridge dev", DESCRIPTION, EXAMPLES)
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"loopback port to serve on (default {DEFAULT_PORT})")
-    p.add_argument("--dir", default=DEFAULT_DIR, type=Path,
-                   help=f"where the key and manifests live (default {DEFAULT_DIR}/)")
+    p.add_argument(
+        "--dir", default=DEFAULT_DIR, type=Path, help=f"where the key and manifests live (default {DEFAULT_DIR}/)"
+    )
     p.add_argument("--reset", action="store_true", help="generate a new key, client secret and manifests")
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
@@ -227,8 +264,22 @@ def serve(argv: list[str]) -> int:
         return fail(f"cannot prepare {args.dir}: {exc}", "fix or remove the directory, or pass --reset")
     base = f"http://127.0.0.1:{args.port}"
     print(f"starting tokenbridge serve on {base} (manifests in {args.dir}/) ...", file=sys.stderr)
-    proc = subprocess.Popen([sys.executable, "-m", "tokenbridge_cli", "serve", "--manifests", str(args.dir),
-                             "--bind", f"127.0.0.1:{args.port}", "--issuer", base, "--workers", "1"])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tokenbridge_cli",
+            "serve",
+            "--manifests",
+            str(args.dir),
+            "--bind",
+            f"127.0.0.1:{args.port}",
+            "--issuer",
+            base,
+            "--workers",
+            "1",
+        ]
+    )
 
     def stop(signum: int, frame: Any) -> None:
         proc.terminate()
@@ -238,8 +289,10 @@ def serve(argv: list[str]) -> int:
     if not _wait_ready(proc, base):
         proc.terminate()
         proc.wait()
-        return fail(f"the server did not become ready within {READY_TIMEOUT:.0f}s (exit status {proc.returncode})",
-                    "its log is above")
+        return fail(
+            f"the server did not become ready within {READY_TIMEOUT:.0f}s (exit status {proc.returncode})",
+            "its log is above",
+        )
     print(walkthrough(base, args.dir, client_secret), flush=True)
     code = proc.wait()
     return EXIT_OK if code in (0, -signal.SIGTERM, -signal.SIGINT) else EXIT_FAILED
@@ -255,13 +308,20 @@ def _claim(text: str) -> tuple[str, Any]:
         return name, value
 
 
-def mint(directory: Path, subject: str, audiences: list[str], ttl: float, claims: dict[str, Any],
-         now: float | None = None) -> str:
+def mint(
+    directory: Path, subject: str, audiences: list[str], ttl: float, claims: dict[str, Any], now: float | None = None
+) -> str:
     key = load_key(directory)
     now = time.time() if now is None else now
-    body: dict[str, Any] = {"iss": DEV_ISSUER, "sub": subject, "aud": audiences[0] if len(audiences) == 1
-                            else audiences, "iat": int(now), "nbf": int(now), "exp": int(now + ttl),
-                            "jti": uuid.uuid4().hex}
+    body: dict[str, Any] = {
+        "iss": DEV_ISSUER,
+        "sub": subject,
+        "aud": audiences[0] if len(audiences) == 1 else audiences,
+        "iat": int(now),
+        "nbf": int(now),
+        "exp": int(now + ttl),
+        "jti": uuid.uuid4().hex,
+    }
     body.update(claims)
     return jwt.encode(body, key, algorithm=ALGORITHM, headers={"kid": public_jwk(key)["kid"], "typ": "JWT"})
 
@@ -269,11 +329,20 @@ def mint(directory: Path, subject: str, audiences: list[str], ttl: float, claims
 def token(argv: list[str]) -> int:
     p = parser("tokenbridge dev token", TOKEN_DESCRIPTION, TOKEN_EXAMPLES)
     p.add_argument("--sub", default="alice", help="the subject (default alice)")
-    p.add_argument("--aud", action="append", metavar="AUDIENCE",
-                   help=f"audience, repeatable (default {SUBJECT_AUDIENCE}, the one the dev IdP allows)")
+    p.add_argument(
+        "--aud",
+        action="append",
+        metavar="AUDIENCE",
+        help=f"audience, repeatable (default {SUBJECT_AUDIENCE}, the one the dev IdP allows)",
+    )
     p.add_argument("--ttl", default="10m", help="lifetime, Go duration such as 90s, 10m, 1h (default 10m)")
-    p.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE",
-                   help="extra claim, repeatable; VALUE is JSON when it parses as JSON, else a string")
+    p.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra claim, repeatable; VALUE is JSON when it parses as JSON, else a string",
+    )
     p.add_argument("--dir", default=DEFAULT_DIR, type=Path, help=f"the dev directory (default {DEFAULT_DIR}/)")
     args = p.parse_args(argv)
     try:
@@ -285,8 +354,9 @@ def token(argv: list[str]) -> int:
         print(mint(args.dir, args.sub, args.aud or [SUBJECT_AUDIENCE], ttl, claims))
     except FileNotFoundError:
         dir_flag = "" if str(args.dir) == DEFAULT_DIR else f" --dir {args.dir}"
-        return fail(f"no dev issuer key in {args.dir}/",
-                    f"start 'tokenbridge dev{dir_flag}' first (it creates the key)")
+        return fail(
+            f"no dev issuer key in {args.dir}/", f"start 'tokenbridge dev{dir_flag}' first (it creates the key)"
+        )
     except ValueError as exc:
         return fail(str(exc), "run 'tokenbridge dev --reset' to create a new key")
     return EXIT_OK

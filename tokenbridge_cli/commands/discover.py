@@ -5,6 +5,7 @@ so the SSRF guard, the issuer check and the provider quirks (Auth0's trailing sl
 Okta's authorization servers) are exactly the operator's, and a refusal here is the refusal the operator's
 condition would show.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,14 +22,21 @@ from tokenbridge.discovery import DiscoveryError, KubeCredentials, ProviderMetad
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge.issuers import TENANT_PLACEHOLDER
 from tokenbridge.specs import IdentityProviderSpec, TLSSettings
+
 from . import EXIT_OK, fail, parser
 
 # --allow-private: loopback and RFC 1918. Link-local stays blocked (cloud metadata), as do IPv6 unique-local
 # ranges (fd00:ec2::254 is one); TOKENBRIDGE_ALLOWED_NETWORKS adds anything else, as for the operator.
-PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
-ENTRA_HOSTS = ("login.microsoftonline.com", "login.microsoftonline.us", "login.chinacloudapi.cn",
-               "login.partner.microsoftonline.cn", "sts.windows.net")
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+ENTRA_HOSTS = (
+    "login.microsoftonline.com",
+    "login.microsoftonline.us",
+    "login.chinacloudapi.cn",
+    "login.partner.microsoftonline.cn",
+    "sts.windows.net",
+)
 
 DESCRIPTION = """
 Fetch an OpenID Provider Metadata URL (or an RFC 8414 authorization server metadata URL) and its JWKS with the
@@ -49,22 +57,22 @@ tokenbridge discover "$APISERVER/.well-known/openid-configuration" --type Kubern
 
 HINTS = {
     "BlockedAddress": "the operator refuses private and loopback addresses too: for a private IdP add its network "
-                      "to the operator's allow-list (TOKENBRIDGE_ALLOWED_NETWORKS, the chart's allow-list) and "
-                      "pass --allow-private here",
+    "to the operator's allow-list (TOKENBRIDGE_ALLOWED_NETWORKS, the chart's allow-list) and "
+    "pass --allow-private here",
     "InsecureURL": "use https; for a development IdP on plain http pass --allow-http here and set "
-                   "spec.allowInsecureHTTP: true (the operator and server also need "
-                   "TOKENBRIDGE_ALLOW_INSECURE_HTTP=true)",
+    "spec.allowInsecureHTTP: true (the operator and server also need "
+    "TOKENBRIDGE_ALLOW_INSECURE_HTTP=true)",
     "InvalidURL": "give the full metadata URL, e.g. https://idp.example.com/.well-known/openid-configuration",
     "IssuerMismatch": "check that the URL is the provider's own metadata URL (Okta: the authorization server's, "
-                      "Entra: pass --type MicrosoftEntraID); to trust the document anyway set spec.issuer",
+    "Entra: pass --type MicrosoftEntraID); to trust the document anyway set spec.issuer",
     "InvalidDiscoveryDocument": "the URL answered, but not with provider metadata: check the path",
     "DiscoveryUnavailable": "check that the URL is reachable from where the operator runs",
     "JWKSUnavailable": "the metadata names a jwks_uri that cannot be fetched: check it or set spec.jwksURI",
     "InvalidJWKS": "the jwks_uri does not return a JWK Set: set spec.jwksURI to the right URL",
     "NoUsableKeys": "none of the keys is for an allowed algorithm: see the skipped keys, and widen "
-                    "spec.allowedAlgorithms (--algorithm here) if the provider signs with another one",
+    "spec.allowedAlgorithms (--algorithm here) if the provider signs with another one",
     "CredentialsUnavailable": "--type Kubernetes uses your kubeconfig like the operator uses its own; set KUBECONFIG "
-                              "or --kubeconfig, or use --type OIDC for another cluster's issuer",
+    "or --kubeconfig, or use --type OIDC for another cluster's issuer",
     "InvalidSpec": "for another cluster's ServiceAccount issuer use --type OIDC",
 }
 TLS_HINT = "the certificate is not trusted: pass the IdP's CA with --ca-file (spec.tls.caBundle in the resource)"
@@ -94,11 +102,20 @@ def key_type(key: Any) -> str:
 
 def report(metadata: ProviderMetadata, idp_type: str) -> dict[str, Any]:
     """The status fields the operator would write, plus the keys in detail."""
-    keys = [{"kid": k.kid, "algorithms": sorted(k.algorithms), "type": key_type(k.key)}
-            for ks in metadata.keys.by_kid.values() for k in ks]
-    return {"type": idp_type, "issuer": metadata.issuer, "tokenEndpoint": metadata.token_endpoint,
-            "jwksURI": metadata.jwks_uri, "keyCount": len(metadata.keys), "keys": keys,
-            "skippedKeys": list(metadata.keys.skipped)}
+    keys = [
+        {"kid": k.kid, "algorithms": sorted(k.algorithms), "type": key_type(k.key)}
+        for ks in metadata.keys.by_kid.values()
+        for k in ks
+    ]
+    return {
+        "type": idp_type,
+        "issuer": metadata.issuer,
+        "tokenEndpoint": metadata.token_endpoint,
+        "jwksURI": metadata.jwks_uri,
+        "keyCount": len(metadata.keys),
+        "keys": keys,
+        "skippedKeys": list(metadata.keys.skipped),
+    }
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -120,18 +137,35 @@ def print_report(result: dict[str, Any]) -> None:
 def main(argv: list[str]) -> int:
     p = parser("tokenbridge discover", DESCRIPTION, EXAMPLES)
     p.add_argument("url", metavar="URL", help="the metadata URL (.../.well-known/openid-configuration)")
-    p.add_argument("--type", choices=api.IDP_TYPES,
-                   help="spec.type; selects provider quirks (default: guessed from the host: Microsoft login hosts "
-                        "MicrosoftEntraID, *.okta.com Okta, *.auth0.com Auth0, else OIDC)")
+    p.add_argument(
+        "--type",
+        choices=api.IDP_TYPES,
+        help="spec.type; selects provider quirks (default: guessed from the host: Microsoft login hosts "
+        "MicrosoftEntraID, *.okta.com Okta, *.auth0.com Auth0, else OIDC)",
+    )
     p.add_argument("--ca-file", metavar="PEM", help="trust only this CA bundle (what spec.tls.caBundle would hold)")
-    p.add_argument("--allow-private", action="store_true",
-                   help="allow loopback and private (RFC 1918) addresses, as the operator's allow-list would")
-    p.add_argument("--allow-http", action="store_true",
-                   help="allow http:// (spec.allowInsecureHTTP plus TOKENBRIDGE_ALLOW_INSECURE_HTTP); development only")
-    p.add_argument("--algorithm", action="append", choices=api.ASYMMETRIC_ALGORITHMS, metavar="ALG",
-                   help="spec.allowedAlgorithms entry, repeatable (default: RS256..RS512, ES256..ES512)")
-    p.add_argument("--kubeconfig", help="--type Kubernetes: the credentials to fetch with (default: KUBECONFIG, "
-                                        "~/.kube/config), as the operator uses its own")
+    p.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="allow loopback and private (RFC 1918) addresses, as the operator's allow-list would",
+    )
+    p.add_argument(
+        "--allow-http",
+        action="store_true",
+        help="allow http:// (spec.allowInsecureHTTP plus TOKENBRIDGE_ALLOW_INSECURE_HTTP); development only",
+    )
+    p.add_argument(
+        "--algorithm",
+        action="append",
+        choices=api.ASYMMETRIC_ALGORITHMS,
+        metavar="ALG",
+        help="spec.allowedAlgorithms entry, repeatable (default: RS256..RS512, ES256..ES512)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        help="--type Kubernetes: the credentials to fetch with (default: KUBECONFIG, "
+        "~/.kube/config), as the operator uses its own",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
 
@@ -143,15 +177,22 @@ def main(argv: list[str]) -> int:
                 tls = TLSSettings(ca_bundle=f.read())
         except OSError as exc:
             return fail(f"cannot read --ca-file: {exc}")
-    spec = IdentityProviderSpec(type=idp_type, well_known_url=args.url, allow_insecure_http=args.allow_http, tls=tls,
-                                allowed_algorithms=tuple(args.algorithm or api.DEFAULT_ALLOWED_ALGORITHMS))
+    spec = IdentityProviderSpec(
+        type=idp_type,
+        well_known_url=args.url,
+        allow_insecure_http=args.allow_http,
+        tls=tls,
+        allowed_algorithms=tuple(args.algorithm or api.DEFAULT_ALLOWED_ALGORITHMS),
+    )
     try:
         policy = FetchPolicy.from_env()
     except ValueError as exc:
         return fail(str(exc), "fix TOKENBRIDGE_ALLOWED_NETWORKS / TOKENBRIDGE_ALLOW_INSECURE_HTTP")
-    policy = dataclasses.replace(policy, allow_http=args.allow_http or policy.allow_http,
-                                 allowed_networks=policy.allowed_networks
-                                 + (PRIVATE_NETWORKS if args.allow_private else ()))
+    policy = dataclasses.replace(
+        policy,
+        allow_http=args.allow_http or policy.allow_http,
+        allowed_networks=policy.allowed_networks + (PRIVATE_NETWORKS if args.allow_private else ()),
+    )
     credentials = None
     if idp_type == api.IDP_KUBERNETES:
         try:

@@ -5,6 +5,7 @@ client library would (RFC 8693, RFC 7523 or client credentials, client_secret_ba
 ``--curl`` prints the same request for docs, tickets and CI scripts, with the client secret left in an
 environment variable unless ``--show-secret``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,14 +20,21 @@ from urllib.parse import quote_plus
 import httpx
 
 from tokenbridge import api
+
 from . import EXIT_FAILED, EXIT_OK, fail, parser, read_argument
 
 ENV_CLIENT_ID = "TOKENBRIDGE_CLIENT_ID"
 ENV_CLIENT_SECRET = "TOKENBRIDGE_CLIENT_SECRET"
-GRANTS = {"token-exchange": api.GRANT_TOKEN_EXCHANGE, "jwt-bearer": api.GRANT_JWT_BEARER,
-          "client_credentials": api.GRANT_CLIENT_CREDENTIALS}
-TOKEN_TYPES = {"jwt": api.TOKEN_TYPE_JWT, "id_token": api.TOKEN_TYPE_ID_TOKEN,
-               "access_token": api.TOKEN_TYPE_ACCESS_TOKEN}
+GRANTS = {
+    "token-exchange": api.GRANT_TOKEN_EXCHANGE,
+    "jwt-bearer": api.GRANT_JWT_BEARER,
+    "client_credentials": api.GRANT_CLIENT_CREDENTIALS,
+}
+TOKEN_TYPES = {
+    "jwt": api.TOKEN_TYPE_JWT,
+    "id_token": api.TOKEN_TYPE_ID_TOKEN,
+    "access_token": api.TOKEN_TYPE_ACCESS_TOKEN,
+}
 METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
 TIMEOUT = 10.0
 
@@ -86,11 +94,14 @@ def secret_from_cluster(reference: str, kubeconfig: str | None, context: str | N
         secret = client.CoreV1Api().read_namespaced_secret(name, namespace)
     except ApiException as exc:
         if exc.status == 404:
-            raise RuntimeError(f"Secret {namespace}/{name} does not exist: the operator writes it once the "
-                               f"OAuthApplication is reconciled (kubectl get oauthapp -n {namespace})") from None
+            raise RuntimeError(
+                f"Secret {namespace}/{name} does not exist: the operator writes it once the "
+                f"OAuthApplication is reconciled (kubectl get oauthapp -n {namespace})"
+            ) from None
         if exc.status == 403:
-            raise RuntimeError(f"you may not read Secret {namespace}/{name} (kubectl auth can-i get secret/{name} "
-                               f"-n {namespace})") from None
+            raise RuntimeError(
+                f"you may not read Secret {namespace}/{name} (kubectl auth can-i get secret/{name} -n {namespace})"
+            ) from None
         raise RuntimeError(f"reading Secret {namespace}/{name} failed: HTTP {exc.status} {exc.reason}") from None
     except Exception as exc:  # urllib3 connection errors
         raise RuntimeError(f"cannot reach the cluster: {exc}") from None
@@ -108,15 +119,19 @@ def credentials(args: Any) -> Credentials:
         data = secret_from_cluster(args.from_secret, args.kubeconfig, args.context)
         missing = [k for k in ("client_id", "client_secret") if not data.get(k)]
         if missing:
-            raise RuntimeError(f"Secret {args.from_secret} has no {' or '.join(missing)}: is it an "
-                               "OAuthApplication's credentials Secret?")
+            raise RuntimeError(
+                f"Secret {args.from_secret} has no {' or '.join(missing)}: is it an "
+                "OAuthApplication's credentials Secret?"
+            )
         client_id = client_id or data["client_id"]
         if secret is None:
             secret, source = data["client_secret"], "secret"
         endpoint = data.get("token_endpoint") or None
     if not client_id or secret is None:
-        raise UsageError(f"no client credentials: pass --client-id/--client-secret, set {ENV_CLIENT_ID} and "
-                         f"{ENV_CLIENT_SECRET}, or --from-secret NAMESPACE/NAME")
+        raise UsageError(
+            f"no client credentials: pass --client-id/--client-secret, set {ENV_CLIENT_ID} and "
+            f"{ENV_CLIENT_SECRET}, or --from-secret NAMESPACE/NAME"
+        )
     return Credentials(client_id, secret, endpoint, source)
 
 
@@ -150,8 +165,10 @@ def form(args: Any, subject_token: str | None) -> list[tuple[str, str]]:
     grant = GRANTS[args.grant]
     fields = [("grant_type", grant)]
     if grant == api.GRANT_TOKEN_EXCHANGE:
-        fields += [("subject_token", subject_token or ""),
-                   ("subject_token_type", TOKEN_TYPES.get(args.subject_token_type, args.subject_token_type))]
+        fields += [
+            ("subject_token", subject_token or ""),
+            ("subject_token_type", TOKEN_TYPES.get(args.subject_token_type, args.subject_token_type)),
+        ]
     elif grant == api.GRANT_JWT_BEARER:
         fields.append(("assertion", subject_token or ""))
     fields += [("audience", a) for a in args.audience or ()]
@@ -166,8 +183,9 @@ def basic_header(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(pair.encode()).decode()
 
 
-def curl_command(endpoint: str, fields: list[tuple[str, str]], creds: Credentials, auth_method: str,
-                 show_secret: bool, args: Any) -> str:
+def curl_command(
+    endpoint: str, fields: list[tuple[str, str]], creds: Credentials, auth_method: str, show_secret: bool, args: Any
+) -> str:
     """A runnable shell snippet; the secret is ``$TOKENBRIDGE_CLIENT_SECRET`` unless ``show_secret``."""
     lines = []
     if show_secret:
@@ -176,8 +194,10 @@ def curl_command(endpoint: str, fields: list[tuple[str, str]], creds: Credential
         secret = f'"${ENV_CLIENT_SECRET}"'
         if creds.secret_source == "secret":
             namespace, _, name = args.from_secret.partition("/")
-            lines.append(f"export {ENV_CLIENT_SECRET}=\"$(kubectl get secret -n {shlex.quote(namespace)} "
-                         f"{shlex.quote(name)} -o jsonpath='{{.data.client_secret}}' | base64 -d)\"")
+            lines.append(
+                f'export {ENV_CLIENT_SECRET}="$(kubectl get secret -n {shlex.quote(namespace)} '
+                f"{shlex.quote(name)} -o jsonpath='{{.data.client_secret}}' | base64 -d)\""
+            )
         elif creds.secret_source != "env":
             lines.append(f"# set {ENV_CLIENT_SECRET} to the client secret first (--show-secret prints it inline)")
     command = [f"curl -sS -X POST {shlex.quote(endpoint)}"]
@@ -201,26 +221,49 @@ def main(argv: list[str]) -> int:
     where.add_argument("--issuer", metavar="URL", help="read the token endpoint from this issuer's metadata")
     p.add_argument("--client-id", help=f"client id (or env {ENV_CLIENT_ID})")
     p.add_argument("--client-secret", help=f"client secret (prefer env {ENV_CLIENT_SECRET})")
-    p.add_argument("--from-secret", metavar="NAMESPACE/NAME",
-                   help="read client_id, client_secret and token_endpoint from this Secret in the cluster")
+    p.add_argument(
+        "--from-secret",
+        metavar="NAMESPACE/NAME",
+        help="read client_id, client_secret and token_endpoint from this Secret in the cluster",
+    )
     p.add_argument("--kubeconfig", help="kubeconfig for --from-secret (default: KUBECONFIG, ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context for --from-secret")
-    p.add_argument("--subject-token", metavar="TOKEN|@FILE|-",
-                   help="the subject token (token-exchange) or assertion (jwt-bearer): inline, @FILE, or - for stdin")
-    p.add_argument("--subject-token-type", default="jwt", metavar="TYPE",
-                   help="jwt (default), id_token, access_token, or a full urn:ietf:params:oauth:token-type:... URN")
-    p.add_argument("--audience", action="append", metavar="AUDIENCE",
-                   help="requested audience, repeatable (default: the application's audiences)")
-    p.add_argument("--scope", action="append", metavar="SCOPE",
-                   help="requested scope, repeatable or space-separated (default: all of the application's)")
+    p.add_argument(
+        "--subject-token",
+        metavar="TOKEN|@FILE|-",
+        help="the subject token (token-exchange) or assertion (jwt-bearer): inline, @FILE, or - for stdin",
+    )
+    p.add_argument(
+        "--subject-token-type",
+        default="jwt",
+        metavar="TYPE",
+        help="jwt (default), id_token, access_token, or a full urn:ietf:params:oauth:token-type:... URN",
+    )
+    p.add_argument(
+        "--audience",
+        action="append",
+        metavar="AUDIENCE",
+        help="requested audience, repeatable (default: the application's audiences)",
+    )
+    p.add_argument(
+        "--scope",
+        action="append",
+        metavar="SCOPE",
+        help="requested scope, repeatable or space-separated (default: all of the application's)",
+    )
     p.add_argument("--grant", choices=GRANTS, default="token-exchange", help="grant type (default token-exchange)")
-    p.add_argument("--auth-method", choices=(api.AUTH_METHOD_BASIC, api.AUTH_METHOD_POST),
-                   default=api.AUTH_METHOD_BASIC,
-                   help="client authentication, as the application's tokenEndpointAuthMethod (default basic)")
+    p.add_argument(
+        "--auth-method",
+        choices=(api.AUTH_METHOD_BASIC, api.AUTH_METHOD_POST),
+        default=api.AUTH_METHOD_BASIC,
+        help="client authentication, as the application's tokenEndpointAuthMethod (default basic)",
+    )
     p.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify an https endpoint with")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the whole token response as JSON")
-    output.add_argument("--curl", action="store_true", help="print the equivalent curl command instead of sending the request")
+    output.add_argument(
+        "--curl", action="store_true", help="print the equivalent curl command instead of sending the request"
+    )
     p.add_argument("--show-secret", action="store_true", help="--curl: put the client secret inline")
     args = p.parse_args(argv)
 
@@ -240,8 +283,9 @@ def main(argv: list[str]) -> int:
         return fail(str(exc))
     verify: Any = args.ca_file or True
     try:
-        endpoint = args.token_endpoint or (token_endpoint_from_issuer(args.issuer, verify) if args.issuer
-                                           else creds.token_endpoint)
+        endpoint = args.token_endpoint or (
+            token_endpoint_from_issuer(args.issuer, verify) if args.issuer else creds.token_endpoint
+        )
     except RuntimeError as exc:
         return fail(str(exc))
     if not endpoint:

@@ -8,6 +8,7 @@ from here, so that one step is skipped; ``POST /oauth2/explain`` on the server c
 
 The output never contains the token: each check says what passed or why not.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,19 @@ import time
 from typing import Any
 
 from tokenbridge import api
+
 from . import EXIT_FAILED, EXIT_OK, fail, parser, read_argument
 
-GRANTS = {"token-exchange": api.GRANT_TOKEN_EXCHANGE, "jwt-bearer": api.GRANT_JWT_BEARER,
-          "client_credentials": api.GRANT_CLIENT_CREDENTIALS}
-TOKEN_TYPES = {"jwt": api.TOKEN_TYPE_JWT, "id_token": api.TOKEN_TYPE_ID_TOKEN,
-               "access_token": api.TOKEN_TYPE_ACCESS_TOKEN}
+GRANTS = {
+    "token-exchange": api.GRANT_TOKEN_EXCHANGE,
+    "jwt-bearer": api.GRANT_JWT_BEARER,
+    "client_credentials": api.GRANT_CLIENT_CREDENTIALS,
+}
+TOKEN_TYPES = {
+    "jwt": api.TOKEN_TYPE_JWT,
+    "id_token": api.TOKEN_TYPE_ID_TOKEN,
+    "access_token": api.TOKEN_TYPE_ACCESS_TOKEN,
+}
 
 DESCRIPTION = """
 Explain what the Tokenbridge token endpoint would decide for a token and an application: the client, the identity
@@ -45,8 +53,12 @@ tokenbridge explain --kubeconfig ~/.kube/config --app web -n team-a --token - --
 def build_parser():
     p = parser("tokenbridge explain", DESCRIPTION, EXAMPLES)
     p.add_argument("--app", required=True, metavar="NAME", help="the OAuthApplication's name")
-    p.add_argument("--namespace", "-n", metavar="NS",
-                   help="the OAuthApplication's namespace (default: the kubeconfig context's, else default)")
+    p.add_argument(
+        "--namespace",
+        "-n",
+        metavar="NS",
+        help="the OAuthApplication's namespace (default: the kubeconfig context's, else default)",
+    )
     p.add_argument("--token", metavar="JWT", help="the subject token (or assertion): JWT, @file or - for stdin")
     p.add_argument("--token-type", choices=sorted(TOKEN_TYPES), default="jwt", help="subject_token_type")
     p.add_argument("--actor-token", metavar="JWT", help="an actor token (delegation): JWT, @file or -")
@@ -65,6 +77,7 @@ def build_parser():
 def _context_namespace(kubeconfig: str | None) -> str:
     try:
         from kubernetes import config
+
         _, active = config.list_kube_config_contexts(config_file=kubeconfig or os.environ.get("KUBECONFIG"))
         return active["context"].get("namespace") or "default"
     except Exception:
@@ -87,9 +100,12 @@ def load_snapshot(args) -> Any:
     cache = JwksCache(fetch)  # not started: keys are fetched when a token needs them
     if kubernetes:
         from tokenbridge_exchange.sources.kubernetes import KubernetesSource
-        return KubernetesSource.from_kubeconfig(args.kubeconfig, cache, signing_secret=("", ""),
-                                                namespace=args.namespace).load_once()
+
+        return KubernetesSource.from_kubeconfig(
+            args.kubeconfig, cache, signing_secret=("", ""), namespace=args.namespace
+        ).load_once()
     from tokenbridge_exchange.sources.manifests import ManifestSource
+
     return ManifestSource(args.manifests, cache, lambda spec: discover(spec, policy), credentials_optional=True).load()
 
 
@@ -119,9 +135,11 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  {s['result'].upper():4}  {s['step']:{width}}  {s['detail']}")
     if report["decision"] == "issue":
         t = report["token"]
-        lines.append(f"decision: a token would be issued: sub {t['sub']!r}, aud {', '.join(t['aud'])}, "
-                     f"scope {t['scope'] or '(none)'!r}, expires in {t['expires_in']}s, "
-                     f"claims {', '.join(t['claims'])}")
+        lines.append(
+            f"decision: a token would be issued: sub {t['sub']!r}, aud {', '.join(t['aud'])}, "
+            f"scope {t['scope'] or '(none)'!r}, expires in {t['expires_in']}s, "
+            f"claims {', '.join(t['claims'])}"
+        )
     else:
         lines.append(f"decision: refused: {report['error']}: {report['error_description']}")
     return "\n".join(lines)
@@ -148,12 +166,21 @@ def main(argv: list[str]) -> int:
     app = snapshot.application(args.namespace, args.app)
     if app is None:
         reasons = [r for r in snapshot.skipped if f"{api.KIND_APP} {args.namespace}/{args.app}:" in r]
-        return fail(f"no usable OAuthApplication {args.namespace}/{args.app}" + (f": {reasons[0]}" if reasons else ""),
-                    None if reasons else "check --app and --namespace")
-    config = ServerConfig(issuer="https://tokenbridge.invalid", max_token_lifetime=parse_duration(
-        os.environ.get("TOKENBRIDGE_MAX_TOKEN_LIFETIME") or "24h"))
-    report = explain(Pipeline(config, None), form, app, time.time(),
-                     client=f"application {app.label} selected by name (the CLI does not authenticate clients)")
+        return fail(
+            f"no usable OAuthApplication {args.namespace}/{args.app}" + (f": {reasons[0]}" if reasons else ""),
+            None if reasons else "check --app and --namespace",
+        )
+    config = ServerConfig(
+        issuer="https://tokenbridge.invalid",
+        max_token_lifetime=parse_duration(os.environ.get("TOKENBRIDGE_MAX_TOKEN_LIFETIME") or "24h"),
+    )
+    report = explain(
+        Pipeline(config, None),
+        form,
+        app,
+        time.time(),
+        client=f"application {app.label} selected by name (the CLI does not authenticate clients)",
+    )
     ignored = [r for r in snapshot.skipped if api.KIND_APP not in r.split(" ", 1)[0]]
     if ignored:
         report["not_served"] = ignored  # IdPs the server would not serve either (e.g. a policy that fails to compile)

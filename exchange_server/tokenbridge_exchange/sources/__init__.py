@@ -3,10 +3,12 @@
 Both keep the newest good :class:`~tokenbridge_exchange.snapshot.Snapshot` in one attribute, replaced whole, so a
 request reads it with a single attribute access and never sees half an update.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator, Protocol, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Protocol, TypeVar
 
 from ..snapshot import Snapshot
 

@@ -5,12 +5,14 @@ an expired resourceVersion or any error, list again after a capped backoff). A r
 into a new snapshot shortly after any change (well within the 2 s the API promises). While the API server is
 unreachable nothing changes locally, so the last good snapshot keeps serving.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
@@ -38,16 +40,28 @@ class KubernetesSource:
     ``cluster_identity_providers=False`` leaves ClusterIdentityProviders out (not readable with that RBAC).
     ``policies``: kept across rebuilds (its own when not given); each snapshot is announced on ``telemetry``."""
 
-    def __init__(self, api_client: client.ApiClient, cache: JwksCache, *, signing_secret: Key, namespace: str = "",
-                 cluster_identity_providers: bool = True, policies: PolicyCache | None = None,
-                 telemetry: Telemetry | None = None):
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        cache: JwksCache,
+        *,
+        signing_secret: Key,
+        namespace: str = "",
+        cluster_identity_providers: bool = True,
+        policies: PolicyCache | None = None,
+        telemetry: Telemetry | None = None,
+    ):
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._cache, self._signing_secret, self._namespace = cache, signing_secret, namespace
         self._policies = policies if policies is not None else PolicyCache()
         self._telemetry = telemetry
         self._stores: dict[str, dict[Key, dict[str, Any]]] = {
-            api.PLURAL_IDP: {}, api.PLURAL_CLUSTER_IDP: {}, api.PLURAL_APP: {}, SECRETS: {}}
+            api.PLURAL_IDP: {},
+            api.PLURAL_CLUSTER_IDP: {},
+            api.PLURAL_APP: {},
+            SECRETS: {},
+        }
         self._listed = {plural: threading.Event() for plural in self._stores}
         self._watched = [p for p in self._stores if cluster_identity_providers or p != api.PLURAL_CLUSTER_IDP]
         if not cluster_identity_providers:
@@ -61,7 +75,7 @@ class KubernetesSource:
         self._threads: list[threading.Thread] = []
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: str | None, cache: JwksCache, **options: Any) -> "KubernetesSource":
+    def from_kubeconfig(cls, kubeconfig: str | None, cache: JwksCache, **options: Any) -> KubernetesSource:
         """In-cluster configuration when running in a pod, else the kubeconfig."""
         if kubeconfig is None:
             try:
@@ -91,8 +105,10 @@ class KubernetesSource:
     def _call(self, plural: str) -> tuple[Callable[..., Any], dict[str, Any]]:
         if plural == SECRETS:
             namespace, name = self._signing_secret
-            return self._core.list_namespaced_secret, {"namespace": namespace,
-                                                       "field_selector": f"metadata.name={name}"}
+            return self._core.list_namespaced_secret, {
+                "namespace": namespace,
+                "field_selector": f"metadata.name={name}",
+            }
         kwargs = {"group": api.GROUP, "version": api.VERSION, "plural": plural}
         if self._namespace and plural != api.PLURAL_CLUSTER_IDP:
             return self._custom.list_namespaced_custom_object, {**kwargs, "namespace": self._namespace}
@@ -117,9 +133,14 @@ class KubernetesSource:
     def _watch(self, plural: str, resource_version: str) -> str:
         """Apply events until the watch times out (returns where to resume) or fails (raises)."""
         func, kwargs = self._call(plural)
-        stream = watch.Watch().stream(func, **kwargs, resource_version=resource_version,
-                                      timeout_seconds=WATCH_TIMEOUT, allow_watch_bookmarks=True,
-                                      _request_timeout=(5, WATCH_TIMEOUT + 15))
+        stream = watch.Watch().stream(
+            func,
+            **kwargs,
+            resource_version=resource_version,
+            timeout_seconds=WATCH_TIMEOUT,
+            allow_watch_bookmarks=True,
+            _request_timeout=(5, WATCH_TIMEOUT + 15),
+        )
         for event in stream:  # an ERROR event (410 Gone included) is raised by the client as ApiException
             obj = event["raw_object"]
             resource_version = obj["metadata"]["resourceVersion"]
@@ -166,10 +187,15 @@ class KubernetesSource:
                 log.warning("not allowed to list %s; leaving them out", plural)
         with self._lock:
             stores = {plural: list(objects.values()) for plural, objects in self._stores.items()}
-        return build_snapshot(identity_providers=stores[api.PLURAL_IDP],
-                              cluster_identity_providers=stores[api.PLURAL_CLUSTER_IDP],
-                              applications=stores[api.PLURAL_APP], signing_keys=None, cache=self._cache,
-                              policies=self._policies, telemetry=self._telemetry)
+        return build_snapshot(
+            identity_providers=stores[api.PLURAL_IDP],
+            cluster_identity_providers=stores[api.PLURAL_CLUSTER_IDP],
+            applications=stores[api.PLURAL_APP],
+            signing_keys=None,
+            cache=self._cache,
+            policies=self._policies,
+            telemetry=self._telemetry,
+        )
 
     # --- snapshot -------------------------------------------------------------------------------------------
     def _rebuild_loop(self) -> None:
@@ -198,7 +224,12 @@ class KubernetesSource:
                 self._signing_keys = SigningKeySet.from_secret_data(data or {})
             except ValueError as exc:
                 log.error("signing key Secret %s/%s: %s", *self._signing_secret, exc)
-        return build_snapshot(identity_providers=cooperative(stores[api.PLURAL_IDP]),
-                              cluster_identity_providers=cooperative(stores[api.PLURAL_CLUSTER_IDP]),
-                              applications=cooperative(stores[api.PLURAL_APP]), signing_keys=self._signing_keys,
-                              cache=self._cache, policies=self._policies, telemetry=self._telemetry)
+        return build_snapshot(
+            identity_providers=cooperative(stores[api.PLURAL_IDP]),
+            cluster_identity_providers=cooperative(stores[api.PLURAL_CLUSTER_IDP]),
+            applications=cooperative(stores[api.PLURAL_APP]),
+            signing_keys=self._signing_keys,
+            cache=self._cache,
+            policies=self._policies,
+            telemetry=self._telemetry,
+        )

@@ -12,6 +12,7 @@ plain secret is not kept), and a Secret with ``keys.json`` (see :mod:`tokenbridg
 without one, the key set given at start (generated once, shared by all workers) signs. With no operator to
 reconcile them, IdPs are discovered here, off the request path, and the files are polled for changes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,8 +22,9 @@ import logging
 import pickle
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import yaml
 
@@ -89,10 +91,19 @@ class ManifestSource:
     """``policies``: kept across this source's reloads (its own when not given); each snapshot is announced on
     ``telemetry``, if given."""
 
-    def __init__(self, path: str | Path, cache: JwksCache, discover: Discover, *,
-                 signing_keys: SigningKeySet | None = None, poll_interval: float = 1.0,
-                 clock: Callable[[], float] = time.time, credentials_optional: bool = False,
-                 policies: PolicyCache | None = None, telemetry: Telemetry | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        cache: JwksCache,
+        discover: Discover,
+        *,
+        signing_keys: SigningKeySet | None = None,
+        poll_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        credentials_optional: bool = False,
+        policies: PolicyCache | None = None,
+        telemetry: Telemetry | None = None,
+    ):
         self._path = Path(path)
         self._cache, self._discover, self._fallback_keys = cache, discover, signing_keys
         self._policies = policies if policies is not None else PolicyCache()
@@ -135,8 +146,13 @@ class ManifestSource:
         """Manifest files; hidden entries are skipped, so a mounted ConfigMap (its ``..data`` and timestamped
         directories behind symlinks that are swapped atomically) is read once, through the symlinks."""
         if self._path.is_dir():
-            return sorted(p for p in self._path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()
-                          and not any(part.startswith(".") for part in p.relative_to(self._path).parts))
+            return sorted(
+                p
+                for p in self._path.rglob("*")
+                if p.suffix in MANIFEST_SUFFIXES
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(self._path).parts)
+            )
         return [self._path]
 
     def _stat_signature(self) -> tuple:
@@ -152,8 +168,9 @@ class ManifestSource:
     def reload_if_changed(self) -> bool:
         """Rebuild when a file changed or a failed discovery is due again; True when a new snapshot is served."""
         signature = self._stat_signature()
-        retry = any(isinstance(r, Exception) and self._clock() - t >= DISCOVERY_RETRY
-                    for t, r in self._discovered.values())
+        retry = any(
+            isinstance(r, Exception) and self._clock() - t >= DISCOVERY_RETRY for t, r in self._discovered.values()
+        )
         if signature == self._signature and not retry:
             return False
         try:
@@ -224,15 +241,22 @@ class ManifestSource:
         for doc in cluster_idps:
             doc["metadata"].pop("namespace", None)
         apps = by_kind.pop(api.KIND_APP)
-        snapshot = build_snapshot(identity_providers=cooperative(idps),
-                                  cluster_identity_providers=cooperative(cluster_idps),
-                                  applications=(self._with_credentials(pickle.loads(doc), secrets)
-                                                for doc in cooperative(_drain(apps))),
-                                  signing_keys=signing_keys, cache=self._cache, policies=self._policies,
-                                  telemetry=self._telemetry)
+        snapshot = build_snapshot(
+            identity_providers=cooperative(idps),
+            cluster_identity_providers=cooperative(cluster_idps),
+            applications=(self._with_credentials(pickle.loads(doc), secrets) for doc in cooperative(_drain(apps))),
+            signing_keys=signing_keys,
+            cache=self._cache,
+            policies=self._policies,
+            telemetry=self._telemetry,
+        )
         self._seed_keys(snapshot)
-        log.info("loaded %d applications and %d identity providers from %s", len(snapshot.applications),
-                 len(snapshot.providers), self._path)
+        log.info(
+            "loaded %d applications and %d identity providers from %s",
+            len(snapshot.applications),
+            len(snapshot.providers),
+            self._path,
+        )
         return snapshot
 
     def _with_discovery(self, doc: dict[str, Any], used: set[str]) -> dict[str, Any]:
@@ -263,8 +287,9 @@ class ManifestSource:
 
     def _seed_keys(self, snapshot: Snapshot) -> None:
         """Discovery fetched the keys already: hand them to the cache so no request waits for them."""
-        discovered = {r.jwks_uri: r for _, r in self._discovered.values()
-                      if isinstance(r, ProviderMetadata) and r.jwks_uri}
+        discovered = {
+            r.jwks_uri: r for _, r in self._discovered.values() if isinstance(r, ProviderMetadata) and r.jwks_uri
+        }
         for provider in snapshot.providers.values():
             if isinstance(provider.keys, RemoteKeys) and (metadata := discovered.get(provider.keys.jwks_uri)):
                 provider.keys.seed(metadata.keys, metadata.discovered_at.timestamp())
@@ -281,8 +306,10 @@ class ManifestSource:
         if values and values.get("client_id") and values.get("client_secret"):
             status = {"clientID": values["client_id"], "clientSecretHash": hash_client_secret(values["client_secret"])}
         elif self._credentials_optional:  # nothing authenticates against it; it only has to be found by name
-            status = {"clientID": f"{namespace}/{doc['metadata'].get('name')}",
-                      "clientSecretHash": "sha256:" + "0" * 64}
+            status = {
+                "clientID": f"{namespace}/{doc['metadata'].get('name')}",
+                "clientSecretHash": "sha256:" + "0" * 64,
+            }
         else:
             return doc  # left out by the snapshot, with the reason logged
         return {**doc, "spec": spec, "status": status}

@@ -11,18 +11,31 @@ Warning. The secret itself is never logged, put in status or in an Event. An app
 ``condition`` does not compile is left alone (no Secret read or written) and is ``InvalidExpression`` until its spec
 changes.
 """
+
 from __future__ import annotations
 
 import base64
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from tokenbridge.api import (
-    ANNOTATION_ROTATE_SECRET, API_VERSION, COND_CREDENTIALS_READY, COND_READY, COND_REFERENCES_RESOLVED, GROUP,
-    KIND_APP, KIND_CLUSTER_IDP, KIND_IDP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL_APP, VERSION,
+    ANNOTATION_ROTATE_SECRET,
+    API_VERSION,
+    COND_CREDENTIALS_READY,
+    COND_READY,
+    COND_REFERENCES_RESOLVED,
+    GROUP,
+    KIND_APP,
+    KIND_CLUSTER_IDP,
+    KIND_IDP,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    PLURAL_APP,
+    VERSION,
 )
 from tokenbridge.client_secrets import generate_client_id, generate_client_secret, hash_client_secret
 from tokenbridge.conditions import FALSE, TRUE, get_condition, rfc3339, set_condition
@@ -62,6 +75,7 @@ Reference = IdentityProviderReference | Mapping[str, Any]  # an entry of spec.id
 
 # --- references ------------------------------------------------------------------------------------------------
 
+
 def _key(namespace: str, ref: IdentityProviderReference) -> IdPKey:
     return (ref.kind, namespace if ref.kind == KIND_IDP else "", ref.name)
 
@@ -70,8 +84,13 @@ def reference_keys(namespace: str, refs: Iterable[Reference]) -> list[IdPKey]:
     return [_key(namespace, IdentityProviderReference.of(ref)) for ref in refs]
 
 
-def check_references(namespace: str, refs: Iterable[Reference], lookup: Callable[[IdPKey], Mapping[str, Any] | None],
-                     *, cluster_identity_providers: bool = True) -> tuple[str, str, str]:
+def check_references(
+    namespace: str,
+    refs: Iterable[Reference],
+    lookup: Callable[[IdPKey], Mapping[str, Any] | None],
+    *,
+    cluster_identity_providers: bool = True,
+) -> tuple[str, str, str]:
     """(status, reason, message) of ReferencesResolved; ``lookup`` returns the referenced object or None."""
     parsed = [IdentityProviderReference.of(ref) for ref in refs]
     if not parsed:
@@ -80,12 +99,22 @@ def check_references(namespace: str, refs: Iterable[Reference], lookup: Callable
     for ref in parsed:
         kind = ref.kind
         if kind == KIND_IDP and ref.namespace not in (None, namespace):
-            problems.append((CROSS_NAMESPACE_REFERENCE, f"IdentityProvider {ref.namespace}/{ref.name} is in "
-                             f"another namespace; use an IdentityProvider in {namespace} or a ClusterIdentityProvider"))
+            problems.append(
+                (
+                    CROSS_NAMESPACE_REFERENCE,
+                    f"IdentityProvider {ref.namespace}/{ref.name} is in "
+                    f"another namespace; use an IdentityProvider in {namespace} or a ClusterIdentityProvider",
+                )
+            )
             continue
         if kind == KIND_CLUSTER_IDP and not cluster_identity_providers:
-            problems.append((CLUSTER_IDPS_UNAVAILABLE, f"ClusterIdentityProvider {ref.name}: this installation "
-                             "does not serve ClusterIdentityProviders (TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS=false)"))
+            problems.append(
+                (
+                    CLUSTER_IDPS_UNAVAILABLE,
+                    f"ClusterIdentityProvider {ref.name}: this installation "
+                    "does not serve ClusterIdentityProviders (TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS=false)",
+                )
+            )
             continue
         key = _key(namespace, ref)
         name = f"{kind} {namespace}/{ref.name}" if kind == KIND_IDP else f"{kind} {ref.name}"
@@ -133,6 +162,7 @@ class ReadinessBoard:
 
 # --- credentials -----------------------------------------------------------------------------------------------
 
+
 def _decode(data: Mapping[str, str] | None, key: str) -> str | None:
     value = (data or {}).get(key)
     if value is None:
@@ -148,13 +178,21 @@ def _encode(values: Mapping[str, str]) -> dict[str, str]:
 
 
 def owns(secret: Mapping[str, Any], app_uid: str) -> bool:
-    return any(ref.get("uid") == app_uid and ref.get("controller")
-               for ref in (secret.get("metadata") or {}).get("ownerReferences") or ())
+    return any(
+        ref.get("uid") == app_uid and ref.get("controller")
+        for ref in (secret.get("metadata") or {}).get("ownerReferences") or ()
+    )
 
 
 def owner_reference(name: str, uid: str) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": KIND_APP, "name": name, "uid": uid,
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND_APP,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 @dataclass(frozen=True)
@@ -185,9 +223,16 @@ def secret_client_id(app: Mapping[str, Any], status: Mapping[str, Any], secret: 
     return _decode(secret.get("data"), KEY_CLIENT_ID) or None
 
 
-def plan_credentials(app: Mapping[str, Any], status: Mapping[str, Any], secret: Mapping[str, Any] | None, *,
-                     token_endpoint: str | None, grace: float, now: datetime,
-                     client_id_conflict: str | None = None) -> CredentialsPlan:
+def plan_credentials(
+    app: Mapping[str, Any],
+    status: Mapping[str, Any],
+    secret: Mapping[str, Any] | None,
+    *,
+    token_endpoint: str | None,
+    grace: float,
+    now: datetime,
+    client_id_conflict: str | None = None,
+) -> CredentialsPlan:
     """Decide the credentials for ``app`` (its metadata and spec) given the current Secret (or None). Pure.
 
     ``client_id_conflict``: why the Secret's client id (:func:`secret_client_id`) may not be taken over (another
@@ -200,9 +245,17 @@ def plan_credentials(app: Mapping[str, Any], status: Mapping[str, Any], secret: 
     events: list[tuple[str, str, str]] = []
 
     if secret is not None and not owns(secret, meta["uid"]):
-        return CredentialsPlan(None, False, {}, (FALSE, SECRET_CONFLICT,
-                               f"Secret {secret_name} exists and is not owned by this OAuthApplication; "
-                               "delete it or choose another credentials.secretName"))
+        return CredentialsPlan(
+            None,
+            False,
+            {},
+            (
+                FALSE,
+                SECRET_CONFLICT,
+                f"Secret {secret_name} exists and is not owned by this OAuthApplication; "
+                "delete it or choose another credentials.secretName",
+            ),
+        )
 
     client_id = status.get("clientID") or _decode((secret or {}).get("data"), KEY_CLIENT_ID) or generate_client_id()
     current = _decode((secret or {}).get("data"), KEY_CLIENT_SECRET) if secret is not None else None
@@ -210,8 +263,14 @@ def plan_credentials(app: Mapping[str, Any], status: Mapping[str, Any], secret: 
     previous_hash, previous_expiry = status.get("previousClientSecretHash"), status.get("previousClientSecretExpiresAt")
 
     if client_id_conflict is not None and client_id == secret_client_id(app, status, secret):
-        events.append((WARNING, CLIENT_ID_CONFLICT, f"Secret {secret_name} holds client id {client_id}, which was "
-                       f"not taken over: {client_id_conflict}; issued a new client id and secret"))
+        events.append(
+            (
+                WARNING,
+                CLIENT_ID_CONFLICT,
+                f"Secret {secret_name} holds client id {client_id}, which was "
+                f"not taken over: {client_id_conflict}; issued a new client id and secret",
+            )
+        )
         client_id, current = generate_client_id(), generate_client_secret()
         previous_hash = previous_expiry = None
         handled = rotate_value
@@ -220,8 +279,13 @@ def plan_credentials(app: Mapping[str, Any], status: Mapping[str, Any], secret: 
         previous_hash = previous_expiry = None  # whatever the lost Secret held is gone with it
         handled = rotate_value
         if status.get("clientID"):
-            events.append((WARNING, CREDENTIALS_RECREATED,
-                           f"Secret {secret_name} was missing or incomplete: issued a new client secret"))
+            events.append(
+                (
+                    WARNING,
+                    CREDENTIALS_RECREATED,
+                    f"Secret {secret_name} was missing or incomplete: issued a new client secret",
+                )
+            )
         else:
             events.append((NORMAL, CREDENTIALS_CREATED, f"client {client_id} created; credentials in {secret_name}"))
     elif rotate_value is not None and rotate_value != handled:
@@ -229,8 +293,13 @@ def plan_credentials(app: Mapping[str, Any], status: Mapping[str, Any], secret: 
         previous_expiry = rfc3339(now + timedelta(seconds=grace))
         current = generate_client_secret()
         handled = rotate_value
-        events.append((NORMAL, CREDENTIALS_ROTATED,
-                       f"new client secret in {secret_name}; the previous one is accepted until {previous_expiry}"))
+        events.append(
+            (
+                NORMAL,
+                CREDENTIALS_ROTATED,
+                f"new client secret in {secret_name}; the previous one is accepted until {previous_expiry}",
+            )
+        )
 
     expiry = _parse_time(previous_expiry)
     if previous_hash and (expiry is None or expiry <= now):
@@ -243,33 +312,49 @@ def plan_credentials(app: Mapping[str, Any], status: Mapping[str, Any], secret: 
         wanted[KEY_TOKEN_ENDPOINT] = token_endpoint
     desired_data = _encode(wanted)
     new_secret = None
-    if secret is None or secret.get("data") != desired_data or (
-            (secret.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_ROTATED_FOR) != handled):
-        metadata = {k: v for k, v in secret["metadata"].items() if k != "managedFields"} if secret is not None else {
-            "name": secret_name, "namespace": meta["namespace"],
-            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
-            "ownerReferences": [owner_reference(meta["name"], meta["uid"])],
-        }
+    if (
+        secret is None
+        or secret.get("data") != desired_data
+        or ((secret.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_ROTATED_FOR) != handled)
+    ):
+        metadata = (
+            {k: v for k, v in secret["metadata"].items() if k != "managedFields"}
+            if secret is not None
+            else {
+                "name": secret_name,
+                "namespace": meta["namespace"],
+                "labels": {LABEL_MANAGED_BY: MANAGED_BY},
+                "ownerReferences": [owner_reference(meta["name"], meta["uid"])],
+            }
+        )
         annotations = dict(metadata.get("annotations") or {})
         if handled is None:
             annotations.pop(ANNOTATION_ROTATED_FOR, None)
         else:
             annotations[ANNOTATION_ROTATED_FOR] = handled
         metadata["annotations"] = annotations
-        new_secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata,
-                      "data": desired_data}
+        new_secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": metadata,
+            "data": desired_data,
+        }
 
-    fields.update({
-        "clientID": client_id,
-        "clientSecretHash": hash_client_secret(current),
-        "previousClientSecretHash": previous_hash,
-        "previousClientSecretExpiresAt": previous_expiry,
-    })
+    fields.update(
+        {
+            "clientID": client_id,
+            "clientSecretHash": hash_client_secret(current),
+            "previousClientSecretHash": previous_hash,
+            "previousClientSecretExpiresAt": previous_expiry,
+        }
+    )
     ready = (TRUE, CREDENTIALS_READY, f"client {client_id}; credentials in Secret {secret_name}")
     return CredentialsPlan(new_secret, secret is None, fields, ready, events)
 
 
 # --- the reconciler --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -280,26 +365,34 @@ class Outcome:
     invalid_expression: str | None = None  # the field and the problem; nothing else was done
 
 
-def desired_status(status: Mapping[str, Any] | None, generation: int | None, credentials: CredentialsPlan,
-                   references: tuple[str, str, str], now: datetime) -> dict[str, Any]:
+def desired_status(
+    status: Mapping[str, Any] | None,
+    generation: int | None,
+    credentials: CredentialsPlan,
+    references: tuple[str, str, str],
+    now: datetime,
+) -> dict[str, Any]:
     conditions = (status or {}).get("conditions") or []
     conditions = set_condition(conditions, COND_CREDENTIALS_READY, *credentials.condition, generation, now)
     conditions = set_condition(conditions, COND_REFERENCES_RESOLVED, *references, generation, now)
     failed = [c for c in (credentials.condition, references) if c[0] != TRUE]
     if failed:
-        conditions = set_condition(conditions, COND_READY, FALSE, failed[0][1],
-                                   "; ".join(c[2] for c in failed), generation, now)
+        conditions = set_condition(
+            conditions, COND_READY, FALSE, failed[0][1], "; ".join(c[2] for c in failed), generation, now
+        )
     else:
-        conditions = set_condition(conditions, COND_READY, TRUE, READY, "the client can use the token endpoint",
-                                   generation, now)
+        conditions = set_condition(
+            conditions, COND_READY, TRUE, READY, "the client can use the token endpoint", generation, now
+        )
     return {**credentials.status, "observedGeneration": generation, "conditions": conditions}
 
 
 def ready_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     before = get_condition((old or {}).get("conditions"), COND_READY)
     after = get_condition(new.get("conditions"), COND_READY)
-    if after is None or (before is not None and (before.get("status"), before.get("reason")) ==
-                         (after["status"], after["reason"])):
+    if after is None or (
+        before is not None and (before.get("status"), before.get("reason")) == (after["status"], after["reason"])
+    ):
         return []
     return [(NORMAL if after["status"] == TRUE else WARNING, after["reason"], after["message"])]
 
@@ -310,10 +403,11 @@ ClientIDHolders = Callable[[str], Iterable[Mapping[str, Any]]]  # client id -> t
 def list_client_id_holders(custom_objects: Any, timeout: float | None = None) -> ClientIDHolders:
     """The OAuthApplications in every namespace whose status publishes a client id, listed with a
     ``kubernetes.client.CustomObjectsApi`` (the operator's own client; RBAC: list oauthapplications)."""
+
     def holders(client_id: str) -> list[Mapping[str, Any]]:
         listed = custom_objects.list_cluster_custom_object(GROUP, VERSION, PLURAL_APP, _request_timeout=timeout)
-        return [item for item in listed.get("items") or ()
-                if (item.get("status") or {}).get("clientID") == client_id]
+        return [item for item in listed.get("items") or () if (item.get("status") or {}).get("clientID") == client_id]
+
     return holders
 
 
@@ -327,12 +421,17 @@ def client_id_conflict(app: Mapping[str, Any], client_id: str, holders: ClientID
     except Exception as exc:
         code = getattr(exc, "status", None)
         if code in (401, 403):  # a namespace-scoped install: fail closed, do not retry
-            return f"OAuthApplications in all namespaces cannot be listed to check that no other application has " \
-                   f"it ({code} {getattr(exc, 'reason', '')})".rstrip()
+            return (
+                f"OAuthApplications in all namespaces cannot be listed to check that no other application has "
+                f"it ({code} {getattr(exc, 'reason', '')})".rstrip()
+            )
         raise  # anything else is an API error like any other: retried
     uid = app["metadata"]["uid"]
-    others = sorted(f"{(o.get('metadata') or {}).get('namespace')}/{(o.get('metadata') or {}).get('name')}"
-                    for o in found if (o.get("metadata") or {}).get("uid") != uid)
+    others = sorted(
+        f"{(o.get('metadata') or {}).get('namespace')}/{(o.get('metadata') or {}).get('name')}"
+        for o in found
+        if (o.get("metadata") or {}).get("uid") != uid
+    )
     return f"OAuthApplication {', '.join(others)} already has it" if others else None
 
 
@@ -343,11 +442,18 @@ def _secret_name(app: Mapping[str, Any]) -> str:
     return credentials.secret_name
 
 
-def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mapping[str, Any] | None],
-              write_secret: Callable[[dict[str, Any], bool], None],
-              lookup_idp: Callable[[IdPKey], Mapping[str, Any] | None], cluster_identity_providers: bool,
-              token_endpoint: str | None, grace: float, now: datetime,
-              client_id_holders: ClientIDHolders | None) -> Outcome:
+def reconcile(
+    app: Mapping[str, Any],
+    *,
+    read_secret: Callable[[str, str], Mapping[str, Any] | None],
+    write_secret: Callable[[dict[str, Any], bool], None],
+    lookup_idp: Callable[[IdPKey], Mapping[str, Any] | None],
+    cluster_identity_providers: bool,
+    token_endpoint: str | None,
+    grace: float,
+    now: datetime,
+    client_id_holders: ClientIDHolders | None,
+) -> Outcome:
     """One pass over an application (``app`` = metadata, spec (parsed or its JSON), status). Kubernetes errors
     propagate.
 
@@ -358,8 +464,9 @@ def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mappi
     meta, status = app["metadata"], app.get("status") or {}
     problem = invalid_expression(spec, KIND_APP)
     if problem is not None:
-        conditions = set_condition(status.get("conditions"), COND_READY, FALSE, INVALID_EXPRESSION, problem,
-                                   meta.get("generation"), now)
+        conditions = set_condition(
+            status.get("conditions"), COND_READY, FALSE, INVALID_EXPRESSION, problem, meta.get("generation"), now
+        )
         new = {"observedGeneration": meta.get("generation"), "conditions": conditions}
         return Outcome(new, ready_events(status, new), False, None, problem)
     secret = read_secret(meta["namespace"], _secret_name(app))
@@ -367,12 +474,14 @@ def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mappi
     conflict = None
     if adopted is not None:
         conflict = client_id_conflict(app, adopted, client_id_holders)
-    plan = plan_credentials(app, status, secret, token_endpoint=token_endpoint, grace=grace, now=now,
-                            client_id_conflict=conflict)
+    plan = plan_credentials(
+        app, status, secret, token_endpoint=token_endpoint, grace=grace, now=now, client_id_conflict=conflict
+    )
     if plan.secret is not None:
         write_secret(plan.secret, plan.create)
-    references = check_references(meta["namespace"], spec.identity_providers, lookup_idp,
-                                  cluster_identity_providers=cluster_identity_providers)
+    references = check_references(
+        meta["namespace"], spec.identity_providers, lookup_idp, cluster_identity_providers=cluster_identity_providers
+    )
     new = desired_status(status, meta.get("generation"), plan, references, now)
     expiry = _parse_time(new.get("previousClientSecretExpiresAt"))
     ready = get_condition(new["conditions"], COND_READY)
@@ -380,4 +489,4 @@ def reconcile(app: Mapping[str, Any], *, read_secret: Callable[[str, str], Mappi
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -4,6 +4,7 @@ It is compiled with the exchange server's own function, ``tokenbridge.policy.com
 operator reports Ready has a policy the server will serve, and one it reports ``InvalidExpression`` is one the
 server refuses to serve at all. Messages name the field and the problem, never token contents.
 """
+
 from __future__ import annotations
 
 from tokenbridge.policy import PolicyError, compile_policy

@@ -6,16 +6,22 @@ that a failure still records why. A failed refresh keeps the last good ``issuer`
 ``keyCount``/``discoveredAt`` and marks them ``stale`` instead of wiping them. A spec whose CEL expressions do not
 compile is not discovered at all: it is ``InvalidExpression`` until the spec changes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from tokenbridge.api import COND_DISCOVERED, COND_KEYS_AVAILABLE, COND_READY
 from tokenbridge.conditions import FALSE, TRUE, UNKNOWN, get_condition, rfc3339, set_condition
 from tokenbridge.discovery import (
-    STAGE_KEYS, DiscoveryError, KubeCredentials, ProviderMetadata, discover,
+    STAGE_KEYS,
+    DiscoveryError,
+    KubeCredentials,
+    ProviderMetadata,
+    discover,
 )
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge.specs import IdentityProviderSpec
@@ -54,9 +60,14 @@ def _keys_message(metadata: ProviderMetadata) -> str:
     return message
 
 
-def desired_status(spec: IdentityProviderSpec | Mapping[str, Any], old: Mapping[str, Any] | None,
-                   generation: int | None, metadata: ProviderMetadata | None, error: DiscoveryError | None,
-                   now: datetime) -> dict[str, Any]:
+def desired_status(
+    spec: IdentityProviderSpec | Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    generation: int | None,
+    metadata: ProviderMetadata | None,
+    error: DiscoveryError | None,
+    now: datetime,
+) -> dict[str, Any]:
     """The status after one reconcile: exactly one of ``metadata`` (success) and ``error`` is given."""
     well_known = IdentityProviderSpec.of(spec).well_known_url
     old = old or {}
@@ -85,8 +96,7 @@ def desired_status(spec: IdentityProviderSpec | Mapping[str, Any], old: Mapping[
         }
     assert error is not None
     if error.stage == STAGE_KEYS:
-        put(COND_DISCOVERED, TRUE, DISCOVERED if well_known else STATIC_CONFIGURATION,
-            "the provider metadata is valid")
+        put(COND_DISCOVERED, TRUE, DISCOVERED if well_known else STATIC_CONFIGURATION, "the provider metadata is valid")
         put(COND_KEYS_AVAILABLE, FALSE, error.reason, error.message)
     else:
         put(COND_DISCOVERED, FALSE, error.reason, error.message)
@@ -100,8 +110,9 @@ def desired_status(spec: IdentityProviderSpec | Mapping[str, Any], old: Mapping[
     }
 
 
-def invalid_expression_status(old: Mapping[str, Any] | None, generation: int | None, problem: str,
-                              now: datetime) -> dict[str, Any]:
+def invalid_expression_status(
+    old: Mapping[str, Any] | None, generation: int | None, problem: str, now: datetime
+) -> dict[str, Any]:
     """Ready=False, InvalidExpression; Discovered and KeysAvailable keep describing the last discovery."""
     old = old or {}
     conditions = set_condition(old.get("conditions"), COND_READY, FALSE, INVALID_EXPRESSION, problem, generation, now)
@@ -123,9 +134,16 @@ def needs_operator_credentials(spec: IdentityProviderSpec | Mapping[str, Any]) -
     return IdentityProviderSpec.of(spec).uses_operator_credentials
 
 
-def reconcile(spec: IdentityProviderSpec | Mapping[str, Any], status: Mapping[str, Any] | None,
-              generation: int | None, *, kind: str, policy: FetchPolicy,
-              load_credentials: Callable[[], KubeCredentials | None], now: Callable[[], datetime]) -> Outcome:
+def reconcile(
+    spec: IdentityProviderSpec | Mapping[str, Any],
+    status: Mapping[str, Any] | None,
+    generation: int | None,
+    *,
+    kind: str,
+    policy: FetchPolicy,
+    load_credentials: Callable[[], KubeCredentials | None],
+    now: Callable[[], datetime],
+) -> Outcome:
     """Discover the provider described by ``spec`` (of ``kind``) and say what its status and Events become."""
     spec = IdentityProviderSpec.of(spec)
     problem = invalid_expression(spec, kind)
