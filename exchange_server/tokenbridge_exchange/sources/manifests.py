@@ -216,9 +216,11 @@ class ManifestSource:
 
     def _build(self) -> Snapshot:
         # Memory at 100,000 applications: only what the snapshot needs is kept while reading. Secrets are reduced
-        # to their values at once. Application documents wait for every IdP and Secret pickled (a fraction of
-        # the parsed dicts' size, and outside the object heap, so the snapshot's objects are not interspersed
-        # with them); each is unpickled (an exact copy) and let go as build_snapshot consumes it.
+        # to their values at once, application documents pickled (a fraction of the parsed dicts' size). A JSON
+        # file is parsed whole, so what is kept lies scattered among the freed parse: copied once through pickle,
+        # it lies together, the parse's memory goes back to the system, and the snapshot's objects are not
+        # interspersed with what the build lets go (without the copy, the workers inherit 485 MB instead of
+        # 243 MB). Each application is unpickled (an exact copy) and let go as build_snapshot consumes it.
         by_kind: dict[str, list[Any]] = {api.KIND_IDP: [], api.KIND_CLUSTER_IDP: [], api.KIND_APP: []}
         secrets: dict[tuple, dict[str, str]] = {}
         for doc in self._documents():
@@ -229,6 +231,10 @@ class ManifestSource:
                 by_kind[kind].append(pickle.dumps(doc, pickle.HIGHEST_PROTOCOL))
             elif kind in by_kind:
                 by_kind[kind].append(doc)
+        kept = pickle.dumps((by_kind, secrets), pickle.HIGHEST_PROTOCOL)
+        del by_kind, secrets
+        by_kind, secrets = pickle.loads(kept)
+        del kept
         signing_keys = self._fallback_keys
         for values in secrets.values():
             if SECRET_KEY in values:
