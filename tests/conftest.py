@@ -1,7 +1,10 @@
-"""Shared fixtures. ``control_plane`` is a real etcd + kube-apiserver + kube-controller-manager (see
-tests/support/controlplane.py), started once per session and always torn down. Where a node can run (root), the
-node's network (tests/support/node.py) is set up first, so the API server is reachable from pods; the node itself
-is started by the tests that need it."""
+"""Fixtures shared by the test directories: the IdPs and the clock fresh for each test, the cluster and helm once
+per session.
+
+``control_plane`` is a real etcd + kube-apiserver + kube-controller-manager (see tests/support/controlplane.py),
+started once per session and always torn down. Where a node can run (root), the node's network
+(tests/support/node.py) is set up first, so the API server is reachable from pods; the node itself is started by
+the tests that need it."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +13,28 @@ from pathlib import Path
 import pytest
 
 from tests.support.controlplane import ControlPlane, build_binaries
+from tests.support.exchange import Clock
+from tests.support.idp import HttpsIdP, IdP
 from tests.support.node import GATEWAY, NodeNetwork, can_run
+
+
+@pytest.fixture
+def idp() -> IdP:
+    """An RS256 issuer, https://idp.example.test, whose JWKS the tests put inline."""
+    return IdP()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """The in-process server's clock, at NOW until a test moves it."""
+    return Clock()
+
+
+@pytest.fixture
+def okta():
+    """An Okta-shaped IdP served over HTTPS on loopback, for discovery and fetching."""
+    with HttpsIdP("okta") as served:
+        yield served
 
 
 @pytest.fixture(scope="session")

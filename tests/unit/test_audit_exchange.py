@@ -10,16 +10,10 @@ import pytest
 
 from tests.support.exchange import (Clock, FixedSource, app_object, claims_of, idp_object, make_client, post_form,
                                     snapshot_of)
-from tests.support.idp import IdP
 from tokenbridge import api
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 AUTH = (CLIENT, SECRET)
-
-
-@pytest.fixture
-def idp():
-    return IdP()
 
 
 @pytest.fixture

@@ -71,13 +71,6 @@ DANGEROUS_VERBS = {"*", "delete", "deletecollection", "escalate", "bind", "imper
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module")
-def helm() -> str:
-    out = subprocess.run(["bash", str(REPO / "tests" / "cluster" / "build-helm.sh")], check=True,
-                         stdout=subprocess.PIPE, text=True)
-    return str(Path(out.stdout.strip().splitlines()[-1]) / "helm")
-
-
 def run_helm(helm: str, tmp_path: Path, command: str, values: dict | None, *extra: str):
     args = [helm, command]
     if command == "template":

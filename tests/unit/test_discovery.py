@@ -27,12 +27,6 @@ def error_of(spec, policy=LOCAL, **kwargs) -> DiscoveryError:
     return info.value
 
 
-@pytest.fixture
-def okta():
-    with HttpsIdP("okta") as idp:
-        yield idp
-
-
 def test_okta_custom_authorization_server(okta):
     meta = discover(spec_for(okta, "Okta"), LOCAL)
     assert meta.issuer == okta.issuer and meta.issuer.endswith("/oauth2/default")

@@ -29,11 +29,6 @@ class Fetcher:
         return parse_jwks(self.idp.jwks(), ALGS)
 
 
-@pytest.fixture
-def idp():
-    return IdP()
-
-
 def entry(fetcher, clock, **settings) -> RemoteKeys:
     cache = JwksCache(fetcher, clock=clock, **settings)
     return cache.remote("ns/corp", "https://idp.example.test/jwks", {})

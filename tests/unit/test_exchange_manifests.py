@@ -53,11 +53,6 @@ def exchange(client, token, secret="first-secret", **params):
                                 headers={**FORM, **basic("web-client", secret)})
 
 
-@pytest.fixture
-def idp():
-    return IdP()
-
-
 def fresh(idp: IdP, **claims):
     now = int(time.time())
     return idp.token(iat=now, exp=now + 600, **claims)

@@ -6,21 +6,11 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 
-from tests.support.exchange import (FORM, PUBLIC_ISSUER, Clock, FixedSource, app_object, basic, idp_object, make_client,
+from tests.support.exchange import (FORM, PUBLIC_ISSUER, FixedSource, app_object, basic, idp_object, make_client,
                                     snapshot_of)
-from tests.support.idp import NOW, IdP
+from tests.support.idp import NOW
 from tokenbridge import api
 from tokenbridge.signing import ensure_rotated, generate_keyset
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def idp():
-    return IdP()
 
 
 @pytest.fixture

@@ -62,11 +62,6 @@ class CountingSource(ManifestSource):
 
 
 @pytest.fixture
-def idp():
-    return IdP()
-
-
-@pytest.fixture
 def counting():
     CountingSource.loads = 0
     return CountingSource

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk as jwcrypto_jwk, jwt as jwcrypto_jwt
 
-from tests.support.exchange import (FORM, PUBLIC_ISSUER, Clock, FixedSource, app_object, basic, idp_object, make_client,
+from tests.support.exchange import (FORM, PUBLIC_ISSUER, FixedSource, app_object, basic, idp_object, make_client,
                                     snapshot_of)
 from tests.support.idp import NOW, IdP, b64url
 from tokenbridge import api
@@ -20,16 +20,6 @@ from tokenbridge.signing import generate_keyset
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 POST_CLIENT, POST_SECRET = "tb-post", "p0st-secret"
 EXCHANGE = api.GRANT_TOKEN_EXCHANGE
-
-
-@pytest.fixture
-def idp():
-    return IdP()
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

@@ -19,11 +19,6 @@ AUTH = (CLIENT, SECRET)
 CONDITION = "assertion.sub.endsWith(':alice')"
 
 
-@pytest.fixture(scope="module")
-def idp():
-    return IdP()
-
-
 @pytest.fixture
 def client(idp, tmp_path):
     clock = Clock()

@@ -11,20 +11,6 @@ from tokenbridge.fetch import FetchError, FetchPolicy, blocked_because, fetch_js
 LOCAL = FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")))
 
 
-@pytest.fixture(scope="module")
-def idp():
-    with HttpsIdP(kind="okta") as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _reset(idp):
-    idp.recover()
-    idp.routes.clear()
-    idp.requests.clear()
-    idp.delay = 0.0
-
-
 def reason_of(url, policy=LOCAL, **kwargs):
     with pytest.raises(FetchError) as info:
         fetch_json(url, policy, **kwargs)
@@ -65,29 +51,29 @@ def test_metadata_address_is_named():
     assert "metadata" in blocked_because(ipaddress.ip_address("fd00:ec2::254"))
 
 
-def test_fetches_json_with_the_ca_bundle(idp):
-    doc = fetch_json(idp.well_known_url, LOCAL, ca_bundle=idp.ca_pem)
-    assert doc["issuer"] == idp.issuer
-    path, headers = idp.requests[-1]
-    assert headers["Host"] == f"localhost:{idp.port}"
+def test_fetches_json_with_the_ca_bundle(okta):
+    doc = fetch_json(okta.well_known_url, LOCAL, ca_bundle=okta.ca_pem)
+    assert doc["issuer"] == okta.issuer
+    path, headers = okta.requests[-1]
+    assert headers["Host"] == f"localhost:{okta.port}"
     assert "Authorization" not in headers
 
 
-def test_ca_file_is_honoured(idp, tmp_path):
+def test_ca_file_is_honoured(okta, tmp_path):
     ca_file = tmp_path / "ca.pem"
-    ca_file.write_text(idp.ca_pem)
-    assert fetch_json(idp.jwks_uri, LOCAL, ca_file=str(ca_file))["keys"]
+    ca_file.write_text(okta.ca_pem)
+    assert fetch_json(okta.jwks_uri, LOCAL, ca_file=str(ca_file))["keys"]
 
 
-def test_loopback_is_refused_without_allow_list_and_nothing_is_sent(idp):
-    assert reason_of(idp.well_known_url, FetchPolicy(), ca_bundle=idp.ca_pem) == "BlockedAddress"
-    assert reason_of(f"https://127.0.0.1:{idp.port}/x", FetchPolicy(), ca_bundle=idp.ca_pem) == "BlockedAddress"
-    assert idp.requests == []
+def test_loopback_is_refused_without_allow_list_and_nothing_is_sent(okta):
+    assert reason_of(okta.well_known_url, FetchPolicy(), ca_bundle=okta.ca_pem) == "BlockedAddress"
+    assert reason_of(f"https://127.0.0.1:{okta.port}/x", FetchPolicy(), ca_bundle=okta.ca_pem) == "BlockedAddress"
+    assert okta.requests == []
 
 
-def test_allow_list_must_cover_the_address(idp):
+def test_allow_list_must_cover_the_address(okta):
     policy = FetchPolicy(allowed_networks=(ipaddress.ip_network("10.0.0.0/8"),))
-    assert reason_of(idp.well_known_url, policy, ca_bundle=idp.ca_pem) == "BlockedAddress"
+    assert reason_of(okta.well_known_url, policy, ca_bundle=okta.ca_pem) == "BlockedAddress"
 
 
 def test_metadata_and_private_literals_are_refused():
@@ -96,8 +82,8 @@ def test_metadata_and_private_literals_are_refused():
     assert reason_of("https://10.0.0.1/", FetchPolicy()) == "BlockedAddress"
 
 
-def test_plain_http_needs_the_policy_opt_in(idp):
-    assert reason_of(f"http://localhost:{idp.port}/x") == "InsecureURL"
+def test_plain_http_needs_the_policy_opt_in(okta):
+    assert reason_of(f"http://localhost:{okta.port}/x") == "InsecureURL"
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "https:///nohost", "https://user:pw@example.com/x",
@@ -106,8 +92,8 @@ def test_malformed_urls_are_refused(url):
     assert reason_of(url) == "InvalidURL"
 
 
-def test_unknown_ca_fails_tls(idp):
-    assert reason_of(idp.well_known_url) == "TLSError"
+def test_unknown_ca_fails_tls(okta):
+    assert reason_of(okta.well_known_url) == "TLSError"
 
 
 def test_certificate_is_verified_against_the_host_name_not_the_pinned_ip():
@@ -150,52 +136,52 @@ def test_unresolvable_host_is_unreachable():
     assert reason_of("https://does-not-exist.invalid/x") == "Unreachable"
 
 
-def test_redirects_are_not_followed(idp):
-    idp.routes["/moved"] = (302, b"", {"Location": "https://169.254.169.254/latest/"})
-    assert reason_of(f"{idp.base_url}/moved", ca_bundle=idp.ca_pem) == "Redirected"
-    assert [p for p, _ in idp.requests] == ["/moved"]
+def test_redirects_are_not_followed(okta):
+    okta.routes["/moved"] = (302, b"", {"Location": "https://169.254.169.254/latest/"})
+    assert reason_of(f"{okta.base_url}/moved", ca_bundle=okta.ca_pem) == "Redirected"
+    assert [p for p, _ in okta.requests] == ["/moved"]
 
 
-def test_http_errors_and_dropped_connections(idp):
-    idp.fail(503)
-    assert reason_of(idp.well_known_url, ca_bundle=idp.ca_pem) == "HTTPError"
-    idp.fail(None)
-    assert reason_of(idp.well_known_url, ca_bundle=idp.ca_pem) == "Unreachable"
-    idp.recover()
-    assert fetch_json(idp.well_known_url, LOCAL, ca_bundle=idp.ca_pem)
+def test_http_errors_and_dropped_connections(okta):
+    okta.fail(503)
+    assert reason_of(okta.well_known_url, ca_bundle=okta.ca_pem) == "HTTPError"
+    okta.fail(None)
+    assert reason_of(okta.well_known_url, ca_bundle=okta.ca_pem) == "Unreachable"
+    okta.recover()
+    assert fetch_json(okta.well_known_url, LOCAL, ca_bundle=okta.ca_pem)
 
 
-def test_slow_server_times_out(idp):
-    idp.delay = 1.0
+def test_slow_server_times_out(okta):
+    okta.delay = 1.0
     policy = FetchPolicy(allowed_networks=LOCAL.allowed_networks, timeout=0.3)
-    assert reason_of(idp.well_known_url, policy, ca_bundle=idp.ca_pem) == "Unreachable"
+    assert reason_of(okta.well_known_url, policy, ca_bundle=okta.ca_pem) == "Unreachable"
 
 
-def test_body_is_capped_with_and_without_content_length(idp):
+def test_body_is_capped_with_and_without_content_length(okta):
     policy = FetchPolicy(allowed_networks=LOCAL.allowed_networks, max_bytes=1000)
     big = b'{"pad": "' + b"x" * 5000 + b'"}'
-    idp.routes["/big"] = (200, big, {})
-    idp.routes["/big-unannounced"] = (200, big, {"Content-Length": "", "Connection": "close"})
-    assert reason_of(f"{idp.base_url}/big", policy, ca_bundle=idp.ca_pem) == "TooLarge"
-    assert reason_of(f"{idp.base_url}/big-unannounced", policy, ca_bundle=idp.ca_pem) == "TooLarge"
+    okta.routes["/big"] = (200, big, {})
+    okta.routes["/big-unannounced"] = (200, big, {"Content-Length": "", "Connection": "close"})
+    assert reason_of(f"{okta.base_url}/big", policy, ca_bundle=okta.ca_pem) == "TooLarge"
+    assert reason_of(f"{okta.base_url}/big-unannounced", policy, ca_bundle=okta.ca_pem) == "TooLarge"
     small = FetchPolicy(allowed_networks=LOCAL.allowed_networks, max_bytes=len(big))
-    assert fetch_json(f"{idp.base_url}/big-unannounced", small, ca_bundle=idp.ca_pem)["pad"]
+    assert fetch_json(f"{okta.base_url}/big-unannounced", small, ca_bundle=okta.ca_pem)["pad"]
 
 
-def test_invalid_json(idp):
-    idp.routes["/html"] = (200, b"<html>login</html>", {"Content-Type": "text/html"})
-    assert reason_of(f"{idp.base_url}/html", ca_bundle=idp.ca_pem) == "InvalidJSON"
+def test_invalid_json(okta):
+    okta.routes["/html"] = (200, b"<html>login</html>", {"Content-Type": "text/html"})
+    assert reason_of(f"{okta.base_url}/html", ca_bundle=okta.ca_pem) == "InvalidJSON"
 
 
-def test_bearer_token_is_sent_only_when_given(idp):
-    fetch_json(idp.jwks_uri, LOCAL, ca_bundle=idp.ca_pem, bearer_token="s3cr3t")
-    assert idp.requests[-1][1]["Authorization"] == "Bearer s3cr3t"
+def test_bearer_token_is_sent_only_when_given(okta):
+    fetch_json(okta.jwks_uri, LOCAL, ca_bundle=okta.ca_pem, bearer_token="s3cr3t")
+    assert okta.requests[-1][1]["Authorization"] == "Bearer s3cr3t"
 
 
-def test_errors_never_echo_the_bearer_token(idp):
-    idp.fail(401)
+def test_errors_never_echo_the_bearer_token(okta):
+    okta.fail(401)
     with pytest.raises(FetchError) as info:
-        fetch_json(idp.jwks_uri, LOCAL, ca_bundle=idp.ca_pem, bearer_token="s3cr3t")
+        fetch_json(okta.jwks_uri, LOCAL, ca_bundle=okta.ca_pem, bearer_token="s3cr3t")
     assert "s3cr3t" not in str(info.value)
 
 
@@ -205,10 +191,10 @@ def test_timeout_is_capped():
 
 def test_user_information_is_never_echoed():
     with pytest.raises(FetchError) as info:
-        fetch_json("https://admin:hunter2@idp.example:99999/x", LOCAL)
+        fetch_json("https://admin:hunter2@okta.example:99999/x", LOCAL)
     assert info.value.reason == "InvalidURL" and "hunter2" not in str(info.value)
 
 
-def test_unusable_ca_bundle_is_a_configuration_error(idp):
-    assert reason_of(idp.well_known_url, ca_bundle="-----BEGIN CERTIFICATE-----\nnope\n") == "InvalidTLSConfiguration"
-    assert idp.requests == []
+def test_unusable_ca_bundle_is_a_configuration_error(okta):
+    assert reason_of(okta.well_known_url, ca_bundle="-----BEGIN CERTIFICATE-----\nnope\n") == "InvalidTLSConfiguration"
+    assert okta.requests == []

@@ -4,7 +4,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.support.idp import HttpsIdP
 from tokenbridge.discovery import DiscoveryError
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge_operator.handlers.identity_provider import (
@@ -22,18 +21,6 @@ def clock(*moments):
 
 def cond(status, type_):
     return next(c for c in status["conditions"] if c["type"] == type_)
-
-
-@pytest.fixture(scope="module")
-def okta():
-    with HttpsIdP("okta") as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _recover(okta):
-    okta.recover()
-    okta.document_overrides.clear()
 
 
 def spec_of(idp, **extra):

@@ -12,7 +12,6 @@ import pytest
 from kubernetes.client import ApiException
 from prometheus_client import REGISTRY
 
-from tests.support.idp import HttpsIdP
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge_operator import main, metrics
 from tokenbridge_operator.config import OperatorConfig
@@ -75,12 +74,6 @@ def app_body(name, **spec):
     return {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication",
             "metadata": {"name": name, "namespace": "team", "uid": f"uid-{name}", "generation": 1},
             "spec": {"credentials": {"secretName": f"{name}-creds"}, **spec}}
-
-
-@pytest.fixture(scope="module")
-def okta():
-    with HttpsIdP("okta") as server:
-        yield server
 
 
 def test_identity_provider_results_are_counted_by_kind(okta, posted):

@@ -7,24 +7,14 @@ import uuid
 
 import pytest
 
-from tests.support.exchange import (Clock, FixedSource, app_object, expect_error, idp_object, make_client, post_form,
+from tests.support.exchange import (FixedSource, app_object, expect_error, idp_object, make_client, post_form,
                                     snapshot_of)
-from tests.support.idp import NOW, IdP
+from tests.support.idp import NOW
 from tokenbridge import api
 from tokenbridge_exchange.replay import CacheFull, ReplayCache, Replayed
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 AUTH = (CLIENT, SECRET)
-
-
-@pytest.fixture(scope="module")
-def idp():
-    return IdP()
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture
