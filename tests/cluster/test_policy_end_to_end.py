@@ -8,16 +8,15 @@ second issuer (an inline-JWKS IdP) into act.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.support.deployment import TOKENBRIDGE, Stack, deployed, http_ok, wait_for
+from tests.support.idp import IdP
 from tokenbridge import api
-from test_end_to_end import Stack, _ok, deployed, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -27,21 +26,17 @@ ROBOTS = "https://robots.policy-e2e.test"
 
 
 @pytest.fixture(scope="module")
-def robot_key():
-    return ec.generate_private_key(ec.SECP256R1())
+def robots() -> IdP:
+    return IdP(ROBOTS, "ES256")
 
 
-def robot_token(key, sub: str = "robot-1") -> str:
-    now = int(time.time())
-    return jwt.encode({"iss": ROBOTS, "sub": sub, "aud": AUDIENCE, "iat": now, "exp": now + 300,
-                       "jti": uuid.uuid4().hex}, key, algorithm="ES256", headers={"kid": "robots-1"})
+def robot_token(robots: IdP, sub: str = "robot-1") -> str:
+    return robots.mint({"sub": sub, "aud": AUDIENCE, "jti": uuid.uuid4().hex})
 
 
 @pytest.fixture(scope="module")
-def stack(control_plane, tmp_path_factory, robot_key):
+def stack(control_plane, tmp_path_factory, robots):
     cp = control_plane
-    robot_jwk = {**json.loads(jwt.get_algorithm_by_name("ES256").to_jwk(robot_key.public_key())),
-                 "kid": "robots-1", "use": "sig"}
     with deployed(cp, tmp_path_factory.mktemp("policy-e2e-logs"), "policy") as s:
         ns = s.ns
         s.apply({"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "cluster-sa"},
@@ -55,7 +50,7 @@ def stack(control_plane, tmp_path_factory, robot_key):
                               "k8s_namespace": "assertion['kubernetes.io'].namespace"},
                           "requireJTI": True, "preventReplay": True}})
         s.apply({"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "robots"},
-                 "spec": {"type": api.IDP_OIDC, "issuer": ROBOTS, "jwks": {"keys": [robot_jwk]},
+                 "spec": {"type": api.IDP_OIDC, "issuer": ROBOTS, "jwks": robots.jwks(),
                           "allowedAudiences": [AUDIENCE], "allowedAlgorithms": ["ES256"],
                           "condition": "assertion.sub.startsWith('robot-')"}})
         s.apply({"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": "web"},
@@ -68,7 +63,7 @@ def stack(control_plane, tmp_path_factory, robot_key):
             cp.kubectl("create", "serviceaccount", sa, "-n", ns)
         for kind, name in ((api.KIND_IDP, "cluster-sa"), (api.KIND_IDP, "robots"), (api.KIND_APP, "web")):
             wait_for(lambda: s.ready(kind, name), 60, f"{kind} {name} Ready")
-        wait_for(lambda: _ok(f"{s.base}/readyz"), 60, "server ready")
+        wait_for(lambda: http_ok(f"{s.base}/readyz"), 60, "server ready")
         creds = s.credentials("web-credentials")
         # the server picks the application up from the watch shortly after the operator published it
         wait_for(lambda: s.exchange(creds, s.sa_token("alice", AUDIENCE), scope="read").status_code == 200, 10,
@@ -148,14 +143,14 @@ def test_explain_via_the_endpoint(stack):
     assert refused["steps"][-1]["result"] == "fail"
 
 
-def test_delegation_with_an_actor_from_a_second_issuer(stack, robot_key):
-    actor = robot_token(robot_key)
+def test_delegation_with_an_actor_from_a_second_issuer(stack, robots):
+    actor = robot_token(robots)
     issued = claims(exchange(stack, stack.sa_token("alice", AUDIENCE), scope="read", actor_token=actor,
                              actor_token_type=api.TOKEN_TYPE_JWT))
     assert issued["sub"] == f"k8s:{stack.ns}:alice"
     assert issued["act"] == {"sub": "robot-1", "iss": ROBOTS}
     refused = exchange(stack, stack.sa_token("alice", AUDIENCE), scope="read",
-                       actor_token=robot_token(robot_key, sub="human"), actor_token_type=api.TOKEN_TYPE_JWT)
+                       actor_token=robot_token(robots, sub="human"), actor_token_type=api.TOKEN_TYPE_JWT)
     assert refused.status_code == 400
     assert refused.json()["error_description"] == \
         f"the condition of identity provider {stack.ns}/robots refused the request"
@@ -164,8 +159,6 @@ def test_delegation_with_an_actor_from_a_second_issuer(stack, robot_key):
 def test_explain_cli_against_the_cluster(stack):
     """``tokenbridge explain --kubeconfig``: the server's pipeline in-process on what the operator reconciled."""
     import subprocess
-
-    from test_end_to_end import TOKENBRIDGE
 
     def explain(sa: str) -> subprocess.CompletedProcess:
         return subprocess.run([TOKENBRIDGE, "explain", "--kubeconfig", str(stack.cp.kubeconfig), "--app", "web",

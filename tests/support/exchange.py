@@ -8,7 +8,7 @@ from typing import Any
 import falcon.testing
 import jwt
 
-from tests.support.idp import NOW
+from tests.support.idp import NOW, IdP
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import generate_keyset
@@ -44,6 +44,23 @@ def app_object(name: str, client_id: str, secret: str, *, namespace: str = "team
     return {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": name, "namespace": namespace},
             "spec": spec,
             "status": {"clientID": client_id, "clientSecretHash": hash_client_secret(secret), **(status or {})}}
+
+
+def standalone_documents(idp: IdP, *, apps: int = 2, scopes=("read",), secret: str = "pw") -> list[dict]:
+    """A standalone manifests file: IdP ``apps/corp`` with ``idp``'s JWKS inline, and ``apps`` applications with
+    their credentials Secrets (``client-<n>`` / ``secret``)."""
+    docs: list[dict] = [
+        {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "corp", "namespace": "apps"},
+         "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]}}]
+    for n in range(apps):
+        docs += [
+            {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": f"app-{n}", "namespace": "apps"},
+             "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE], "identityProviders": [{"name": "corp"}],
+                      "audiences": ["https://api.example.test"], "scopes": list(scopes),
+                      "credentials": {"secretName": f"app-{n}-credentials"}}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"app-{n}-credentials", "namespace": "apps"},
+             "stringData": {"client_id": f"client-{n}", "client_secret": secret}}]
+    return docs
 
 
 class FixedSource:

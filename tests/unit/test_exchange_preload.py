@@ -14,8 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.exchange import basic
-from tests.support.idp import IdP
+from tests.support.exchange import basic, standalone_documents
 from tests.support.processes import free_port, stop_group
 from tokenbridge import api
 from tokenbridge.signing import generate_keyset
@@ -30,21 +29,6 @@ from tokenbridge_exchange.telemetry import Telemetry
 
 def never_discover(spec):
     raise AssertionError("no discovery expected")
-
-
-def documents(idp: IdP, *, apps: int = 2, scopes=("read",), secret: str = "pw") -> list[dict]:
-    docs: list[dict] = [
-        {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "corp", "namespace": "apps"},
-         "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]}}]
-    for n in range(apps):
-        docs += [
-            {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": f"app-{n}", "namespace": "apps"},
-             "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE], "identityProviders": [{"name": "corp"}],
-                      "audiences": ["https://api.example.test"], "scopes": list(scopes),
-                      "credentials": {"secretName": f"app-{n}-credentials"}}},
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"app-{n}-credentials", "namespace": "apps"},
-             "stringData": {"client_id": f"client-{n}", "client_secret": secret}}]
-    return docs
 
 
 def replace_file(path: Path, text: str) -> None:
@@ -68,7 +52,7 @@ def counting():
 
 
 def test_preloaded_source_hands_its_snapshot_to_the_worker_without_reparsing(tmp_path, idp, counting, monkeypatch):
-    (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(documents(idp)))
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(standalone_documents(idp)))
     monkeypatch.setattr(manifests_module, "ManifestSource", counting)
     config = ServerConfig(issuer="http://tb.test", manifests=str(tmp_path), manifests_poll_interval=0.05,
                           replay_cache_path=str(tmp_path / "replay.sqlite3"))
@@ -90,7 +74,7 @@ def test_preloaded_source_hands_its_snapshot_to_the_worker_without_reparsing(tmp
         assert client.simulate_get("/readyz").json["applications"] == 2
 
         # the worker's poll thread still serves a changed file within the poll interval
-        replace_file(tmp_path / "m.yaml", yaml.safe_dump_all(documents(idp, apps=3)))
+        replace_file(tmp_path / "m.yaml", yaml.safe_dump_all(standalone_documents(idp, apps=3)))
         deadline = time.monotonic() + 5
         while client.simulate_get("/readyz").json["applications"] != 3:
             assert time.monotonic() < deadline, "the changed manifests were not served"
@@ -107,13 +91,13 @@ def test_preloaded_source_hands_its_snapshot_to_the_worker_without_reparsing(tmp
 
 def test_master_reloads_a_changed_file_before_forking_a_worker(tmp_path, idp):
     path = tmp_path / "m.yaml"
-    path.write_text(yaml.safe_dump_all(documents(idp)))
+    path.write_text(yaml.safe_dump_all(standalone_documents(idp)))
     config = ServerConfig(issuer="http://tb.test", manifests=str(tmp_path))
     telemetry = Telemetry()
     source = gunicorn_app.preload_source(config, generate_keyset("ES256", time.time()), telemetry)
     server = gunicorn_app.Server(config, None, None, source=source, telemetry=telemetry)
     first = source.current()
-    replace_file(path, yaml.safe_dump_all(documents(idp, apps=1)))
+    replace_file(path, yaml.safe_dump_all(standalone_documents(idp, apps=1)))
     server.before_fork()  # a respawned worker must not start from the older configuration
     assert source.current() is not first and len(source.current().applications) == 1
     replace_file(path, "kind: [unclosed\n")
@@ -129,7 +113,7 @@ def test_a_bad_file_at_start_preloads_nothing_and_the_worker_polls_for_a_good_on
     assert source.preload() is False and source.current() is None
     source.start()  # no second attempt at the same file: the poll thread waits for a change
     try:
-        replace_file(path, yaml.safe_dump_all(documents(idp)))
+        replace_file(path, yaml.safe_dump_all(standalone_documents(idp)))
         deadline = time.monotonic() + 5
         while source.current() is None:
             assert time.monotonic() < deadline
@@ -141,7 +125,7 @@ def test_a_bad_file_at_start_preloads_nothing_and_the_worker_polls_for_a_good_on
 # --- .json manifests --------------------------------------------------------------------------------------------
 
 def test_json_list_and_single_object_load_as_json(tmp_path, idp):
-    docs = documents(idp, apps=2)
+    docs = standalone_documents(idp, apps=2)
     (tmp_path / "list.json").write_text(json.dumps({"kind": "List", "apiVersion": "v1", "items": docs[:3]}))
     (tmp_path / "single.json").write_text(json.dumps(docs[3]))  # app-1
     (tmp_path / "secret.json").write_text(json.dumps(docs[4]))
@@ -191,12 +175,12 @@ def test_json_file_reads_as_json_loads_reads_it(tmp_path, text, encoding):
 
 def test_a_bad_json_file_keeps_the_last_good_snapshot(tmp_path, idp):
     path = tmp_path / "m.json"
-    path.write_text(json.dumps({"kind": "List", "items": documents(idp)}))
+    path.write_text(json.dumps({"kind": "List", "items": standalone_documents(idp)}))
     source = ManifestSource(tmp_path, JwksCache(never_discover), never_discover,
                             signing_keys=generate_keyset("ES256", time.time()))
     assert source.reload_if_changed()
     good = source.current()
-    for bad in ('{"kind": "List", "items": [', json.dumps({"kind": "List", "items": documents(idp)})[:-1] + ",]}",
+    for bad in ('{"kind": "List", "items": [', json.dumps({"kind": "List", "items": standalone_documents(idp)})[:-1] + ",]}",
                 '{"kind": "List", "items": [{"a": NaN}]}'):
         replace_file(path, bad)
         assert not source.reload_if_changed()
@@ -206,7 +190,7 @@ def test_a_bad_json_file_keeps_the_last_good_snapshot(tmp_path, idp):
 # --- shared values ---------------------------------------------------------------------------------------------
 
 def test_equal_values_are_one_object_across_applications(tmp_path, idp):
-    (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(documents(idp, apps=3, scopes=("read", "write"))))
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(standalone_documents(idp, apps=3, scopes=("read", "write"))))
     snapshot = ManifestSource(tmp_path, JwksCache(never_discover), never_discover,
                               signing_keys=generate_keyset("ES256", time.time())).load()
     a, b, c = (snapshot.applications[f"client-{n}"] for n in range(3))
@@ -250,7 +234,7 @@ def test_worker_class_flag_env_and_settings(tmp_path, capsys):
 def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp, worker_class):
     manifests = tmp_path / "config"
     manifests.mkdir()
-    (manifests / "m.json").write_text(json.dumps({"kind": "List", "items": documents(idp)}))
+    (manifests / "m.json").write_text(json.dumps({"kind": "List", "items": standalone_documents(idp)}))
     port = free_port()
     log_path = tmp_path / "server.log"
     base = f"http://127.0.0.1:{port}"
@@ -287,7 +271,7 @@ def test_serve_loads_once_in_the_master_and_each_worker_reloads(tmp_path, idp, w
             "subject_token": idp.token(aud="api://tb", iat=int(time.time()), exp=int(time.time()) + 300)})
         assert token.status_code == 200, token.text
 
-        replace_file(manifests / "m.json", json.dumps({"kind": "List", "items": documents(idp, apps=3)}))
+        replace_file(manifests / "m.json", json.dumps({"kind": "List", "items": standalone_documents(idp, apps=3)}))
         assert len(workers_answering(3)) == 2  # each worker's poll thread reloads
         assert len(re.findall(r"loaded 3 applications", log_path.read_text())) == 2
     finally:
@@ -300,7 +284,7 @@ def test_a_reload_lets_a_gevent_workers_requests_run_between_documents(tmp_path,
     """In a gevent worker (one OS thread) a CPU-bound reload would hold every request until done: the reload
     pauses every 64 documents (and every 64 applications while building), and whatever waits runs then."""
     manifests = tmp_path / "m.yaml"
-    manifests.write_text(yaml.safe_dump_all(documents(idp, apps=400)))
+    manifests.write_text(yaml.safe_dump_all(standalone_documents(idp, apps=400)))
     code = """
 from gevent import monkey; monkey.patch_all()
 import sys, time, gevent

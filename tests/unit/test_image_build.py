@@ -1,28 +1,9 @@
 """The image's build step without a container engine: exactly what the Dockerfile COPYs, installed with a plain
 (non-editable) `pip install .`, must give both entrypoints. This is what `docker build` would run."""
-import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def copy_build_context(context: Path) -> list[str]:
-    """Copy what the Dockerfile's build stage COPYs from the repository into ``context``; returns those sources."""
-    dockerfile = (REPO / "Dockerfile").read_text()
-    context.mkdir()
-    copied = re.findall(r"^COPY (?!--from)(\S+(?: \S+)*) \S+$", dockerfile, re.MULTILINE)
-    sources = [s for line in copied for s in line.split()]
-    for source in sources:
-        src = REPO / source
-        if src.is_dir():
-            shutil.copytree(src, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc",
-                                                                                 "*.egg-info"))
-        else:
-            shutil.copy2(src, context / source)
-    return sources
+from tests.support.dockerfile import copy_build_context
 
 
 def test_dockerfile_build_context_installs_both_entrypoints(tmp_path):

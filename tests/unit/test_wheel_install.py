@@ -19,12 +19,11 @@ import jwt
 import pytest
 import yaml
 
-from tests.support.exchange import basic
+from tests.support.dockerfile import copy_build_context
+from tests.support.exchange import basic, standalone_documents
 from tests.support.idp import IdP
 from tests.support.processes import free_port, stop_group
 from tokenbridge import api
-from test_exchange_preload import documents
-from test_image_build import copy_build_context
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTRAINTS = "constraints.txt"
@@ -100,7 +99,7 @@ def test_installed_wheel_serves_a_token_exchange_with_the_default_worker_class(v
     idp = IdP()
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    (manifests / "config.yaml").write_text(yaml.safe_dump_all(documents(idp, apps=1)))
+    (manifests / "config.yaml").write_text(yaml.safe_dump_all(standalone_documents(idp, apps=1)))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
