@@ -1,5 +1,6 @@
 """A local OpenID provider over HTTPS for bench/kid_storm.py: discovery and JWKS only, one RS256 key, every request
 path recorded so JWKS fetches are counted where they arrive (the bench's own, not the tests' IdP)."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ class HttpsIdP:
         self.paths: list[str] = []  # of every request received, in order
         self._server: ThreadingHTTPServer | None = None
 
-    def start(self) -> "HttpsIdP":
+    def start(self) -> HttpsIdP:
         idp = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,9 +63,14 @@ class HttpsIdP:
         return self.issuer + "/.well-known/openid-configuration"
 
     def document(self) -> dict[str, Any]:
-        return {"issuer": self.issuer, "jwks_uri": self.issuer + "/keys", "token_endpoint": self.issuer + "/token",
-                "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["RS256"]}
+        return {
+            "issuer": self.issuer,
+            "jwks_uri": self.issuer + "/keys",
+            "token_endpoint": self.issuer + "/token",
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }
 
     def jwks(self) -> dict[str, Any]:
         jwk = json.loads(jwt.get_algorithm_by_name("RS256").to_jwk(self.key.public_key()))
@@ -76,5 +82,9 @@ class HttpsIdP:
     def mint(self, claims: dict[str, Any], *, kid: str | None = None, lifetime: int = 900) -> str:
         """A token signed with the IdP's key; ``kid`` another than the published one makes an unknown-kid token."""
         now = int(time.time())
-        return jwt.encode({"iss": self.issuer, "iat": now, "nbf": now, "exp": now + lifetime, **claims}, self.key,
-                          algorithm="RS256", headers={"kid": kid or self.kid})
+        return jwt.encode(
+            {"iss": self.issuer, "iat": now, "nbf": now, "exp": now + lifetime, **claims},
+            self.key,
+            algorithm="RS256",
+            headers={"kid": kid or self.kid},
+        )
