@@ -8,6 +8,7 @@ Subject tokens are RS256 (2048-bit keys), as most enterprise IdPs issue them. RS
 of setting up, so large configurations (the scale benchmark) draw key material from a pool of ``distinct_keys``
 keys: every IdP still has its own issuer, kid and JWKS document, parsed on its own at load.
 """
+
 from __future__ import annotations
 
 import base64
@@ -82,8 +83,16 @@ def basic_auth(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
 
 
-def generate(directory: str | Path, n_idps: int = 100, n_apps: int = 1000, *, distinct_keys: int | None = None,
-             seed: int = 7, json_directory: str | Path | None = None, write_yaml: bool = True) -> Config:
+def generate(
+    directory: str | Path,
+    n_idps: int = 100,
+    n_apps: int = 1000,
+    *,
+    distinct_keys: int | None = None,
+    seed: int = 7,
+    json_directory: str | Path | None = None,
+    write_yaml: bool = True,
+) -> Config:
     """Write ``directory/manifests.yaml`` (IdPs, applications, Secrets; unless not ``write_yaml``) and return what
     it holds; with ``json_directory``, also the same documents as one JSON ``kind: List`` in
     ``json_directory/manifests.json``."""
@@ -97,32 +106,56 @@ def generate(directory: str | Path, n_idps: int = 100, n_apps: int = 1000, *, di
     docs: list[dict[str, Any]] = []
     for i in range(n_idps):
         ns = f"team-{i % namespaces}"
-        idp = IdP(ns, f"idp-{i}", f"https://idp-{i}.bench.example/oauth2/default", f"idp-{i}-key-1",
-                  pool[i % len(pool)])
+        idp = IdP(
+            ns, f"idp-{i}", f"https://idp-{i}.bench.example/oauth2/default", f"idp-{i}-key-1", pool[i % len(pool)]
+        )
         config.idps.append(idp)
         by_namespace.setdefault(ns, []).append(i)
-        docs.append({"apiVersion": api.API_VERSION, "kind": api.KIND_IDP,
-                     "metadata": {"name": idp.name, "namespace": ns},
-                     "spec": {"type": api.IDP_OIDC, "issuer": idp.issuer,
-                              "jwks": {"keys": [public_jwk(idp.key, idp.kid)]},
-                              "allowedAudiences": [SUBJECT_AUDIENCE, f"api://{idp.name}"],
-                              "allowedAlgorithms": ["RS256"], "clockSkew": "30s"}})
+        docs.append(
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND_IDP,
+                "metadata": {"name": idp.name, "namespace": ns},
+                "spec": {
+                    "type": api.IDP_OIDC,
+                    "issuer": idp.issuer,
+                    "jwks": {"keys": [public_jwk(idp.key, idp.kid)]},
+                    "allowedAudiences": [SUBJECT_AUDIENCE, f"api://{idp.name}"],
+                    "allowedAlgorithms": ["RS256"],
+                    "clockSkew": "30s",
+                },
+            }
+        )
     for j in range(n_apps):
         ns = f"team-{j % namespaces}"
         candidates = by_namespace[ns]
         chosen = rng.sample(candidates, min(IDPS_PER_APP, len(candidates)))
         app = App(ns, f"app-{j}", f"app-{j}", secrets.token_urlsafe(32), chosen, f"api://service-{j % 50}")
         config.apps.append(app)
-        docs.append({"apiVersion": api.API_VERSION, "kind": api.KIND_APP,
-                     "metadata": {"name": app.name, "namespace": ns},
-                     "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE, api.GRANT_JWT_BEARER],
-                              "identityProviders": [{"name": config.idps[k].name} for k in chosen],
-                              "audiences": [app.audience, f"api://service-{(j + 1) % 50}"],
-                              "scopes": list(SCOPES), "accessTokenLifetime": "15m",
-                              "credentials": {"secretName": f"{app.name}-credentials"}}})
-        docs.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                     "metadata": {"name": f"{app.name}-credentials", "namespace": ns},
-                     "stringData": {"client_id": app.client_id, "client_secret": app.client_secret}})
+        docs.append(
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND_APP,
+                "metadata": {"name": app.name, "namespace": ns},
+                "spec": {
+                    "grantTypes": [api.GRANT_TOKEN_EXCHANGE, api.GRANT_JWT_BEARER],
+                    "identityProviders": [{"name": config.idps[k].name} for k in chosen],
+                    "audiences": [app.audience, f"api://service-{(j + 1) % 50}"],
+                    "scopes": list(SCOPES),
+                    "accessTokenLifetime": "15m",
+                    "credentials": {"secretName": f"{app.name}-credentials"},
+                },
+            }
+        )
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {"name": f"{app.name}-credentials", "namespace": ns},
+                "stringData": {"client_id": app.client_id, "client_secret": app.client_secret},
+            }
+        )
     if write_yaml:
         with open(config.manifest_path, "w") as f:
             yaml.dump_all(docs, f, Dumper=_Dumper, sort_keys=False)
@@ -133,19 +166,40 @@ def generate(directory: str | Path, n_idps: int = 100, n_apps: int = 1000, *, di
     return config
 
 
-def subject_token(idp: IdP, subject: str, audience: str = SUBJECT_AUDIENCE, *, now: float | None = None,
-                  jti: bool = True, ttl: float = TOKEN_TTL) -> str:
+def subject_token(
+    idp: IdP,
+    subject: str,
+    audience: str = SUBJECT_AUDIENCE,
+    *,
+    now: float | None = None,
+    jti: bool = True,
+    ttl: float = TOKEN_TTL,
+) -> str:
     now = time.time() if now is None else now
-    claims: dict[str, Any] = {"iss": idp.issuer, "sub": subject, "aud": audience, "iat": int(now),
-                              "nbf": int(now), "exp": int(now + ttl), "email": f"{subject}@bench.example"}
+    claims: dict[str, Any] = {
+        "iss": idp.issuer,
+        "sub": subject,
+        "aud": audience,
+        "iat": int(now),
+        "nbf": int(now),
+        "exp": int(now + ttl),
+        "email": f"{subject}@bench.example",
+    }
     if jti:
         claims["jti"] = uuid.uuid4().hex
     return jwt.encode(claims, idp.key, algorithm="RS256", headers={"kid": idp.kid, "typ": "JWT"})
 
 
 def exchange_body(token: str, audience: str, scope: str = "read") -> str:
-    return urlencode({"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
-                      "subject_token_type": api.TOKEN_TYPE_JWT, "audience": audience, "scope": scope})
+    return urlencode(
+        {
+            "grant_type": api.GRANT_TOKEN_EXCHANGE,
+            "subject_token": token,
+            "subject_token_type": api.TOKEN_TYPE_JWT,
+            "audience": audience,
+            "scope": scope,
+        }
+    )
 
 
 def request_pool(config: Config, size: int = 500, seed: int = 11) -> list[tuple[str, str]]:

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: free ports, the machine's description, a quiet machine to measure on, stopping
 the servers they start, percentiles, Markdown tables."""
+
 from __future__ import annotations
 
 import os
@@ -43,6 +44,13 @@ def wait_for_quiet_machine(limit: float = 600.0) -> tuple[float, bool]:
         time.sleep(30)
 
 
+def waited_note(waited: float, busy: bool) -> str:
+    """What the wait for a quiet machine came to, for a report's introduction."""
+    if busy:
+        return f" bench/run.py was still running after {waited:.0f} s of waiting: measured alongside it."
+    return f" Waited {waited:.0f} s for bench/run.py to finish." if waited > 1 else ""
+
+
 def stop(proc: subprocess.Popen, *, group: bool = False, grace: float = 15.0) -> None:
     """SIGTERM (to its whole process group with ``group``: a server started in a new session), then SIGKILL after
     ``grace`` seconds."""
@@ -69,5 +77,9 @@ def table(header: list[str], rows: list[list]) -> list[str]:
     """A Markdown table and the blank line after it; nothing without rows."""
     if not rows:
         return []
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-            *["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows], ""]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows],
+        "",
+    ]

@@ -3,9 +3,9 @@
     .venv/bin/python bench/kid_storm.py [--baseline 15] [--storm 40] [--storm-threads 4] [--good-rate 40]
                                         [--out bench/results/kid_storm.md]
 
-A standalone ``tokenbridge serve --manifests`` (2 workers of the default class, as shipped) with one IdP discovered from a local
-HTTPS IdP (bench/https_idp.py, which records every request it gets, so every JWKS fetch is counted at the source)
-and one application. Two phases, loopback only:
+A standalone ``tokenbridge serve --manifests`` (2 workers of the default class, as shipped) with one IdP discovered
+from a local HTTPS IdP (bench/https_idp.py, which records every request it gets, so every JWKS fetch is counted at the
+source) and one application. Two phases, loopback only:
 
   baseline  good tokens only, paced at ``--good-rate``/s from one thread (keep-alive), latency per request;
   storm     the same good tokens, plus ``--storm-threads`` threads sending, as fast as they can, tokens that are
@@ -18,6 +18,7 @@ server's own ``tokenbridge_jwks_*`` counters and the good tokens' latency in bot
 
 Waits (up to 10 minutes) while ``bench/run.py`` is running, so the numbers are not taken under another load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,11 @@ from pathlib import Path
 
 import httpx
 import yaml
+from harness import free_port, machine, percentile, stop, wait_for_quiet_machine, waited_note
+from https_idp import HttpsIdP
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenbridge_exchange.config import ServerConfig
-
-from harness import free_port, machine, percentile, stop, wait_for_quiet_machine
-from https_idp import HttpsIdP
 
 BENCH = Path(__file__).resolve().parent
 
@@ -68,8 +68,16 @@ class Phase:
 
 
 def post(client: httpx.Client, url: str, auth: str, token: str) -> httpx.Response:
-    return client.post(url, data={"grant_type": GRANT, "subject_token": token, "subject_token_type": JWT_TYPE,
-                                  "audience": "https://api.kid-storm.test"}, headers={"Authorization": auth})
+    return client.post(
+        url,
+        data={
+            "grant_type": GRANT,
+            "subject_token": token,
+            "subject_token_type": JWT_TYPE,
+            "audience": "https://api.kid-storm.test",
+        },
+        headers={"Authorization": auth},
+    )
 
 
 def good_loop(url: str, auth: str, tokens: list[str], rate: float, until: float, phase: Phase) -> None:
@@ -87,8 +95,9 @@ def good_loop(url: str, auth: str, tokens: list[str], rate: float, until: float,
             time.sleep(max(0.0, due - time.monotonic()))
 
 
-def storm_loop(url: str, auth: str, tokens: list[str], offset: int, until: float, phase: Phase,
-               lock: threading.Lock) -> None:
+def storm_loop(
+    url: str, auth: str, tokens: list[str], offset: int, until: float, phase: Phase, lock: threading.Lock
+) -> None:
     i = offset
     with httpx.Client(timeout=10) as client:
         while time.monotonic() < until:
@@ -127,26 +136,55 @@ def main(argv: list[str] | None = None) -> int:
     idp = HttpsIdP().start()
     client_id, client_secret = "storm-client", secrets.token_urlsafe(32)
     docs = [
-        {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider",
-         "metadata": {"name": "corp", "namespace": "storm"},
-         "spec": {"type": "OIDC", "wellKnownURL": idp.well_known_url, "tls": {"caBundle": idp.ca_pem},
-                  "allowedAudiences": [AUDIENCE]}},
-        {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication",
-         "metadata": {"name": "web", "namespace": "storm"},
-         "spec": {"grantTypes": [GRANT], "identityProviders": [{"name": "corp"}],
-                  "audiences": ["https://api.kid-storm.test"], "credentials": {"secretName": "web-credentials"}}},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-credentials", "namespace": "storm"},
-         "stringData": {"client_id": client_id, "client_secret": client_secret}},
+        {
+            "apiVersion": "tokenbridge.dev/v1alpha1",
+            "kind": "IdentityProvider",
+            "metadata": {"name": "corp", "namespace": "storm"},
+            "spec": {
+                "type": "OIDC",
+                "wellKnownURL": idp.well_known_url,
+                "tls": {"caBundle": idp.ca_pem},
+                "allowedAudiences": [AUDIENCE],
+            },
+        },
+        {
+            "apiVersion": "tokenbridge.dev/v1alpha1",
+            "kind": "OAuthApplication",
+            "metadata": {"name": "web", "namespace": "storm"},
+            "spec": {
+                "grantTypes": [GRANT],
+                "identityProviders": [{"name": "corp"}],
+                "audiences": ["https://api.kid-storm.test"],
+                "credentials": {"secretName": "web-credentials"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "web-credentials", "namespace": "storm"},
+            "stringData": {"client_id": client_id, "client_secret": client_secret},
+        },
     ]
     (workdir / "manifests.yaml").write_text(yaml.safe_dump_all(docs))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = (workdir / "server.log").open("wb")
     server = subprocess.Popen(
-        [TOKENBRIDGE, "serve", "--manifests", str(workdir / "manifests.yaml"), "--bind", f"127.0.0.1:{port}",
-         "--workers", str(WORKERS)],
+        [
+            TOKENBRIDGE,
+            "serve",
+            "--manifests",
+            str(workdir / "manifests.yaml"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(WORKERS),
+        ],
         env={**os.environ, "TOKENBRIDGE_PUBLIC_ISSUER": base, "TOKENBRIDGE_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128"},
-        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         url, auth = base + "/oauth2/token", basic(client_id, client_secret)
@@ -154,11 +192,20 @@ def main(argv: list[str] | None = None) -> int:
         while True:  # both workers answer a good token
             assert server.poll() is None and time.monotonic() < deadline, (workdir / "server.log").read_text()[-3000:]
             try:
-                if all(httpx.post(url, data={"grant_type": GRANT, "subject_token": good_tokens[0],
-                                             "subject_token_type": JWT_TYPE,
-                                             "audience": "https://api.kid-storm.test"},
-                                  headers={"Authorization": auth, "Connection": "close"}).status_code == 200
-                       for _ in range(4)):
+                if all(
+                    httpx.post(
+                        url,
+                        data={
+                            "grant_type": GRANT,
+                            "subject_token": good_tokens[0],
+                            "subject_token_type": JWT_TYPE,
+                            "audience": "https://api.kid-storm.test",
+                        },
+                        headers={"Authorization": auth, "Connection": "close"},
+                    ).status_code
+                    == 200
+                    for _ in range(4)
+                ):
                     break
             except httpx.TransportError:
                 pass
@@ -172,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         storm_good, storm_bad, lock = Phase(), Phase(), threading.Lock()
         started = time.monotonic()
         until = started + args.storm
-        threads = [threading.Thread(target=storm_loop, args=(url, auth, storm_tokens, i, until, storm_bad, lock))
-                   for i in range(args.storm_threads)]
+        threads = [
+            threading.Thread(target=storm_loop, args=(url, auth, storm_tokens, i, until, storm_bad, lock))
+            for i in range(args.storm_threads)
+        ]
         for t in threads:
             t.start()
         good_loop(url, auth, good_tokens, args.good_rate, until, storm_good)
@@ -188,14 +237,19 @@ def main(argv: list[str] | None = None) -> int:
 
     bound = WORKERS * (elapsed / COOLDOWN + 1) + 1
     forged = sum(storm_bad.statuses.values())
-    delta = {k: metrics_after.get(k, 0.0) - metrics_before.get(k, 0.0) for k in sorted(metrics_after)
-             if "total" in k and metrics_after.get(k, 0.0) != metrics_before.get(k, 0.0)}
+    delta = {
+        k: metrics_after.get(k, 0.0) - metrics_before.get(k, 0.0)
+        for k in sorted(metrics_after)
+        if "total" in k and metrics_after.get(k, 0.0) != metrics_before.get(k, 0.0)
+    }
 
     def row(name: str, phase: Phase, seconds: float) -> str:
         lat = [x * 1000 for x in phase.latencies]
-        return (f"| {name} | {len(lat)} | {len(lat) / seconds:.1f} | {percentile(lat, 50):.2f} | "
-                f"{percentile(lat, 90):.2f} | {percentile(lat, 99):.2f} | {max(lat) if lat else float('nan'):.2f} | "
-                f"{', '.join(f'{k}: {v}' for k, v in sorted(phase.statuses.items()))} |")
+        return (
+            f"| {name} | {len(lat)} | {len(lat) / seconds:.1f} | {percentile(lat, 50):.2f} | "
+            f"{percentile(lat, 90):.2f} | {percentile(lat, 99):.2f} | {max(lat) if lat else float('nan'):.2f} | "
+            f"{', '.join(f'{k}: {v}' for k, v in sorted(phase.statuses.items()))} |"
+        )
 
     def ratio(q: float) -> str:
         a, b = percentile(baseline.latencies, q) * 1000, percentile(storm_good.latencies, q) * 1000
@@ -205,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     good_ok = storm_good.statuses.get("200", 0) == sum(storm_good.statuses.values())
     text = f"""# Unknown-kid storm
 
-`bench/kid_storm.py` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}.
-`tokenbridge serve --manifests` with {WORKERS} {WORKER_CLASS} workers (the default); one IdentityProvider discovered from a local HTTPS
-IdP (RS256, bench/https_idp.py), one application. Load generator: Python threads (httpx, keep-alive) in the same
-machine, so the generator competes with the server for the 2 cores.{f' bench/run.py was still running after {waited:.0f} s of waiting: measured alongside it.' if busy else f' Waited {waited:.0f} s for bench/run.py to finish.' if waited > 1 else ''}
+`bench/kid_storm.py` — {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; {machine()}.
+`tokenbridge serve --manifests` with {WORKERS} {WORKER_CLASS} workers (the default); one IdentityProvider discovered
+from a local HTTPS IdP (RS256, bench/https_idp.py), one application. Load generator: Python threads (httpx,
+keep-alive) in the same machine, so the generator competes with the server for the 2 cores.{waited_note(waited, busy)}
 
 ## JWKS fetches during the storm
 
@@ -216,11 +270,11 @@ machine, so the generator competes with the server for the 2 cores.{f' bench/run
 | --- | --- | --- | --- | --- | --- |
 | {elapsed:.1f} s, {args.storm_threads} threads | {forged} | {forged / elapsed:.0f} | **{fetches}** | {bound:.1f} (cooldown {COOLDOWN:.0f} s) | {verdict} the bound |
 
-Answers to forged kids: {', '.join(f'{k}: {v}' for k, v in sorted(storm_bad.statuses.items()))}.
+Answers to forged kids: {", ".join(f"{k}: {v}" for k, v in sorted(storm_bad.statuses.items()))}.
 
 Server counters over the storm (summed over workers):
 
-{chr(10).join(f'- `{k}`: +{v:.0f}' for k, v in delta.items()) or '- (no change)'}
+{chr(10).join(f"- `{k}`: +{v:.0f}" for k, v in delta.items()) or "- (no change)"}
 
 ## Good tokens meanwhile
 
@@ -228,10 +282,10 @@ Paced at {args.good_rate:.0f}/s from one thread; latency from send to response, 
 
 | phase | requests | req/s | p50 | p90 | p99 | max | answers |
 | --- | --- | --- | --- | --- | --- | --- | --- |
-{row('baseline (good only)', baseline, args.baseline)}
-{row('during the storm', storm_good, elapsed)}
+{row("baseline (good only)", baseline, args.baseline)}
+{row("during the storm", storm_good, elapsed)}
 
-Every good token during the storm accepted: {'yes' if good_ok else '**no**'}. Good-token p50 {ratio(50)}, p99
+Every good token during the storm accepted: {"yes" if good_ok else "**no**"}. Good-token p50 {ratio(50)}, p99
 {ratio(99)} (storm vs baseline). The forged tokens are refused without waiting for a fetch (the `cooldown` counter
 above), so what good tokens pay during the storm is sharing the 2 cores with the forged requests and with the
 generator's own threads.

@@ -17,6 +17,7 @@ the PATCH is sent. Reported per change:
 
 Everything is stopped at the end (control plane included). Waits (up to 10 minutes) while ``bench/run.py`` runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,8 @@ from pathlib import Path
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
+from harness import free_port, machine, percentile, stop, wait_for_quiet_machine, waited_note
 
-from harness import free_port, machine, percentile, stop, wait_for_quiet_machine
 from tokenbridge_exchange.config import ServerConfig
 
 BENCH = Path(__file__).resolve().parent
@@ -64,8 +65,14 @@ class ControlPlane:
         self.dir = directory
 
     def start(self) -> None:
-        out = subprocess.run([*CONTROL_PLANE, "up", "--dir", str(self.dir)], cwd=BENCH.parent, check=True,
-                             capture_output=True, text=True, timeout=900).stdout
+        out = subprocess.run(
+            [*CONTROL_PLANE, "up", "--dir", str(self.dir)],
+            cwd=BENCH.parent,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        ).stdout
         self.kubeconfig = Path(re.search(r"export KUBECONFIG=(\S+)", out).group(1))
         self.kubectl_binary = re.search(r"kubectl: (\S+)", out).group(1)
         config = json.loads(self.kubeconfig.read_text())
@@ -75,13 +82,26 @@ class ControlPlane:
         self.ssl.load_cert_chain(user["client-certificate"], user["client-key"])
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([self.kubectl_binary, "--kubeconfig", str(self.kubeconfig), "--cache-dir",
-                               str(self.dir / "kubectl-cache"), *args], input=input, capture_output=True, text=True,
-                              timeout=120, check=check)
+        return subprocess.run(
+            [
+                self.kubectl_binary,
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--cache-dir",
+                str(self.dir / "kubectl-cache"),
+                *args,
+            ],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=check,
+        )
 
     def stop(self) -> None:
-        subprocess.run([*CONTROL_PLANE, "down", "--dir", str(self.dir)], cwd=BENCH.parent, capture_output=True,
-                       timeout=120)
+        subprocess.run(
+            [*CONTROL_PLANE, "down", "--dir", str(self.dir)], cwd=BENCH.parent, capture_output=True, timeout=120
+        )
 
 
 def wait(predicate, timeout: float, what: str) -> None:
@@ -93,8 +113,13 @@ def wait(predicate, timeout: float, what: str) -> None:
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([TOKENBRIDGE, *args], env={**os.environ, **env}, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [TOKENBRIDGE, *args],
+        env={**os.environ, **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,24 +142,60 @@ def main(argv: list[str] | None = None) -> int:
         cp.kubectl("create", "namespace", ns)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        env = {"KUBECONFIG": str(cp.kubeconfig), "TOKENBRIDGE_PUBLIC_ISSUER": base,
-               "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns, "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys",
-               "TOKENBRIDGE_METRICS_PORT": "0"}
-        procs.append(spawn(["operator", "--kubeconfig", str(cp.kubeconfig), "--namespace", ns], env,
-                           workdir / "operator.log"))
-        procs.append(spawn(["serve", "--kubernetes", "--kubeconfig", str(cp.kubeconfig), "--bind",
-                            f"127.0.0.1:{port}", "--workers", "2"], env, workdir / "server.log"))
+        env = {
+            "KUBECONFIG": str(cp.kubeconfig),
+            "TOKENBRIDGE_PUBLIC_ISSUER": base,
+            "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns,
+            "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys",
+            "TOKENBRIDGE_METRICS_PORT": "0",
+        }
+        procs.append(
+            spawn(["operator", "--kubeconfig", str(cp.kubeconfig), "--namespace", ns], env, workdir / "operator.log")
+        )
+        procs.append(
+            spawn(
+                [
+                    "serve",
+                    "--kubernetes",
+                    "--kubeconfig",
+                    str(cp.kubeconfig),
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    "2",
+                ],
+                env,
+                workdir / "server.log",
+            )
+        )
 
         key = ec.generate_private_key(ec.SECP256R1())
         kid, issuer = uuid.uuid4().hex[:12], f"https://idp-{ns}.prop.test"
         public = json.loads(jwt.get_algorithm_by_name("ES256").to_jwk(key.public_key()))
         docs = [
-            {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider", "metadata": {"name": "corp"},
-             "spec": {"type": "OIDC", "issuer": issuer, "allowedAudiences": [SUBJECT_AUDIENCE],
-                      "allowedAlgorithms": ["ES256"], "jwks": {"keys": [{**public, "kid": kid, "alg": "ES256"}]}}},
-            {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication", "metadata": {"name": "web"},
-             "spec": {"grantTypes": [GRANT], "identityProviders": [{"name": "corp"}], "audiences": [API, OTHER],
-                      "credentials": {"secretName": "web-credentials"}}},
+            {
+                "apiVersion": "tokenbridge.dev/v1alpha1",
+                "kind": "IdentityProvider",
+                "metadata": {"name": "corp"},
+                "spec": {
+                    "type": "OIDC",
+                    "issuer": issuer,
+                    "allowedAudiences": [SUBJECT_AUDIENCE],
+                    "allowedAlgorithms": ["ES256"],
+                    "jwks": {"keys": [{**public, "kid": kid, "alg": "ES256"}]},
+                },
+            },
+            {
+                "apiVersion": "tokenbridge.dev/v1alpha1",
+                "kind": "OAuthApplication",
+                "metadata": {"name": "web"},
+                "spec": {
+                    "grantTypes": [GRANT],
+                    "identityProviders": [{"name": "corp"}],
+                    "audiences": [API, OTHER],
+                    "credentials": {"secretName": "web-credentials"},
+                },
+            },
         ]
         cp.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
 
@@ -145,11 +206,16 @@ def main(argv: list[str] | None = None) -> int:
         wait(lambda: secret() is not None, 60, "credentials Secret")
         creds = {k: base64.b64decode(v).decode() for k, v in secret()["data"].items()}
         now = int(time.time())
-        subject = jwt.encode({"iss": issuer, "sub": "alice", "aud": SUBJECT_AUDIENCE, "iat": now, "exp": now + 3600},
-                             key, algorithm="ES256", headers={"kid": kid})
+        subject = jwt.encode(
+            {"iss": issuer, "sub": "alice", "aud": SUBJECT_AUDIENCE, "iat": now, "exp": now + 3600},
+            key,
+            algorithm="ES256",
+            headers={"kid": kid},
+        )
         form = {"grant_type": GRANT, "subject_token": subject, "subject_token_type": JWT_TYPE, "audience": OTHER}
-        client = httpx.Client(timeout=10, auth=(creds["client_id"], creds["client_secret"]),
-                              headers={"Connection": "close"})
+        client = httpx.Client(
+            timeout=10, auth=(creds["client_id"], creds["client_secret"]), headers={"Connection": "close"}
+        )
 
         def exchange_status() -> str:
             """``200``, or ``400 invalid_target`` etc."""
@@ -165,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def patch(audiences: list[str]) -> None:
             body = json.dumps({"spec": {"audiences": audiences}}).encode()
-            req = urllib.request.Request(path, data=body, method="PATCH",
-                                         headers={"Content-Type": "application/merge-patch+json"})
+            req = urllib.request.Request(
+                path, data=body, method="PATCH", headers={"Content-Type": "application/merge-patch+json"}
+            )
             with urllib.request.urlopen(req, context=cp.ssl, timeout=10) as r:
                 r.read()
 
@@ -197,11 +264,21 @@ def main(argv: list[str] | None = None) -> int:
                     streak = 0
                     if status != old:
                         unexpected[status] = unexpected.get(status, 0) + 1
-            results.append({"change": i, "kind": "audience added" if allowed else "audience removed",
-                            "api_ack": acked, "first": first, "settled": settled, "polls": polls})
-            print(f"change {i:2d} ({results[-1]['kind']}): ack {acked * 1000:.0f} ms, first "
-                  f"{(first or float('nan')) * 1000:.0f} ms, settled {(settled or float('nan')) * 1000:.0f} ms",
-                  file=sys.stderr)
+            results.append(
+                {
+                    "change": i,
+                    "kind": "audience added" if allowed else "audience removed",
+                    "api_ack": acked,
+                    "first": first,
+                    "settled": settled,
+                    "polls": polls,
+                }
+            )
+            print(
+                f"change {i:2d} ({results[-1]['kind']}): ack {acked * 1000:.0f} ms, first "
+                f"{(first or float('nan')) * 1000:.0f} ms, settled {(settled or float('nan')) * 1000:.0f} ms",
+                file=sys.stderr,
+            )
         client.close()
     finally:
         for proc in procs:
@@ -218,31 +295,34 @@ def main(argv: list[str] | None = None) -> int:
         return f"{percentile(values, q) * 1000:.0f}"
 
     def line(name: str, values: list[float]) -> str:
-        return (f"| {name} | {ms(values, 50)} | {ms(values, 90)} | {ms(values, 99)} | {max(values) * 1000:.0f} |")
+        return f"| {name} | {ms(values, 50)} | {ms(values, 90)} | {ms(values, 99)} | {max(values) * 1000:.0f} |"
 
-    by_kind = {k: [r["first"] or PER_CHANGE_LIMIT for r in results if r["kind"] == k]
-               for k in ("audience removed", "audience added")}
+    by_kind = {
+        k: [r["first"] or PER_CHANGE_LIMIT for r in results if r["kind"] == k]
+        for k in ("audience removed", "audience added")
+    }
     p99 = percentile(firsts, 99)
     text = f"""# Config propagation
 
-`bench/propagation.py` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}.
+`bench/propagation.py` — {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; {machine()}.
 Real control plane (etcd + kube-apiserver + kube-controller-manager from tests/cluster, started in
-{cp_start:.0f} s), `tokenbridge operator` and `tokenbridge serve --kubernetes` (2 {WORKER_CLASS} workers, the default) on loopback.
+{cp_start:.0f} s), `tokenbridge operator` and `tokenbridge serve --kubernetes` (2 {WORKER_CLASS} workers, the default)
+on loopback.
 {len(results)} changes, alternately removing and re-adding an audience of an OAuthApplication (a JSON merge PATCH
 sent straight to the API server); from the moment the PATCH is sent, exchanges for that audience go back to back
-on new connections until 4 in a row reflect the change.{f' bench/run.py was still running after {waited:.0f} s of waiting: measured alongside it.' if busy else f' Waited {waited:.0f} s for bench/run.py to finish.' if waited > 1 else ''}
+on new connections until 4 in a row reflect the change.{waited_note(waited, busy)}
 
 | ms from the PATCH | p50 | p90 | p99 | max |
 | --- | --- | --- | --- | --- |
-{line('API server acknowledged the PATCH', acks)}
-{line('**first exchange reflecting it**', firsts)}
-{line('4 in a row reflect it (both workers)', settles)}
-{line('first, audience removed (→ invalid_target)', by_kind['audience removed'])}
-{line('first, audience added (→ 200)', by_kind['audience added'])}
+{line("API server acknowledged the PATCH", acks)}
+{line("**first exchange reflecting it**", firsts)}
+{line("4 in a row reflect it (both workers)", settles)}
+{line("first, audience removed (→ invalid_target)", by_kind["audience removed"])}
+{line("first, audience added (→ 200)", by_kind["audience added"])}
 
-Target p99 ≤ {TARGET_P99:.0f} s for the first reflecting exchange: **{'met' if p99 <= TARGET_P99 else 'missed'}**
+Target p99 ≤ {TARGET_P99:.0f} s for the first reflecting exchange: **{"met" if p99 <= TARGET_P99 else "missed"}**
 (p99 {p99 * 1000:.0f} ms). Changes not settled within {PER_CHANGE_LIMIT:.0f} s: {missed}. Exchanges answered
-with neither the old nor the new outcome: {sum(unexpected.values())}{f' ({unexpected})' if unexpected else ''}; polling
+with neither the old nor the new outcome: {sum(unexpected.values())}{f" ({unexpected})" if unexpected else ""}; polling
 exchanges in all: {sum(r["polls"] for r in results)}.
 
 The path: API server → the server's watch on OAuthApplications (one per worker) → a debounced snapshot rebuild

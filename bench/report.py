@@ -1,5 +1,6 @@
 """Markdown report (tables) and PNG plot from bench/run.py's results; ``report.py results.json`` writes the report
 again from the numbers alone."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,10 @@ def summary(results: dict) -> dict[str, Any]:
     hydra, hydra_default = _peak(results, "hydra"), _peak(results, "hydra-default")
     ol = results.get("open_loop", {}).get("tokenbridge", {}).get("0.8", {})
     return {
-        "tb": tb, "floor": floor, "hydra": hydra, "hydra_default": hydra_default,
+        "tb": tb,
+        "floor": floor,
+        "hydra": hydra,
+        "hydra_default": hydra_default,
         "floor_ratio": tb / floor if tb and floor else None,
         "peer_ratio": tb / hydra if tb and hydra else None,
         "peer_default_ratio": tb / hydra_default if tb and hydra_default else None,
@@ -80,8 +84,10 @@ def before_after(results: dict) -> list[str]:
     if not prev:
         return []
     before, after = prev.get("source") or {}, results.get("source") or {}
-    rows = [["started", prev.get("started", "?"), results["started"]],
-            ["commit", f"`{before.get('commit', '?')}`", f"`{after.get('commit', '?')}`"]]
+    rows = [
+        ["started", prev.get("started", "?"), results["started"]],
+        ["commit", f"`{before.get('commit', '?')}`", f"`{after.get('commit', '?')}`"],
+    ]
     for label, value in headline(results).items():
         old = (prev.get("headline") or {}).get(label)
         fmt = "{:.2f}" if (value or old or 0) < 10 else "{:.0f}"
@@ -91,19 +97,39 @@ def before_after(results: dict) -> list[str]:
 
 def plot(results: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     peaks = results.get("peak", {})
-    order = [k for k in ("floor", "tokenbridge", "tokenbridge-verify-every-token", "tokenbridge-RS256",
-                         "tokenbridge-EdDSA", "tokenbridge-gthread", "tokenbridge-sync", "floor-gthread", "floor-sync",
-                         "hydra", "hydra-default") if k in peaks]
+    order = [
+        k
+        for k in (
+            "floor",
+            "tokenbridge",
+            "tokenbridge-verify-every-token",
+            "tokenbridge-RS256",
+            "tokenbridge-EdDSA",
+            "tokenbridge-gthread",
+            "tokenbridge-sync",
+            "floor-gthread",
+            "floor-sync",
+            "hydra",
+            "hydra-default",
+        )
+        if k in peaks
+    ]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    colors = {"floor": "#888888", "floor-gthread": "#bbbbbb", "floor-sync": "#bbbbbb", "hydra": "#d95f02",
-              "hydra-default": "#f4a582"}
+    colors = {
+        "floor": "#888888",
+        "floor-gthread": "#bbbbbb",
+        "floor-sync": "#bbbbbb",
+        "hydra": "#d95f02",
+        "hydra-default": "#f4a582",
+    }
     xs = range(len(order))
     ax1.bar(xs, [peaks[k]["median_rps"] or 0 for k in order], color=[colors.get(k, "#1b9e77") for k in order])
-    for x, k in zip(xs, order):
+    for x, k in zip(xs, order, strict=True):
         runs = [r["ok_rps"] for r in peaks[k]["runs"]]
         ax1.scatter([x] * len(runs), runs, color="black", s=10, zorder=3)
         ax1.text(x, (peaks[k]["median_rps"] or 0) * 1.01, f"{peaks[k]['median_rps']:.0f}", ha="center", fontsize=8)
@@ -120,8 +146,13 @@ def plot(results: dict, path: Path) -> None:
             value = (ol[k].get(frac) or {}).get(stat)
             if value is None:
                 continue
-            ax2.bar(i + (j - 1.5) * width, value, width, color=["#a6cee3", "#1f78b4", "#fdbf6f", "#ff7f00"][j],
-                    label=f"{stat[:3]} at {float(frac):.0%} of own peak" if i == 0 else None)
+            ax2.bar(
+                i + (j - 1.5) * width,
+                value,
+                width,
+                color=["#a6cee3", "#1f78b4", "#fdbf6f", "#ff7f00"][j],
+                label=f"{stat[:3]} at {float(frac):.0%} of own peak" if i == 0 else None,
+            )
     ax2.axhline(TARGET_P99_MS, color="red", linestyle="--", linewidth=1, label="p99 target (10 ms)")
     ax2.set_xticks(range(len(keys)))
     ax2.set_xticklabels([k.replace("tokenbridge", "tb") for k in keys], fontsize=8)
@@ -149,51 +180,105 @@ def targets_table(results: dict) -> list[str]:
     js, srv = sc.get("large_json") or {}, sc.get("server_json") or sc.get("server") or {}
     worst = max(srv.get("worker_rss_mb") or [0]) or None
     rows = [
-        _target("Tokenbridge / floor, peak exchanges/s", s["floor_ratio"],
-                f"{_f(s['floor_ratio'], '{:.2f}')} ({_f(s['tb'])} / {_f(s['floor'])})", f"≥ {TARGET_FLOOR:.2f}",
-                lambda v: v >= TARGET_FLOOR),
-        _target("Tokenbridge / Ory Hydra (jwt-bearer, fastest client-secret hashing)", s["peer_ratio"],
-                f"{_f(s['peer_ratio'], '{:.2f}')}× ({_f(s['tb'])} / {_f(s['hydra'])})", f"≥ {TARGET_PEER:.0f}×",
-                lambda v: v >= TARGET_PEER),
-        _target("Tokenbridge / Ory Hydra with its default client-secret hashing", s["peer_default_ratio"],
-                f"{_f(s['peer_default_ratio'], '{:.1f}')}× ({_f(s['tb'])} / {_f(s['hydra_default'])})",
-                f"≥ {TARGET_PEER:.0f}×", lambda v: v >= TARGET_PEER),
-        _target("the same as the first, every subject token's signature verified (estimated from the variant)",
-                every, _f(every, "{:.2f}"), f"≥ {TARGET_FLOOR:.2f}", lambda v: v >= TARGET_FLOOR),
-        _target("Tokenbridge p99 at 80 % of its peak (open loop)", s["p99_80"], f"{_f(s['p99_80'], '{:.2f}')} ms",
-                f"≤ {TARGET_P99_MS:.0f} ms", lambda v: v <= TARGET_P99_MS),
-        _target(f"scale: first load of {sc.get('applications', 0):,} applications from JSON", js.get("load_s"),
-                f"{_f(js.get('load_s'), '{:.1f}')} s", f"≤ {TARGET_LOAD_S:.0f} s", lambda v: v <= TARGET_LOAD_S),
-        _target("scale: RSS per worker of `tokenbridge serve --workers 2`", worst, f"{_f(worst)} MB",
-                f"≤ {TARGET_WORKER_MB:.0f} MB", lambda v: v <= TARGET_WORKER_MB),
+        _target(
+            "Tokenbridge / floor, peak exchanges/s",
+            s["floor_ratio"],
+            f"{_f(s['floor_ratio'], '{:.2f}')} ({_f(s['tb'])} / {_f(s['floor'])})",
+            f"≥ {TARGET_FLOOR:.2f}",
+            lambda v: v >= TARGET_FLOOR,
+        ),
+        _target(
+            "Tokenbridge / Ory Hydra (jwt-bearer, fastest client-secret hashing)",
+            s["peer_ratio"],
+            f"{_f(s['peer_ratio'], '{:.2f}')}× ({_f(s['tb'])} / {_f(s['hydra'])})",
+            f"≥ {TARGET_PEER:.0f}×",
+            lambda v: v >= TARGET_PEER,
+        ),
+        _target(
+            "Tokenbridge / Ory Hydra with its default client-secret hashing",
+            s["peer_default_ratio"],
+            f"{_f(s['peer_default_ratio'], '{:.1f}')}× ({_f(s['tb'])} / {_f(s['hydra_default'])})",
+            f"≥ {TARGET_PEER:.0f}×",
+            lambda v: v >= TARGET_PEER,
+        ),
+        _target(
+            "the same as the first, every subject token's signature verified (estimated from the variant)",
+            every,
+            _f(every, "{:.2f}"),
+            f"≥ {TARGET_FLOOR:.2f}",
+            lambda v: v >= TARGET_FLOOR,
+        ),
+        _target(
+            "Tokenbridge p99 at 80 % of its peak (open loop)",
+            s["p99_80"],
+            f"{_f(s['p99_80'], '{:.2f}')} ms",
+            f"≤ {TARGET_P99_MS:.0f} ms",
+            lambda v: v <= TARGET_P99_MS,
+        ),
+        _target(
+            f"scale: first load of {sc.get('applications', 0):,} applications from JSON",
+            js.get("load_s"),
+            f"{_f(js.get('load_s'), '{:.1f}')} s",
+            f"≤ {TARGET_LOAD_S:.0f} s",
+            lambda v: v <= TARGET_LOAD_S,
+        ),
+        _target(
+            "scale: RSS per worker of `tokenbridge serve --workers 2`",
+            worst,
+            f"{_f(worst)} MB",
+            f"≤ {TARGET_WORKER_MB:.0f} MB",
+            lambda v: v <= TARGET_WORKER_MB,
+        ),
     ]
     return table(["target", "measured", "goal", ""], rows)
 
 
 def _mem_row(label: str, mem: dict) -> list[str]:
     if "workers" in mem:
-        return [label, ", ".join(_f(w.get("rss_mb")) for w in mem["workers"]),
-                ", ".join(_f(w.get("pss_mb")) for w in mem["workers"]), _f(mem["master"].get("rss_mb"))]
+        return [
+            label,
+            ", ".join(_f(w.get("rss_mb")) for w in mem["workers"]),
+            ", ".join(_f(w.get("pss_mb")) for w in mem["workers"]),
+            _f(mem["master"].get("rss_mb")),
+        ]
     p = mem.get("process", {})
     return [label, f"{_f(p.get('rss_mb'))} (one Go process)", _f(p.get("pss_mb")), "—"]
 
 
-VARIANTS = ("tokenbridge-verify-every-token", "tokenbridge-RS256", "tokenbridge-EdDSA", "tokenbridge-gthread",
-            "tokenbridge-sync")
+VARIANTS = (
+    "tokenbridge-verify-every-token",
+    "tokenbridge-RS256",
+    "tokenbridge-EdDSA",
+    "tokenbridge-gthread",
+    "tokenbridge-sync",
+)
 
 
 def profile_tables(prof: dict) -> list[str]:
     labels = list(dict.fromkeys(label for p in prof.values() for label in p.get("inclusive_pct", {})))
     locks = list(dict.fromkeys(leaf for p in prof.values() for leaf in p.get("lock_wait_pct", {})))
-    rows = [[label, *(_f(p.get("inclusive_pct", {}).get(label), "{:.1f} %", "—") for p in prof.values())]
-            for label in labels]
-    rows += [[f"threads blocked in `{leaf}`", *(_f(p.get("lock_wait_pct", {}).get(leaf), "{:.1f} %", "—")
-                                                for p in prof.values())] for leaf in locks]
-    own = [[key, f"`{name}`", f"{share} %"] for key, p in prof.items() for name, share in p.get("own_inclusive_pct", [])]
-    top = [[key, f"`{name}`", f"{share} %"] for key, p in prof.items() for name, share in p.get("top_self_pct", [])[:10]]
-    return [*table(["frames anywhere on the stack", *prof], rows),
-            *table(["server", "Tokenbridge's own function (inclusive)", "share"], own),
-            *table(["server", "frame (self time)", "share"], top)]
+    rows = [
+        [label, *(_f(p.get("inclusive_pct", {}).get(label), "{:.1f} %", "—") for p in prof.values())]
+        for label in labels
+    ]
+    rows += [
+        [
+            f"threads blocked in `{leaf}`",
+            *(_f(p.get("lock_wait_pct", {}).get(leaf), "{:.1f} %", "—") for p in prof.values()),
+        ]
+        for leaf in locks
+    ]
+    own = [
+        [key, f"`{name}`", f"{share} %"] for key, p in prof.items() for name, share in p.get("own_inclusive_pct", [])
+    ]
+    top = [
+        [key, f"`{name}`", f"{share} %"] for key, p in prof.items() for name, share in p.get("top_self_pct", [])[:10]
+    ]
+    return [
+        *table(["frames anywhere on the stack", *prof], rows),
+        *table(["server", "Tokenbridge's own function (inclusive)", "share"], own),
+        *table(["server", "frame (self time)", "share"], top),
+    ]
 
 
 def write(results: dict, out_dir: Path) -> Path:
@@ -203,87 +288,228 @@ def write(results: dict, out_dir: Path) -> Path:
     m, plan, src = results["machine"], results["plan"], results.get("source") or {}
     targets, peaks = results.get("targets", {}), results.get("peak", {})
     ol = results.get("open_loop", {})
-    L = ["# Tokenbridge benchmarks", "",
-         "Written by `bench/run.py` (`make bench`); what each number measures: `bench/README.md`. Raw numbers: "
-         "`results.json`; plot: `bench.png`; server logs: `logs/`.", "",
-         *table(["started", "run", "seconds in all", "waited for tests (s)", "measurements started while tests ran",
-                  "commit", "code measured"],
-                 [[results["started"], "quick (indicative only)" if results["quick"] else "full",
-                   results["elapsed_s"], results.get("waited_for_tests_s", 0), results.get("runs_while_tests_ran", 0),
-                   f"`{src.get('commit')}` {src.get('subject', '')}",
-                   "HEAD exported from git (`--committed`)" if src.get("committed_tree") else
-                   f"work tree, {src.get('uncommitted_server_changes_in_work_tree')} uncommitted server files"]]),
-         "## Machine", "",
-         *table(["", ""], [[k, m[k]] for k in ("nproc", "cpu", "memory", "kernel", "python", "go", "hydra", "wrk",
-                                                "falcon", "pyjwt", "gunicorn", "cryptography") if k in m]),
-         "## Results against the targets", "", *targets_table(results),
-         *table(["paired ratio", "median", "per round"],
-                 [[f"tokenbridge / {k}", f"{v['median']:.2f}", ", ".join(f"{x:.2f}" for x in v["per_round"])]
-                  for k, v in (results.get("paired_ratios") or {}).items() if v.get("median")]),
-         "![benchmark plot](bench.png)", "", *before_after(results),
-         "## What was measured", "",
-         *table(["server", "what", "issued tokens", "request bytes", "response bytes"],
-                 [[key, info["label"], *(info.get("notes", {}).get("sanity", {}).get(k, "?")
-                                         for k in ("issued_alg", "request_bytes", "response_bytes"))]
-                  for key, info in targets.items()]),
-         *table(["IdentityProviders", "OAuthApplications", "manifests MB", "default worker class", *plan],
-                 [[(results.get("config") or {}).get("identity_providers"),
-                   (results.get("config") or {}).get("applications"),
-                   _f((results.get("config") or {}).get("manifest_bytes", 0) / 1e6, "{:.1f}"),
-                   results.get("default_worker_class", "gevent"), *plan.values()]]),
-         "## Peak throughput (closed loop)", "",
-         *table(["server", "median exchanges/s", "runs († unbalanced)", "errors", "wrk p50 / p99 ms"],
-                 [[key, _f(p["median_rps"]),
-                   ", ".join(f"{r['ok_rps']:.0f}" + ("" if r.get("balanced", True) else "†") for r in p["runs"]),
-                   sum(r["errors"] for r in p["runs"]),
-                   f"{_median([r['p50_us'] for r in p['runs']]) / 1000:.1f} / "
-                   f"{_median([r['p99_us'] for r in p['runs']]) / 1000:.1f}"] for key, p in peaks.items()]),
-         "## Latency at fixed arrival rates (open loop)", "",
-         *table(["server", "rate (/s)", "p50 ms", "p99 ms", "service p50 / p99 ms", "non-200", "errors/missing",
-                  "generator CPU (share of a core)"],
-                 [[key, f"{v['rate']:.0f} ({float(frac):.0%})", _f(v["p50_ms"], "{:.2f}"), _f(v["p99_ms"], "{:.2f}"),
-                   f"{_median([r['service_p50_ms'] or 0 for r in v['runs']]):.2f} / "
-                   f"{_median([r['service_p99_ms'] or 0 for r in v['runs']]):.2f}", v["non200"], v["errors"],
-                   f"{sum(r['generator_cpu_s'] for r in v['runs']) / sum(r['duration'] + 1 for r in v['runs']):.0%}"]
-                  for key, by_frac in ol.items() for frac, v in by_frac.items()]),
-         "## Memory (after the open-loop runs)", "",
-         *table(["server", "RSS per worker (MB)", "PSS per worker (MB)", "master RSS (MB)"],
-                 [_mem_row(key, mem) for key, mem in results.get("memory", {}).items()]),
-         "## Variants, each beside a fresh run of the default", "",
-         *table(["variant", "median exchanges/s", "default beside it", "ratio",
-                  "p99 at 50 % / 80 % of own peak (ms)"],
-                 [[targets.get(key, {}).get("label", key), f"{peaks[key]['median_rps']:.0f}",
-                   f"{peaks[key]['baseline_median_rps']:.0f}",
-                   f"{peaks[key]['median_rps'] / peaks[key]['baseline_median_rps']:.2f}",
-                   " / ".join(_f((ol.get(key, {}).get(frac) or {}).get("p99_ms"), "{:.1f}")
-                              for frac in ("0.5", "0.8"))]
-                  for key in VARIANTS if key in peaks]
-                 + [[f"{targets.get(key, {}).get('label', key)} vs the floor's default",
-                     f"{peaks[key]['median_rps']:.0f}", _f(s["floor"]),
-                     _f(s["floor"] and peaks[key]["median_rps"] / s["floor"], "{:.2f}"), ""]
-                    for key in ("floor-gthread", "floor-sync") if key in peaks])]
+    L = [
+        "# Tokenbridge benchmarks",
+        "",
+        "Written by `bench/run.py` (`make bench`); what each number measures: `bench/README.md`. Raw numbers: "
+        "`results.json`; plot: `bench.png`; server logs: `logs/`.",
+        "",
+        *table(
+            [
+                "started",
+                "run",
+                "seconds in all",
+                "waited for tests (s)",
+                "measurements started while tests ran",
+                "commit",
+                "code measured",
+            ],
+            [
+                [
+                    results["started"],
+                    "quick (indicative only)" if results["quick"] else "full",
+                    results["elapsed_s"],
+                    results.get("waited_for_tests_s", 0),
+                    results.get("runs_while_tests_ran", 0),
+                    f"`{src.get('commit')}` {src.get('subject', '')}",
+                    "HEAD exported from git (`--committed`)"
+                    if src.get("committed_tree")
+                    else f"work tree, {src.get('uncommitted_server_changes_in_work_tree')} uncommitted server files",
+                ]
+            ],
+        ),
+        "## Machine",
+        "",
+        *table(
+            ["", ""],
+            [
+                [k, m[k]]
+                for k in (
+                    "nproc",
+                    "cpu",
+                    "memory",
+                    "kernel",
+                    "python",
+                    "go",
+                    "hydra",
+                    "wrk",
+                    "falcon",
+                    "pyjwt",
+                    "gunicorn",
+                    "cryptography",
+                )
+                if k in m
+            ],
+        ),
+        "## Results against the targets",
+        "",
+        *targets_table(results),
+        *table(
+            ["paired ratio", "median", "per round"],
+            [
+                [f"tokenbridge / {k}", f"{v['median']:.2f}", ", ".join(f"{x:.2f}" for x in v["per_round"])]
+                for k, v in (results.get("paired_ratios") or {}).items()
+                if v.get("median")
+            ],
+        ),
+        "![benchmark plot](bench.png)",
+        "",
+        *before_after(results),
+        "## What was measured",
+        "",
+        *table(
+            ["server", "what", "issued tokens", "request bytes", "response bytes"],
+            [
+                [
+                    key,
+                    info["label"],
+                    *(
+                        info.get("notes", {}).get("sanity", {}).get(k, "?")
+                        for k in ("issued_alg", "request_bytes", "response_bytes")
+                    ),
+                ]
+                for key, info in targets.items()
+            ],
+        ),
+        *table(
+            ["IdentityProviders", "OAuthApplications", "manifests MB", "default worker class", *plan],
+            [
+                [
+                    (results.get("config") or {}).get("identity_providers"),
+                    (results.get("config") or {}).get("applications"),
+                    _f((results.get("config") or {}).get("manifest_bytes", 0) / 1e6, "{:.1f}"),
+                    results.get("default_worker_class", "gevent"),
+                    *plan.values(),
+                ]
+            ],
+        ),
+        "## Peak throughput (closed loop)",
+        "",
+        *table(
+            ["server", "median exchanges/s", "runs († unbalanced)", "errors", "wrk p50 / p99 ms"],
+            [
+                [
+                    key,
+                    _f(p["median_rps"]),
+                    ", ".join(f"{r['ok_rps']:.0f}" + ("" if r.get("balanced", True) else "†") for r in p["runs"]),
+                    sum(r["errors"] for r in p["runs"]),
+                    f"{_median([r['p50_us'] for r in p['runs']]) / 1000:.1f} / "
+                    f"{_median([r['p99_us'] for r in p['runs']]) / 1000:.1f}",
+                ]
+                for key, p in peaks.items()
+            ],
+        ),
+        "## Latency at fixed arrival rates (open loop)",
+        "",
+        *table(
+            [
+                "server",
+                "rate (/s)",
+                "p50 ms",
+                "p99 ms",
+                "service p50 / p99 ms",
+                "non-200",
+                "errors/missing",
+                "generator CPU (share of a core)",
+            ],
+            [
+                [
+                    key,
+                    f"{v['rate']:.0f} ({float(frac):.0%})",
+                    _f(v["p50_ms"], "{:.2f}"),
+                    _f(v["p99_ms"], "{:.2f}"),
+                    f"{_median([r['service_p50_ms'] or 0 for r in v['runs']]):.2f} / "
+                    f"{_median([r['service_p99_ms'] or 0 for r in v['runs']]):.2f}",
+                    v["non200"],
+                    v["errors"],
+                    f"{sum(r['generator_cpu_s'] for r in v['runs']) / sum(r['duration'] + 1 for r in v['runs']):.0%}",
+                ]
+                for key, by_frac in ol.items()
+                for frac, v in by_frac.items()
+            ],
+        ),
+        "## Memory (after the open-loop runs)",
+        "",
+        *table(
+            ["server", "RSS per worker (MB)", "PSS per worker (MB)", "master RSS (MB)"],
+            [_mem_row(key, mem) for key, mem in results.get("memory", {}).items()],
+        ),
+        "## Variants, each beside a fresh run of the default",
+        "",
+        *table(
+            ["variant", "median exchanges/s", "default beside it", "ratio", "p99 at 50 % / 80 % of own peak (ms)"],
+            [
+                [
+                    targets.get(key, {}).get("label", key),
+                    f"{peaks[key]['median_rps']:.0f}",
+                    f"{peaks[key]['baseline_median_rps']:.0f}",
+                    f"{peaks[key]['median_rps'] / peaks[key]['baseline_median_rps']:.2f}",
+                    " / ".join(
+                        _f((ol.get(key, {}).get(frac) or {}).get("p99_ms"), "{:.1f}") for frac in ("0.5", "0.8")
+                    ),
+                ]
+                for key in VARIANTS
+                if key in peaks
+            ]
+            + [
+                [
+                    f"{targets.get(key, {}).get('label', key)} vs the floor's default",
+                    f"{peaks[key]['median_rps']:.0f}",
+                    _f(s["floor"]),
+                    _f(s["floor"] and peaks[key]["median_rps"] / s["floor"], "{:.2f}"),
+                    "",
+                ]
+                for key in ("floor-gthread", "floor-sync")
+                if key in peaks
+            ],
+        ),
+    ]
     prof = results.get("profile") or {}
     if prof:
         L += ["## Where the time goes (py-spy, shares of the workers' non-idle samples)", "", *profile_tables(prof)]
     abl = results.get("ablation") or {}
     if abl:
         full = (abl.get("full") or {}).get("p50_us")
-        L += ["## Ablation: the app's own cost per exchange, in process", "",
-              *table(["variant", "p50 µs / exchange", "mean µs", "vs full (p50)", "statuses"],
-                      [[variant, "failed", "", "", f"`{v['error'][-200:]}`"] if "error" in v else
-                       [variant, f"{v['p50_us']:.0f}", f"{v['mean_us']:.0f}",
-                        f"{v['p50_us'] - full:+.0f} µs" if full and variant != "full" else "", v["statuses"]]
-                       for variant, v in abl.items()])]
+        L += [
+            "## Ablation: the app's own cost per exchange, in process",
+            "",
+            *table(
+                ["variant", "p50 µs / exchange", "mean µs", "vs full (p50)", "statuses"],
+                [
+                    [variant, "failed", "", "", f"`{v['error'][-200:]}`"]
+                    if "error" in v
+                    else [
+                        variant,
+                        f"{v['p50_us']:.0f}",
+                        f"{v['mean_us']:.0f}",
+                        f"{v['p50_us'] - full:+.0f} µs" if full and variant != "full" else "",
+                        v["statuses"],
+                    ]
+                    for variant, v in abl.items()
+                ],
+            ),
+        ]
     scale = results.get("scale")
     if scale:
         import scale as scale_module
-        L += ["## Scale", "", *(["The scale run failed:", "", f"```\n{scale['error'][-800:]}\n```", ""]
-                                if "error" in scale else scale_module.markdown(scale))]
+
+        L += [
+            "## Scale",
+            "",
+            *(
+                ["The scale run failed:", "", f"```\n{scale['error'][-800:]}\n```", ""]
+                if "error" in scale
+                else scale_module.markdown(scale)
+            ),
+        ]
     build = results.get("peer_build", {})
     env = (targets.get("hydra", {}).get("notes", {}).get("env")) or {}
-    L += ["## The peer: Ory Hydra (set-up: `bench/README.md`)", "",
-          *table(["build", "start error"], [[build.get("status"), build.get("start_error", "")[:800]]]),
-          *table(["environment variable", "value"], [[f"`{k}`", f"`{v}`"] for k, v in env.items()])]
+    L += [
+        "## The peer: Ory Hydra (set-up: `bench/README.md`)",
+        "",
+        *table(["build", "start error"], [[build.get("status"), build.get("start_error", "")[:800]]]),
+        *table(["environment variable", "value"], [[f"`{k}`", f"`{v}`"] for k, v in env.items()]),
+    ]
     path = out_dir / "report.md"
     path.write_text("\n".join(L))
     return path

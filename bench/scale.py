@@ -18,6 +18,7 @@ applications, is YAML). Measured, each in a fresh interpreter so memory is the s
            worker once ready and again after a few hundred exchanges through each of them.
 IdP key material comes from a pool of 20 RSA keys (every IdP still has its own issuer, kid and JWKS to parse).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,12 +62,12 @@ def child(directory: str, pool_file: str, requests: int) -> dict:
     import falcon.testing
     import yaml
 
+    from tokenbridge.signing import generate_keyset
     from tokenbridge_exchange.app import create_app
     from tokenbridge_exchange.config import ServerConfig
     from tokenbridge_exchange.jwks_cache import JwksCache
     from tokenbridge_exchange.snapshot import build_snapshot
     from tokenbridge_exchange.sources.manifests import ManifestSource
-    from tokenbridge.signing import generate_keyset
 
     out: dict = {"rss_before_mb": _status_mb("VmRSS")}
     cache = JwksCache(lambda uri, spec: None)
@@ -81,6 +82,7 @@ def child(directory: str, pool_file: str, requests: int) -> dict:
     out["hwm_loaded_mb"] = _status_mb("VmHWM")
     import ctypes
     import gc
+
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # as serve.settle_before_fork: what the workers inherit
@@ -100,8 +102,13 @@ def child(directory: str, pool_file: str, requests: int) -> dict:
     secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]): s["stringData"] for s in by_kind["Secret"]}
     apps = [source._with_credentials(d, secrets) for d in by_kind["OAuthApplication"]]
     t0 = time.perf_counter()
-    build_snapshot(identity_providers=by_kind["IdentityProvider"], cluster_identity_providers=[],
-                   applications=apps, signing_keys=snapshot.signing_keys, cache=cache)
+    build_snapshot(
+        identity_providers=by_kind["IdentityProvider"],
+        cluster_identity_providers=[],
+        applications=apps,
+        signing_keys=snapshot.signing_keys,
+        cache=cache,
+    )
     out["build_snapshot_s"] = time.perf_counter() - t0
     gc.enable()
     del docs, by_kind, apps, secrets
@@ -114,11 +121,14 @@ def child(directory: str, pool_file: str, requests: int) -> dict:
     for i in range(requests):
         auth, body = pool[i % len(pool)]
         t0 = time.perf_counter()
-        r = client.simulate_post("/oauth2/token", body=body, headers={
-            "Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"})
+        r = client.simulate_post(
+            "/oauth2/token",
+            body=body,
+            headers={"Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"},
+        )
         times.append(time.perf_counter() - t0)
         statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-    times = times[len(times) // 10:]  # first 10 % are warm-up
+    times = times[len(times) // 10 :]  # first 10 % are warm-up
     times.sort()
     out["latency_p50_ms"] = statistics.median(times) * 1000
     out["latency_p99_ms"] = times[int(0.99 * len(times))] * 1000
@@ -135,28 +145,39 @@ def trace_child(directory: str) -> dict:
     from tokenbridge.signing import generate_keyset
     from tokenbridge_exchange.jwks_cache import JwksCache
     from tokenbridge_exchange.sources.manifests import ManifestSource
-    source = ManifestSource(directory, JwksCache(lambda uri, spec: None), lambda spec: None,
-                            signing_keys=generate_keyset("ES256", time.time()))
+
+    source = ManifestSource(
+        directory,
+        JwksCache(lambda uri, spec: None),
+        lambda spec: None,
+        signing_keys=generate_keyset("ES256", time.time()),
+    )
     tracemalloc.start(1)
     source.preload()
     gc.collect()
     live, peak = tracemalloc.get_traced_memory()
     top = tracemalloc.take_snapshot().statistics("lineno")[:6]
-    return {"live_mb": live / 1e6, "peak_mb": peak / 1e6,
-            "top": [(str(s.traceback[0]), round(s.size / 1e6, 1), s.count) for s in top]}
+    return {
+        "live_mb": live / 1e6,
+        "peak_mb": peak / 1e6,
+        "top": [(str(s.traceback[0]), round(s.size / 1e6, 1), s.count) for s in top],
+    }
 
 
 def measure(directory: Path, pool_file: Path, requests: int, timeout: float) -> dict:
-    proc = subprocess.run([PY, __file__, "--child", str(directory), str(pool_file), str(requests)],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [PY, __file__, "--child", str(directory), str(pool_file), str(requests)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def trace(directory: Path) -> dict:
-    proc = subprocess.run([PY, __file__, "--trace-child", str(directory)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([PY, __file__, "--trace-child", str(directory)], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         return {"error": proc.stderr[-1500:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -166,8 +187,9 @@ def _memory(pids: list[str]) -> list[dict]:
     out = []
     for pid in pids:
         with contextlib.suppress(OSError):
-            out.append({"pid": int(pid), "rss_mb": round(_status_mb("VmRSS", pid), 1),
-                        "pss_mb": round(_pss_mb(pid), 1)})
+            out.append(
+                {"pid": int(pid), "rss_mb": round(_status_mb("VmRSS", pid), 1), "pss_mb": round(_pss_mb(pid), 1)}
+            )
     return out
 
 
@@ -176,14 +198,29 @@ def try_server(directory: Path, wait: float, pool_file: Path | None = None, exch
     (RSS counts the pages a worker shares with the master; PSS splits shared pages between the processes sharing
     them, so the PSS of the master and the workers add up to what the server really holds)."""
     import httpx
+
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = directory / "server.log"
     logf = open(log_path, "w")
     t0 = time.monotonic()
-    proc = subprocess.Popen([str(Path(PY).parent / "tokenbridge"), "serve", "--manifests", str(directory),
-                             "--bind", f"127.0.0.1:{port}", "--issuer", base, "--workers", "2"],
-                            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(PY).parent / "tokenbridge"),
+            "serve",
+            "--manifests",
+            str(directory),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--issuer",
+            base,
+            "--workers",
+            "2",
+        ],
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     out: dict = {"wait_s": wait}
     try:
         while time.monotonic() - t0 < wait:
@@ -212,9 +249,15 @@ def try_server(directory: Path, wait: float, pool_file: Path | None = None, exch
                 with httpx.Client(base_url=base) as http:
                     for i in range(exchanges):
                         auth, body = pool[i % len(pool)]
-                        r = http.post("/oauth2/token", content=body, headers={
-                            "Authorization": auth, "Content-Type": "application/x-www-form-urlencoded",
-                            "Connection": "close"})  # a new connection each: both workers answer
+                        r = http.post(
+                            "/oauth2/token",
+                            content=body,
+                            headers={
+                                "Authorization": auth,
+                                "Content-Type": "application/x-www-form-urlencoded",
+                                "Connection": "close",
+                            },
+                        )  # a new connection each: both workers answer
                         statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
                 out["exchanges"] = statuses
                 out["workers_after_exchanges"] = _memory(workers)
@@ -229,8 +272,11 @@ def try_server(directory: Path, wait: float, pool_file: Path | None = None, exch
     out["worker_timeouts"] = len(re.findall(r"WORKER TIMEOUT", text))
     out["workers_booted"] = len(re.findall(r"Booting worker", text))
     out["snapshot_loads"] = len(re.findall(r"loaded \d+ applications", text))  # 1: only the master parsed
-    out["log_excerpt"] = [line for line in text.splitlines()
-                          if "TIMEOUT" in line or "loaded" in line or "Booting" in line or "Error" in line][:12]
+    out["log_excerpt"] = [
+        line
+        for line in text.splitlines()
+        if "TIMEOUT" in line or "loaded" in line or "Booting" in line or "Error" in line
+    ][:12]
     return out
 
 
@@ -265,42 +311,93 @@ def markdown(r: dict) -> list[str]:
         return [label, show(a), show(b), "" if goal is None else _yes(b, goal)]
 
     latency = "{:.2f} / {:.2f} ms".format
-    L = table(["scale run", "commit", "IdPs / applications (large)", "generated in", "large manifests"],
-               [[r.get("started", "?"), f"`{src.get('commit', '?')}`",
-                 f"{r['identity_providers']:,} / {r['applications']:,}", _s(r.get("generate_s"), 0),
-                 f"{r.get('manifest_json_mb', 0):.0f} MB JSON `kind: List`"]])
-    L += table(["", "100 IdPs / 1,000 apps, YAML", f"{r['identity_providers']:,} IdPs / {r['applications']:,} apps, "
-                 "JSON", f"≤ {TARGET_LOAD_S:.0f} s / ≤ {TARGET_WORKER_MB:.0f} MB"], [
-        both("first load (`ManifestSource.preload`: read, parse, snapshot)", "load_s", _s, TARGET_LOAD_S),
-        both("of which the parse alone (`yaml.load_all` / `json.load`)", "parse_s", _s),
-        both("of which `build_snapshot` alone", "build_snapshot_s", _s),
-        both("RSS with the snapshot served (MB)", "rss_loaded_mb", _f0),
-        both("peak RSS during the load (MB)", "hwm_loaded_mb", _f0),
-        both("RSS after gc + malloc_trim: what workers inherit (MB)", "rss_trimmed_mb", _f0,
-             TARGET_WORKER_MB),
-        ["per-exchange time in process, p50 / p99", *(
-            latency(c["latency_p50_ms"], c["latency_p99_ms"]) if "latency_p50_ms" in c else "n/a"
-            for c in (small, big)), ""],
-        ["exchanges answered 200", *((c.get("statuses") or {}).get("200", "n/a") for c in (small, big)), ""]])
+    L = table(
+        ["scale run", "commit", "IdPs / applications (large)", "generated in", "large manifests"],
+        [
+            [
+                r.get("started", "?"),
+                f"`{src.get('commit', '?')}`",
+                f"{r['identity_providers']:,} / {r['applications']:,}",
+                _s(r.get("generate_s"), 0),
+                f"{r.get('manifest_json_mb', 0):.0f} MB JSON `kind: List`",
+            ]
+        ],
+    )
+    L += table(
+        [
+            "",
+            "100 IdPs / 1,000 apps, YAML",
+            f"{r['identity_providers']:,} IdPs / {r['applications']:,} apps, JSON",
+            f"≤ {TARGET_LOAD_S:.0f} s / ≤ {TARGET_WORKER_MB:.0f} MB",
+        ],
+        [
+            both("first load (`ManifestSource.preload`: read, parse, snapshot)", "load_s", _s, TARGET_LOAD_S),
+            both("of which the parse alone (`yaml.load_all` / `json.load`)", "parse_s", _s),
+            both("of which `build_snapshot` alone", "build_snapshot_s", _s),
+            both("RSS with the snapshot served (MB)", "rss_loaded_mb", _f0),
+            both("peak RSS during the load (MB)", "hwm_loaded_mb", _f0),
+            both("RSS after gc + malloc_trim: what workers inherit (MB)", "rss_trimmed_mb", _f0, TARGET_WORKER_MB),
+            [
+                "per-exchange time in process, p50 / p99",
+                *(
+                    latency(c["latency_p50_ms"], c["latency_p99_ms"]) if "latency_p50_ms" in c else "n/a"
+                    for c in (small, big)
+                ),
+                "",
+            ],
+            ["exchanges answered 200", *((c.get("statuses") or {}).get("200", "n/a") for c in (small, big)), ""],
+        ],
+    )
     tr = r.get("large_traced") or {}
     if "live_mb" in tr:
-        L += table(["live Python memory of the large snapshot (tracemalloc)", "per application", "traced peak"],
-                    [[f"{tr['live_mb']:.0f} MB", f"{tr['live_mb'] * 1e3 / r['applications']:.2f} KB",
-                      f"{tr['peak_mb']:.0f} MB"]])
-        L += table(["largest live allocation site", "MB", "blocks"],
-                    [[f"`{_short(site)}`", mb, f"{n:,}"] for site, mb, n in tr["top"]])
+        L += table(
+            ["live Python memory of the large snapshot (tracemalloc)", "per application", "traced peak"],
+            [
+                [
+                    f"{tr['live_mb']:.0f} MB",
+                    f"{tr['live_mb'] * 1e3 / r['applications']:.2f} KB",
+                    f"{tr['peak_mb']:.0f} MB",
+                ]
+            ],
+        )
+        L += table(
+            ["largest live allocation site", "MB", "blocks"],
+            [[f"`{_short(site)}`", mb, f"{n:,}"] for site, mb, n in tr["top"]],
+        )
     servers = [(name, srv) for name, srv in (("JSON", r.get("server_json")),) if srv]
     if servers:
-        L += table(["`tokenbridge serve --workers 2`", "/readyz 200 after", "master's load", "loads in its log",
-                     "worker timeouts", "master RSS / PSS (MB)", "workers RSS (MB)", "workers PSS (MB)",
-                     "all PSS (MB)", "exchanges", "then workers RSS / PSS (MB)"],
-                    [[f"large {name}", _s(srv.get("ready_s"), 1), _s(srv.get("master_load_s"), 1),
-                      srv.get("snapshot_loads", "n/a"), srv.get("worker_timeouts", "n/a"),
-                      f"{srv['master']['rss_mb']:.0f} / {srv['master']['pss_mb']:.0f}" if "master" in srv else "n/a",
-                      _mb(srv.get("workers"), "rss_mb"), _mb(srv.get("workers"), "pss_mb"),
-                      srv.get("total_pss_mb", "n/a"), srv.get("exchanges", "n/a"),
-                      f"{_mb(srv.get('workers_after_exchanges'), 'rss_mb')} / "
-                      f"{_mb(srv.get('workers_after_exchanges'), 'pss_mb')}"] for name, srv in servers])
+        L += table(
+            [
+                "`tokenbridge serve --workers 2`",
+                "/readyz 200 after",
+                "master's load",
+                "loads in its log",
+                "worker timeouts",
+                "master RSS / PSS (MB)",
+                "workers RSS (MB)",
+                "workers PSS (MB)",
+                "all PSS (MB)",
+                "exchanges",
+                "then workers RSS / PSS (MB)",
+            ],
+            [
+                [
+                    f"large {name}",
+                    _s(srv.get("ready_s"), 1),
+                    _s(srv.get("master_load_s"), 1),
+                    srv.get("snapshot_loads", "n/a"),
+                    srv.get("worker_timeouts", "n/a"),
+                    f"{srv['master']['rss_mb']:.0f} / {srv['master']['pss_mb']:.0f}" if "master" in srv else "n/a",
+                    _mb(srv.get("workers"), "rss_mb"),
+                    _mb(srv.get("workers"), "pss_mb"),
+                    srv.get("total_pss_mb", "n/a"),
+                    srv.get("exchanges", "n/a"),
+                    f"{_mb(srv.get('workers_after_exchanges'), 'rss_mb')} / "
+                    f"{_mb(srv.get('workers_after_exchanges'), 'pss_mb')}",
+                ]
+                for name, srv in servers
+            ],
+        )
     return L
 
 
@@ -331,15 +428,26 @@ def main(argv: list[str]) -> int:
             print("pytest is running on this machine: waiting (polling every 30 s, up to 10 min)", flush=True)
         time.sleep(30)
         waited += 30
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=BENCH.parent).stdout.strip()
-    results: dict = {"identity_providers": args.idps, "applications": args.apps,
-                     "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "source": {"commit": commit}}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH.parent
+    ).stdout.strip()
+    results: dict = {
+        "identity_providers": args.idps,
+        "applications": args.apps,
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "source": {"commit": commit},
+    }
     with tempfile.TemporaryDirectory(prefix="tokenbridge-scale-") as tmp:
         tmp_path = Path(tmp)
         t0 = time.monotonic()
-        big = configgen.generate(tmp_path / "large", args.idps, args.apps, distinct_keys=20,
-                                 json_directory=tmp_path / "large", write_yaml=False)
+        big = configgen.generate(
+            tmp_path / "large",
+            args.idps,
+            args.apps,
+            distinct_keys=20,
+            json_directory=tmp_path / "large",
+            write_yaml=False,
+        )
         results["generate_s"] = time.monotonic() - t0
         results["manifest_json_mb"] = (big.directory / "manifests.json").stat().st_size / 1e6
         small = configgen.generate(tmp_path / "small", 100, 1000, distinct_keys=20)
