@@ -5,6 +5,7 @@ per session.
 started once per session and always torn down. Where a node can run (root), the node's network
 (tests/support/node.py) is set up first, so the API server is reachable from pods; the node itself is started by
 the tests that need it."""
+
 from __future__ import annotations
 
 import subprocess
@@ -57,6 +58,10 @@ def control_plane(tmp_path_factory, pytestconfig):
 @pytest.fixture(scope="session")
 def helm() -> str:
     """helm, built from its Go module by tests/cluster/build-helm.sh (cached)."""
-    out = subprocess.run(["bash", str(Path(__file__).parent / "cluster" / "build-helm.sh")], check=True,
-                         stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(
+        ["bash", str(Path(__file__).parent / "cluster" / "build-helm.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     return str(Path(out.stdout.strip().splitlines()[-1]) / "helm")

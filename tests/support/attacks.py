@@ -3,6 +3,7 @@ TestClient, and the one assertion every refusal must pass. The corpus builds the
 (tests.support.exchange), so it attacks exactly the configuration shape the unit tests use, and signs with
 tests.support.idp.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,17 @@ from tokenbridge_exchange.app import create_app
 from tokenbridge_exchange.config import ServerConfig
 
 # Every error code the token endpoint may answer with (RFC 6749 §5.2, RFC 8693 §2.2.2, RFC 8707 §2).
-OAUTH_ERRORS = frozenset({"invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
-                          "unsupported_grant_type", "invalid_scope", "invalid_target"})
+OAUTH_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "invalid_target",
+    }
+)
 CLIENT, SECRET = "tb-web-client", "web-s3cret-0123456789abcdef"
 POST_CLIENT, POST_SECRET = "tb-post-client", "post-s3cret-0123456789abcdef"
 B_CLIENT, B_SECRET = "tb-team-b-client", "team-b-s3cret-0123456789abcdef"
@@ -26,8 +36,9 @@ B_CLIENT, B_SECRET = "tb-team-b-client", "team-b-s3cret-0123456789abcdef"
 
 def client_for(source: Any, clock: Any = None, **config: Any) -> falcon.testing.TestClient:
     """A plain TestClient (not the unit tests' StrictClient): the corpus checks 5xx itself, per case."""
-    return falcon.testing.TestClient(create_app(ServerConfig(issuer=PUBLIC_ISSUER, **config), source,
-                                                clock=clock or Clock()))
+    return falcon.testing.TestClient(
+        create_app(ServerConfig(issuer=PUBLIC_ISSUER, **config), source, clock=clock or Clock())
+    )
 
 
 def encode(form: Any) -> str:
@@ -38,14 +49,17 @@ def post(client: Any, body: Any, headers: dict[str, str] | None = None, **kwargs
     """POST /oauth2/token with a form (dict or list of pairs, urlencoded here) or a raw body (str/bytes)."""
     if isinstance(body, (dict, list)):
         body = encode(body)
-    return client.simulate_post("/oauth2/token", body=body, headers=headers if headers is not None else FORM,
-                                **kwargs)
+    return client.simulate_post("/oauth2/token", body=body, headers=headers if headers is not None else FORM, **kwargs)
 
 
 def exchange(client: Any, token: str | None, auth: dict[str, str] | None = None, **params: Any):
     """An RFC 8693 exchange by the basic-auth web client (``auth`` replaces its Authorization header)."""
-    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
-            "subject_token_type": api.TOKEN_TYPE_JWT, **params}
+    form = {
+        "grant_type": api.GRANT_TOKEN_EXCHANGE,
+        "subject_token": token,
+        "subject_token_type": api.TOKEN_TYPE_JWT,
+        **params,
+    }
     form = {k: v for k, v in form.items() if v is not None}
     return post(client, form, {**FORM, **(basic(CLIENT, SECRET) if auth is None else auth)})
 

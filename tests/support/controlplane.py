@@ -10,6 +10,7 @@ Used by the ``control_plane`` pytest fixture and, as a script, by ``make cluster
                                                                    # detached; --node adds tests/support/node.py
     python -m tests.support.controlplane down [--dir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,23 +45,27 @@ def build_binaries() -> Path:
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _cert(subject: x509.Name, key, issuer_cert=None, issuer_key=None, *, ca=False, sans=(), client=False):
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(subject)
-               .issuer_name(issuer_cert.subject if issuer_cert else subject)
-               .public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=7))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if ca:
-        builder = builder.add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-                                        critical=True)
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
     else:
         usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -102,16 +107,24 @@ class ControlPlane:
         (d / "ca.crt").write_bytes(self.ca.public_bytes(serialization.Encoding.PEM))
         (d / "ca.key").write_bytes(_pem_key(self.ca_key))
         ips = ["127.0.0.1", "10.0.0.1", *([self.node_ip] if self.node_ip else [])]
-        sans = [x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default.svc"),
-                *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]
+        sans = [
+            x509.DNSName("localhost"),
+            x509.DNSName("kubernetes"),
+            x509.DNSName("kubernetes.default.svc"),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
+        ]
         self._write_key_pair("apiserver", _name("kube-apiserver"), sans=sans)
         # The API server's client certificate towards kubelets (logs, exec, port-forward).
-        self._write_key_pair("apiserver-kubelet-client", _name("kube-apiserver-kubelet-client", "system:masters"),
-                             client=True)
+        self._write_key_pair(
+            "apiserver-kubelet-client", _name("kube-apiserver-kubelet-client", "system:masters"), client=True
+        )
         sa_key = ec.generate_private_key(ec.SECP256R1())
         (d / "sa.key").write_bytes(_pem_key(sa_key))
-        (d / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        (d / "sa.pub").write_bytes(
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         self.write_client_kubeconfig(self.kubeconfig, "tokenbridge-admin", "system:masters")
         self.write_client_kubeconfig(d / "controller-manager.kubeconfig", "system:kube-controller-manager")
 
@@ -119,8 +132,9 @@ class ControlPlane:
         """A certificate for ``key`` signed by the test CA (server auth, or client auth with ``client``)."""
         return _cert(_name(cn, org), key, self.ca, self.ca_key, sans=sans, client=client)
 
-    def _write_key_pair(self, stem: str, subject: x509.Name, *, sans=(), client: bool = False,
-                        where: Path | None = None) -> tuple[Path, Path]:
+    def _write_key_pair(
+        self, stem: str, subject: x509.Name, *, sans=(), client: bool = False, where: Path | None = None
+    ) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _cert(subject, key, self.ca, self.ca_key, sans=sans, client=client)
         crt_path, key_path = (where or self.dir) / f"{stem}.crt", (where or self.dir) / f"{stem}.key"
@@ -131,21 +145,30 @@ class ControlPlane:
     def write_client_kubeconfig(self, path: Path, cn: str, org: str | None = None) -> None:
         """A kubeconfig at ``path`` for user ``cn`` (group ``org``) with a fresh client certificate beside it."""
         crt, key = self._write_key_pair(path.stem, _name(cn, org), client=True, where=path.parent)
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.server,
-                                                       "certificate-authority": str(self.ca_file)}}],
-            "users": [{"name": cn, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": cn}}],
-        }, indent=2))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "test",
+                    "clusters": [
+                        {"name": "test", "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)}}
+                    ],
+                    "users": [{"name": cn, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
+                    "contexts": [{"name": "test", "context": {"cluster": "test", "user": cn}}],
+                },
+                indent=2,
+            )
+        )
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen([str(self.bin / name), *args], stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [str(self.bin / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         (self.dir / f"{name}.pid").write_text(str(self.procs[name].pid))
 
-    def start(self) -> "ControlPlane":
+    def start(self) -> ControlPlane:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
@@ -153,50 +176,109 @@ class ControlPlane:
         d = self.dir
         client_port, peer_port = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client_port}"
-        self._spawn("etcd", [
-            "--data-dir", str(d / "etcd"), "--name", "default",
-            "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
-            "--unsafe-no-fsync=true", "--log-level", "warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                "--data-dir",
+                str(d / "etcd"),
+                "--name",
+                "default",
+                "--listen-client-urls",
+                self.etcd_url,
+                "--advertise-client-urls",
+                self.etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync=true",
+                "--log-level",
+                "warn",
+            ],
+        )
         self._wait(lambda: self._http_ok(f"{self.etcd_url}/health"), "etcd", 30)
         self.start_apiserver()
-        self._spawn("kube-controller-manager", [
-            "--kubeconfig", str(d / "controller-manager.kubeconfig"),
-            "--service-account-private-key-file", str(d / "sa.key"),
-            "--root-ca-file", str(d / "ca.crt"),
-            "--cluster-signing-cert-file", str(d / "ca.crt"), "--cluster-signing-key-file", str(d / "ca.key"),
-            "--controllers", "*", "--leader-elect=false", "--secure-port", "0",
-            "--use-service-account-credentials=true", "--concurrent-gc-syncs", "5",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                "--kubeconfig",
+                str(d / "controller-manager.kubeconfig"),
+                "--service-account-private-key-file",
+                str(d / "sa.key"),
+                "--root-ca-file",
+                str(d / "ca.crt"),
+                "--cluster-signing-cert-file",
+                str(d / "ca.crt"),
+                "--cluster-signing-key-file",
+                str(d / "ca.key"),
+                "--controllers",
+                "*",
+                "--leader-elect=false",
+                "--secure-port",
+                "0",
+                "--use-service-account-credentials=true",
+                "--concurrent-gc-syncs",
+                "5",
+            ],
+        )
         # The default ServiceAccount appears only when the controller-manager's controllers really run.
-        self._wait(lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default",
-                                        check=False).returncode == 0, "kube-controller-manager", 90)
+        self._wait(
+            lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
+            "kube-controller-manager",
+            90,
+        )
         return self
 
     def start_apiserver(self) -> None:
         d = self.dir
-        self._spawn("kube-apiserver", [
-            "--etcd-servers", self.etcd_url, "--cert-dir", str(d / "apiserver-certs"),
-            "--tls-cert-file", str(d / "apiserver.crt"), "--tls-private-key-file", str(d / "apiserver.key"),
-            "--client-ca-file", str(d / "ca.crt"),
-            "--secure-port", str(self.port),
-            "--bind-address", "0.0.0.0" if self.node_ip else "127.0.0.1",
-            "--advertise-address", self.node_ip or "127.0.0.1",
-            "--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
-            "--kubelet-client-certificate", str(d / "apiserver-kubelet-client.crt"),
-            "--kubelet-client-key", str(d / "apiserver-kubelet-client.key"),
-            # logs and exec reach the kubelet at the node's IP (no DNS here) and check its serving certificate
-            "--kubelet-preferred-address-types", "InternalIP", "--kubelet-certificate-authority", str(d / "ca.crt"),
-            "--service-account-issuer", self.issuer,
-            "--service-account-key-file", str(d / "sa.pub"),
-            "--service-account-signing-key-file", str(d / "sa.key"),
-            "--service-account-jwks-uri", f"{self.issuer}/openid/v1/jwks",
-            "--service-cluster-ip-range", "10.0.0.0/24", "--allow-privileged=true",
-            "--enable-priority-and-fairness=false",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                "--etcd-servers",
+                self.etcd_url,
+                "--cert-dir",
+                str(d / "apiserver-certs"),
+                "--tls-cert-file",
+                str(d / "apiserver.crt"),
+                "--tls-private-key-file",
+                str(d / "apiserver.key"),
+                "--client-ca-file",
+                str(d / "ca.crt"),
+                "--secure-port",
+                str(self.port),
+                "--bind-address",
+                "0.0.0.0" if self.node_ip else "127.0.0.1",
+                "--advertise-address",
+                self.node_ip or "127.0.0.1",
+                "--authorization-mode",
+                "Node,RBAC",
+                "--enable-admission-plugins",
+                "NodeRestriction",
+                "--kubelet-client-certificate",
+                str(d / "apiserver-kubelet-client.crt"),
+                "--kubelet-client-key",
+                str(d / "apiserver-kubelet-client.key"),
+                # logs and exec reach the kubelet at the node's IP (no DNS here) and check its serving certificate
+                "--kubelet-preferred-address-types",
+                "InternalIP",
+                "--kubelet-certificate-authority",
+                str(d / "ca.crt"),
+                "--service-account-issuer",
+                self.issuer,
+                "--service-account-key-file",
+                str(d / "sa.pub"),
+                "--service-account-signing-key-file",
+                str(d / "sa.key"),
+                "--service-account-jwks-uri",
+                f"{self.issuer}/openid/v1/jwks",
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+            ],
+        )
         self._wait(lambda: self._http_ok(f"{self.server}/readyz", tls=True), "kube-apiserver", 90)
 
     def stop_apiserver(self) -> None:
@@ -235,9 +317,20 @@ class ControlPlane:
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         # A discovery cache of our own: one shared with other runs (or taken before the CRDs existed) would
         # make kubectl answer "doesn't have a resource type" for our kinds.
-        proc = subprocess.run([str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig),
-                               "--cache-dir", str(self.dir / "kubectl-cache"), *args],
-                              input=input, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                str(self.bin / "kubectl"),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--cache-dir",
+                str(self.dir / "kubectl-cache"),
+                *args,
+            ],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
@@ -281,8 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--node", action="store_true", help="also start a node (root): kubelet, containerd, "
-                        "kube-proxy, kube-scheduler, with the images built by image/ imported")
+    parser.add_argument(
+        "--node",
+        action="store_true",
+        help="also start a node (root): kubelet, containerd, "
+        "kube-proxy, kube-scheduler, with the images built by image/ imported",
+    )
     args = parser.parse_args(argv)
     if args.action == "down":
         _down(args.dir)
@@ -306,10 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         if network:
             network.down()
         raise
-    print(f"control plane up: {cp.server} (ServiceAccount issuer {cp.issuer})\n"
-          + (f"node {NODE_NAME} Ready, with the image {images[1][1]}\n" if node else "")
-          + f"export KUBECONFIG={cp.kubeconfig}\n"
-          f"kubectl: {cp.bin / 'kubectl'}\nstop with: make cluster-down")
+    print(
+        f"control plane up: {cp.server} (ServiceAccount issuer {cp.issuer})\n"
+        + (f"node {NODE_NAME} Ready, with the image {images[1][1]}\n" if node else "")
+        + f"export KUBECONFIG={cp.kubeconfig}\n"
+        f"kubectl: {cp.bin / 'kubectl'}\nstop with: make cluster-down"
+    )
     return 0
 
 

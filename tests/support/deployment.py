@@ -1,5 +1,6 @@
 """``tokenbridge operator`` and ``tokenbridge serve --kubernetes`` run for real against the test control plane, one
 namespace each, with small helpers over kubectl and the token endpoint: what the end-to-end tests deploy."""
+
 from __future__ import annotations
 
 import base64
@@ -30,8 +31,13 @@ def wait_for(predicate, timeout: float, what: str) -> float:
 
 
 def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([TOKENBRIDGE, *args], env={**os.environ, **env}, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [TOKENBRIDGE, *args],
+        env={**os.environ, **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 class Stack:
@@ -55,14 +61,20 @@ class Stack:
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
     def sa_token(self, sa: str, audience: str) -> str:
-        return self.cp.kubectl("create", "token", sa, "-n", self.ns, "--audience", audience,
-                               "--duration", "10m").stdout.strip()
+        return self.cp.kubectl(
+            "create", "token", sa, "-n", self.ns, "--audience", audience, "--duration", "10m"
+        ).stdout.strip()
 
     def exchange(self, creds: dict, subject: str, **extra) -> httpx.Response:
-        form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": subject,
-                "subject_token_type": api.TOKEN_TYPE_JWT, **extra}
-        return httpx.post(creds["token_endpoint"], data=form, auth=(creds["client_id"], creds["client_secret"]),
-                          timeout=10)
+        form = {
+            "grant_type": api.GRANT_TOKEN_EXCHANGE,
+            "subject_token": subject,
+            "subject_token_type": api.TOKEN_TYPE_JWT,
+            **extra,
+        }
+        return httpx.post(
+            creds["token_endpoint"], data=form, auth=(creds["client_id"], creds["client_secret"]), timeout=10
+        )
 
 
 @contextlib.contextmanager
@@ -73,12 +85,20 @@ def deployed(cp, logs: Path, prefix: str, **env_extra: str):
     cp.kubectl("create", "namespace", ns)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"KUBECONFIG": str(cp.kubeconfig), "TOKENBRIDGE_PUBLIC_ISSUER": base,
-           "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns, "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys",
-           "TOKENBRIDGE_METRICS_PORT": str(free_port()), **env_extra}
+    env = {
+        "KUBECONFIG": str(cp.kubeconfig),
+        "TOKENBRIDGE_PUBLIC_ISSUER": base,
+        "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": ns,
+        "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys",
+        "TOKENBRIDGE_METRICS_PORT": str(free_port()),
+        **env_extra,
+    }
     operator = start(["operator", "--kubeconfig", str(cp.kubeconfig), "--namespace", ns], env, logs / "operator.log")
-    server = start(["serve", "--kubernetes", "--kubeconfig", str(cp.kubeconfig), "--bind", f"127.0.0.1:{port}",
-                    "--workers", "2"], env, logs / "server.log")
+    server = start(
+        ["serve", "--kubernetes", "--kubeconfig", str(cp.kubeconfig), "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+        env,
+        logs / "server.log",
+    )
     try:
         yield Stack(cp, ns, base)
     except BaseException:

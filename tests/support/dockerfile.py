@@ -1,4 +1,5 @@
 """The Dockerfile's build context, as its build stage sees it: for the tests that build the image's wheel."""
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,7 @@ def copy_build_context(context: Path) -> list[str]:
     for source in sources:
         src = REPO / source
         if src.is_dir():
-            shutil.copytree(src, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc",
-                                                                                 "*.egg-info"))
+            shutil.copytree(src, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
         else:
             shutil.copy2(src, context / source)
     return sources

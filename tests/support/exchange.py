@@ -1,5 +1,6 @@
 """The exchange server in process, for its tests: resource objects, a fixed snapshot source and clock, and a client
 that fails the test on any 500. Subject tokens come from tests.support.idp."""
+
 from __future__ import annotations
 
 import base64
@@ -20,8 +21,16 @@ from tokenbridge_exchange.snapshot import build_snapshot
 PUBLIC_ISSUER = "https://tokens.example.test"
 
 
-def idp_object(name: str, issuer: str, *, namespace: str = "team-a", kind: str = api.KIND_IDP,
-               jwks: dict | None = None, jwks_uri: str | None = None, **spec: Any) -> dict[str, Any]:
+def idp_object(
+    name: str,
+    issuer: str,
+    *,
+    namespace: str = "team-a",
+    kind: str = api.KIND_IDP,
+    jwks: dict | None = None,
+    jwks_uri: str | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     spec = {"type": "OIDC", "issuer": issuer, "allowedAudiences": ["api://tokenbridge"], **spec}
     if jwks is not None:
         spec["jwks"] = jwks
@@ -31,8 +40,16 @@ def idp_object(name: str, issuer: str, *, namespace: str = "team-a", kind: str =
     return {"apiVersion": api.API_VERSION, "kind": kind, "metadata": meta, "spec": spec}
 
 
-def app_object(name: str, client_id: str, secret: str, *, namespace: str = "team-a",
-               providers: list[dict] | None = None, status: dict | None = None, **spec: Any) -> dict[str, Any]:
+def app_object(
+    name: str,
+    client_id: str,
+    secret: str,
+    *,
+    namespace: str = "team-a",
+    providers: list[dict] | None = None,
+    status: dict | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     spec = {
         "grantTypes": list(api.GRANT_TYPES),
         "identityProviders": providers if providers is not None else [{"name": "corp"}],
@@ -41,25 +58,47 @@ def app_object(name: str, client_id: str, secret: str, *, namespace: str = "team
         "credentials": {"secretName": f"{name}-credentials"},
         **spec,
     }
-    return {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": name, "namespace": namespace},
-            "spec": spec,
-            "status": {"clientID": client_id, "clientSecretHash": hash_client_secret(secret), **(status or {})}}
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND_APP,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+        "status": {"clientID": client_id, "clientSecretHash": hash_client_secret(secret), **(status or {})},
+    }
 
 
 def standalone_documents(idp: IdP, *, apps: int = 2, scopes=("read",), secret: str = "pw") -> list[dict]:
     """A standalone manifests file: IdP ``apps/corp`` with ``idp``'s JWKS inline, and ``apps`` applications with
     their credentials Secrets (``client-<n>`` / ``secret``)."""
     docs: list[dict] = [
-        {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": "corp", "namespace": "apps"},
-         "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]}}]
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND_IDP,
+            "metadata": {"name": "corp", "namespace": "apps"},
+            "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]},
+        }
+    ]
     for n in range(apps):
         docs += [
-            {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": f"app-{n}", "namespace": "apps"},
-             "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE], "identityProviders": [{"name": "corp"}],
-                      "audiences": ["https://api.example.test"], "scopes": list(scopes),
-                      "credentials": {"secretName": f"app-{n}-credentials"}}},
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"app-{n}-credentials", "namespace": "apps"},
-             "stringData": {"client_id": f"client-{n}", "client_secret": secret}}]
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND_APP,
+                "metadata": {"name": f"app-{n}", "namespace": "apps"},
+                "spec": {
+                    "grantTypes": [api.GRANT_TOKEN_EXCHANGE],
+                    "identityProviders": [{"name": "corp"}],
+                    "audiences": ["https://api.example.test"],
+                    "scopes": list(scopes),
+                    "credentials": {"secretName": f"app-{n}-credentials"},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": f"app-{n}-credentials", "namespace": "apps"},
+                "stringData": {"client_id": f"client-{n}", "client_secret": secret},
+            },
+        ]
     return docs
 
 
@@ -95,8 +134,14 @@ def snapshot_of(idps=(), cluster_idps=(), apps=(), *, signing_keys="generate", c
     """``policies``: a PolicyCache shared with other builds (none: every policy compiled afresh)."""
     clock = clock or Clock()
     keys = generate_keyset("ES256", clock() - 60) if signing_keys == "generate" else signing_keys
-    return build_snapshot(identity_providers=idps, cluster_identity_providers=cluster_idps, applications=apps,
-                          signing_keys=keys, cache=cache or JwksCache(no_fetch, clock=clock), policies=policies)
+    return build_snapshot(
+        identity_providers=idps,
+        cluster_identity_providers=cluster_idps,
+        applications=apps,
+        signing_keys=keys,
+        cache=cache or JwksCache(no_fetch, clock=clock),
+        policies=policies,
+    )
 
 
 class StrictClient(falcon.testing.TestClient):
@@ -126,6 +171,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 def post_form(client, path: str, form: dict[str, Any], auth: tuple[str, str] | None = None):
     """POST a form (None values left out, lists repeated) with client_secret_basic ``auth``."""
     from urllib.parse import urlencode
+
     body = urlencode({k: v for k, v in form.items() if v is not None}, doseq=True)
     return client.simulate_post(path, body=body, headers={**FORM, **(basic(*auth) if auth else {})})
 

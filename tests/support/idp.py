@@ -14,6 +14,7 @@ every byte). ``HttpsIdP`` is the same issuer served over real HTTPS, for the cod
         okta.well_known_url   # https://localhost:PORT/oauth2/default/.well-known/openid-configuration
         okta.fail(503)        # every request answers 503; okta.fail(None) drops connections; okta.recover()
 """
+
 from __future__ import annotations
 
 import base64
@@ -48,8 +49,9 @@ def _segment(part: Any) -> str:
     return b64url(json.dumps(part, separators=(",", ":")))
 
 
-def jws(header: Any, payload: Any, key: Any = None, alg: str | None = None,
-        signature: bytes | str | None = None) -> str:
+def jws(
+    header: Any, payload: Any, key: Any = None, alg: str | None = None, signature: bytes | str | None = None
+) -> str:
     """A compact JWS. ``header``/``payload``: dict (JSON-encoded), bytes (base64url-encoded) or str (used as the
     segment verbatim). The signature is ``signature`` (bytes are encoded, str used verbatim) or made with ``key``
     under ``alg`` (default: the header's alg) over the exact signing input, so any header passes through."""
@@ -114,8 +116,14 @@ class IdP:
         return {k: v for k, v in header.items() if v is not None}
 
     def claims(self, **overrides: Any) -> dict[str, Any]:
-        claims = {"iss": self.issuer, "sub": "alice", "aud": "api://tokenbridge", "iat": int(NOW) - 10,
-                  "exp": int(NOW) + 3600, **overrides}
+        claims = {
+            "iss": self.issuer,
+            "sub": "alice",
+            "aud": "api://tokenbridge",
+            "iat": int(NOW) - 10,
+            "exp": int(NOW) + 3600,
+            **overrides,
+        }
         return {k: v for k, v in claims.items() if v is not None}
 
     def token(self, header: dict[str, Any] | None = None, key: Any = None, **claims: Any) -> str:
@@ -131,8 +139,7 @@ class IdP:
         """A token issued now by the wall clock, with ``claims`` (``iss``, ``iat``, ``nbf`` and ``exp`` default to
         this IdP's; a ``{tenantid}`` issuer's tokens carry DEFAULT_TENANT in ``iss`` and ``tid``, as Entra's do)."""
         now = int(time.time())
-        body = {"iss": self.issuer.replace("{tenantid}", DEFAULT_TENANT), "iat": now, "nbf": now,
-                "exp": now + lifetime}
+        body = {"iss": self.issuer.replace("{tenantid}", DEFAULT_TENANT), "iat": now, "nbf": now, "exp": now + lifetime}
         if "{tenantid}" in self.issuer:
             body["tid"] = DEFAULT_TENANT
         return jws(self.header(), {**body, **claims}, self.key, self.alg)
@@ -156,11 +163,17 @@ class HttpsIdP(IdP):
     ``start()`` after ``stop()`` listens on the same port again, so its URLs stay valid across an outage.
     """
 
-    def __init__(self, kind: str = "oidc", *, alg: str = "RS256", ca: trustme.CA | None = None,
-                 hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")):
+    def __init__(
+        self,
+        kind: str = "oidc",
+        *,
+        alg: str = "RS256",
+        ca: trustme.CA | None = None,
+        hostnames: tuple[str, ...] = ("localhost", "127.0.0.1"),
+    ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
-        super().__init__(None, alg)
+        super().__init__(None, alg)  # no fixed issuer: it is the served URL (the issuer property)
         self.kind = kind
         self.ca = ca or trustme.CA()
         self.ca_pem = self.ca.cert_pem.bytes().decode()
@@ -176,7 +189,7 @@ class HttpsIdP(IdP):
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------------
-    def start(self) -> "HttpsIdP":
+    def start(self) -> HttpsIdP:
         idp = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -220,8 +233,9 @@ class HttpsIdP(IdP):
         server.socket = context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self._port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=f"HttpsIdP-{self.kind}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name=f"HttpsIdP-{self.kind}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -231,7 +245,7 @@ class HttpsIdP(IdP):
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "HttpsIdP":
+    def __enter__(self) -> HttpsIdP:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -17,6 +17,7 @@ The network is the node's alone and nothing leaves the machine:
 
 The host must run the tests as root on cgroup v1 (kubelet 1.35 needs ``failCgroupV1: false`` for that) or v2.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -40,8 +41,14 @@ GATEWAY = "10.244.0.1"
 SERVICE_CIDR = "10.0.0.0/24"
 NODE_NAME = "tb-node"
 GUARD = "TOKENBRIDGE-GUARD"
-PACKAGES = {"containerd": "containerd", "ctr": "containerd", "runc": "runc", "iptables": "iptables",
-            "conntrack": "conntrack", "/usr/lib/cni/bridge": "containernetworking-plugins"}
+PACKAGES = {
+    "containerd": "containerd",
+    "ctr": "containerd",
+    "runc": "runc",
+    "iptables": "iptables",
+    "conntrack": "conntrack",
+    "/usr/lib/cni/bridge": "containernetworking-plugins",
+}
 CNI_BIN = "/usr/lib/cni"
 SYSCTLS = {"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"}
 CTR_NAMESPACE = "k8s.io"
@@ -50,8 +57,9 @@ LEFTOVER_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
 
 def built_image(script: str) -> tuple[Path, str]:
     """Run an image/ build script (cached by its inputs; progress on stderr): (OCI archive, image reference)."""
-    out = subprocess.run(["bash", str(REPO / "image" / script)], check=True, stdout=subprocess.PIPE, text=True,
-                         timeout=1800).stdout.split()
+    out = subprocess.run(
+        ["bash", str(REPO / "image" / script)], check=True, stdout=subprocess.PIPE, text=True, timeout=1800
+    ).stdout.split()
     return next(Path(word) for word in out if word.endswith(".tar")), out[-1]
 
 
@@ -66,14 +74,23 @@ def can_run() -> str | None:
 
 def ensure_packages() -> None:
     """Install Debian's containerd, runc, CNI plugins, iptables and conntrack when missing."""
-    missing = sorted({pkg for tool, pkg in PACKAGES.items()
-                      if not (Path(tool).exists() if tool.startswith("/") else shutil.which(tool))})
+    missing = sorted(
+        {
+            pkg
+            for tool, pkg in PACKAGES.items()
+            if not (Path(tool).exists() if tool.startswith("/") else shutil.which(tool))
+        }
+    )
     if not missing:
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -85,8 +102,11 @@ def _remove_chains(table: str, chains: tuple[str, ...]) -> None:
     rules = _run("iptables", "-t", table, "-S", check=False).stdout.splitlines()
     for rule in rules:
         words = rule.split()
-        if words[:1] == ["-A"] and words[1] not in chains and any(
-                words[i] == "-j" and words[i + 1] in chains for i in range(len(words) - 1)):
+        if (
+            words[:1] == ["-A"]
+            and words[1] not in chains
+            and any(words[i] == "-j" and words[i + 1] in chains for i in range(len(words) - 1))
+        ):
             _run("iptables", "-t", table, "-D", *words[1:], check=False)
     for chain in chains:
         _run("iptables", "-t", table, "-F", chain, check=False)
@@ -118,7 +138,7 @@ class NodeNetwork:
 
     STATE = Path("/run/tokenbridge-node-network.json")
 
-    def up(self) -> "NodeNetwork":
+    def up(self) -> NodeNetwork:
         if _run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
             _run("ip", "link", "add", BRIDGE, "type", "bridge")
         _run("ip", "addr", "replace", f"{GATEWAY}/{ipaddress.ip_network(POD_CIDR).prefixlen}", "dev", BRIDGE)
@@ -153,24 +173,46 @@ class Node:
     def _write_config(self) -> None:
         d = self.dir
         cp = self.cp
-        for name, cn, org in (("kubelet", f"system:node:{NODE_NAME}", "system:nodes"),
-                              ("kube-proxy", "system:kube-proxy", None),
-                              ("kube-scheduler", "system:kube-scheduler", None)):
+        for name, cn, org in (
+            ("kubelet", f"system:node:{NODE_NAME}", "system:nodes"),
+            ("kube-proxy", "system:kube-proxy", None),
+            ("kube-scheduler", "system:kube-scheduler", None),
+        ):
             cp.write_client_kubeconfig(d / f"{name}.kubeconfig", cn, org)
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = cp.issue_certificate(key, NODE_NAME, sans=[x509.DNSName(NODE_NAME),
-                                                          x509.IPAddress(ipaddress.ip_address(GATEWAY))])
+        cert = cp.issue_certificate(
+            key, NODE_NAME, sans=[x509.DNSName(NODE_NAME), x509.IPAddress(ipaddress.ip_address(GATEWAY))]
+        )
         (d / "kubelet-serving.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (d / "kubelet-serving.key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (d / "kubelet-serving.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         (d / "cni").mkdir()
-        (d / "cni" / "10-tokenbridge.conflist").write_text(json.dumps({
-            "cniVersion": "0.4.0", "name": "tokenbridge",
-            "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
-                         "hairpinMode": True,
-                         "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
-                                  "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(d / "cni-ipam")}}],
-        }))
+        (d / "cni" / "10-tokenbridge.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "0.4.0",
+                    "name": "tokenbridge",
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": BRIDGE,
+                            "isGateway": True,
+                            "ipMasq": False,
+                            "hairpinMode": True,
+                            "ipam": {
+                                "type": "host-local",
+                                "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
+                                "routes": [{"dst": "0.0.0.0/0"}],
+                                "dataDir": str(d / "cni-ipam"),
+                            },
+                        }
+                    ],
+                }
+            )
+        )
         (d / "containerd.toml").write_text(f"""version = 2
 root = "{d}/containerd/root"
 state = "{d}/containerd/state"
@@ -196,25 +238,49 @@ state = "{d}/containerd/state"
 """)
         (d / "resolv.conf").write_text("")  # pods get no DNS server: nothing to resolve, nowhere to send it
         self.kubelet_port = free_port()
-        (d / "kubelet.json").write_text(json.dumps({
-            "kind": "KubeletConfiguration", "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "failCgroupV1": False, "cgroupDriver": "cgroupfs", "failSwapOn": False,
-            "containerRuntimeEndpoint": f"unix://{self.socket}",
-            "address": GATEWAY, "port": self.kubelet_port, "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1", "healthzPort": free_port(),
-            "tlsCertFile": str(d / "kubelet-serving.crt"), "tlsPrivateKeyFile": str(d / "kubelet-serving.key"),
-            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                               "x509": {"clientCAFile": str(cp.ca_file)}},
-            "authorization": {"mode": "Webhook"},
-            "clusterDomain": "cluster.local", "resolvConf": str(d / "resolv.conf"),
-            "podCIDR": POD_CIDR, "maxPods": 30,
-            # Imported images can never be pulled again: the kubelet must not collect them.
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                             "nodefs.inodesFree": "1%"},
-            "podLogsDir": str(d / "pod-logs"), "volumePluginDir": str(d / "volume-plugins"),
-            "serializeImagePulls": False, "staticPodPath": "", "shutdownGracePeriod": "0s",
-        }))
+        (d / "kubelet.json").write_text(
+            json.dumps(
+                {
+                    "kind": "KubeletConfiguration",
+                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                    "failCgroupV1": False,
+                    "cgroupDriver": "cgroupfs",
+                    "failSwapOn": False,
+                    "containerRuntimeEndpoint": f"unix://{self.socket}",
+                    "address": GATEWAY,
+                    "port": self.kubelet_port,
+                    "readOnlyPort": 0,
+                    "healthzBindAddress": "127.0.0.1",
+                    "healthzPort": free_port(),
+                    "tlsCertFile": str(d / "kubelet-serving.crt"),
+                    "tlsPrivateKeyFile": str(d / "kubelet-serving.key"),
+                    "authentication": {
+                        "anonymous": {"enabled": False},
+                        "webhook": {"enabled": True},
+                        "x509": {"clientCAFile": str(cp.ca_file)},
+                    },
+                    "authorization": {"mode": "Webhook"},
+                    "clusterDomain": "cluster.local",
+                    "resolvConf": str(d / "resolv.conf"),
+                    "podCIDR": POD_CIDR,
+                    "maxPods": 30,
+                    # Imported images can never be pulled again: the kubelet must not collect them.
+                    "imageGCHighThresholdPercent": 100,
+                    "imageGCLowThresholdPercent": 99,
+                    "evictionHard": {
+                        "memory.available": "100Mi",
+                        "nodefs.available": "1%",
+                        "imagefs.available": "1%",
+                        "nodefs.inodesFree": "1%",
+                    },
+                    "podLogsDir": str(d / "pod-logs"),
+                    "volumePluginDir": str(d / "volume-plugins"),
+                    "serializeImagePulls": False,
+                    "staticPodPath": "",
+                    "shutdownGracePeriod": "0s",
+                }
+            )
+        )
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.dir / f"{name}.log", "ab")
@@ -223,8 +289,12 @@ state = "{d}/containerd/state"
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run ctr against the node's containerd, in the namespace the kubelet uses."""
-        proc = subprocess.run(["ctr", "--address", str(self.socket), "--namespace", CTR_NAMESPACE, *args],
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            ["ctr", "--address", str(self.socket), "--namespace", CTR_NAMESPACE, *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"ctr {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
@@ -233,10 +303,11 @@ state = "{d}/containerd/state"
         """Import an OCI archive into the node's containerd (the kubelet then finds ``reference`` locally)."""
         self.ctr("images", "import", "--all-platforms", str(archive))
         if reference not in self.ctr("images", "list", "--quiet").stdout.split():
-            raise RuntimeError(f"importing {archive} did not give {reference}: "
-                               f"{self.ctr('images', 'list', '--quiet').stdout}")
+            raise RuntimeError(
+                f"importing {archive} did not give {reference}: {self.ctr('images', 'list', '--quiet').stdout}"
+            )
 
-    def start(self, pause: tuple[Path, str], images: list[tuple[Path, str]] = ()) -> "Node":
+    def start(self, pause: tuple[Path, str], images: list[tuple[Path, str]] = ()) -> Node:
         """Start everything; ``pause`` and ``images`` are (OCI archive, reference) pairs to import."""
         if self.dir.exists():
             shutil.rmtree(self.dir)
@@ -248,22 +319,62 @@ state = "{d}/containerd/state"
         self._wait(lambda: self.ctr("version", check=False).returncode == 0, "containerd", 30)
         for archive, reference in (pause, *images):
             self.import_image(archive, reference)
-        self._spawn("kube-scheduler", [str(self.bin / "kube-scheduler"),
-                                       "--kubeconfig", str(d / "kube-scheduler.kubeconfig"),
-                                       "--authentication-kubeconfig", str(d / "kube-scheduler.kubeconfig"),
-                                       "--authorization-kubeconfig", str(d / "kube-scheduler.kubeconfig"),
-                                       "--leader-elect=false", "--bind-address", "127.0.0.1",
-                                       "--secure-port", str(free_port())])
-        self._spawn("kubelet", [str(self.bin / "kubelet"), "--config", str(d / "kubelet.json"),
-                                "--kubeconfig", str(d / "kubelet.kubeconfig"), "--root-dir", str(d / "kubelet"),
-                                "--cert-dir", str(d / "kubelet-pki"), "--hostname-override", NODE_NAME,
-                                "--node-ip", GATEWAY])
-        self._spawn("kube-proxy", [str(self.bin / "kube-proxy"), "--kubeconfig", str(d / "kube-proxy.kubeconfig"),
-                                   "--proxy-mode", "iptables", "--cluster-cidr", POD_CIDR,
-                                   "--hostname-override", NODE_NAME, "--conntrack-max-per-core", "0",
-                                   "--iptables-localhost-nodeports=false",
-                                   "--metrics-bind-address", f"127.0.0.1:{free_port()}",
-                                   "--healthz-bind-address", f"127.0.0.1:{free_port()}"])
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bin / "kube-scheduler"),
+                "--kubeconfig",
+                str(d / "kube-scheduler.kubeconfig"),
+                "--authentication-kubeconfig",
+                str(d / "kube-scheduler.kubeconfig"),
+                "--authorization-kubeconfig",
+                str(d / "kube-scheduler.kubeconfig"),
+                "--leader-elect=false",
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(free_port()),
+            ],
+        )
+        self._spawn(
+            "kubelet",
+            [
+                str(self.bin / "kubelet"),
+                "--config",
+                str(d / "kubelet.json"),
+                "--kubeconfig",
+                str(d / "kubelet.kubeconfig"),
+                "--root-dir",
+                str(d / "kubelet"),
+                "--cert-dir",
+                str(d / "kubelet-pki"),
+                "--hostname-override",
+                NODE_NAME,
+                "--node-ip",
+                GATEWAY,
+            ],
+        )
+        self._spawn(
+            "kube-proxy",
+            [
+                str(self.bin / "kube-proxy"),
+                "--kubeconfig",
+                str(d / "kube-proxy.kubeconfig"),
+                "--proxy-mode",
+                "iptables",
+                "--cluster-cidr",
+                POD_CIDR,
+                "--hostname-override",
+                NODE_NAME,
+                "--conntrack-max-per-core",
+                "0",
+                "--iptables-localhost-nodeports=false",
+                "--metrics-bind-address",
+                f"127.0.0.1:{free_port()}",
+                "--healthz-bind-address",
+                f"127.0.0.1:{free_port()}",
+            ],
+        )
         self._wait(self._ready, f"node {NODE_NAME} Ready", 180)
         return self
 
@@ -310,17 +421,25 @@ def teardown(workdir: Path, bin_dir: Path) -> None:
     for table in ("filter", "nat", "mangle"):  # the kubelet's chains and kube-proxy's hint
         _remove_chains(table, LEFTOVER_CHAINS)
     # Volumes (tmpfs for projected tokens, overlay roots, netns) stay mounted when their owners are killed.
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-              if line.split()[1].startswith(str(workdir) + "/")]
+    mounts = [
+        line.split()[1]
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if line.split()[1].startswith(str(workdir) + "/")
+    ]
     for mount in sorted(mounts, key=len, reverse=True):
         _run("umount", "-l", mount, check=False)
 
 
 def _kill_containers(socket: Path) -> None:
     """SIGKILL every task of the node's namespace and delete it, so shims and runc containers end with the node."""
+
     def ctr(*args: str) -> str:
-        return subprocess.run(["ctr", "--address", str(socket), "--namespace", CTR_NAMESPACE, *args],
-                              capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run(
+            ["ctr", "--address", str(socket), "--namespace", CTR_NAMESPACE, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
 
     tasks = ctr("tasks", "list", "--quiet").split()
     for task in tasks:

@@ -1,4 +1,5 @@
 """Ports and process groups for the tests that start servers: the control plane, the node, ``tokenbridge serve``."""
+
 from __future__ import annotations
 
 import os
