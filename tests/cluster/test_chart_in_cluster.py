@@ -6,6 +6,7 @@ the `restricted` Pod Security Standard, and each ServiceAccount can do what its 
 There is no kubelet or scheduler: Deployments create ReplicaSets and Pods that stay Pending, which is all we need.
 Everything created here is deleted at the end of the module.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,32 +30,50 @@ FIELD_MANAGER = "chart-tests"
 INSTALLS = {
     "cluster": ("tbc", "tb-chart-cluster", {"publicIssuer": ISSUER}),
     "namespace": ("tbn", "tb-chart-namespaced", {"publicIssuer": ISSUER, "rbac": {"scope": "namespace"}}),
-    "namespace-cidp": ("tbm", "tb-chart-namespaced-cidp",
-                       {"publicIssuer": ISSUER, "rbac": {"scope": "namespace", "clusterIdentityProviders": True}}),
-    "full": ("tbf", "tb-chart-full", {
-        "publicIssuer": ISSUER,
-        "signing": {"secretName": "tbf-keys"},
-        "operator": {"replicas": 2, "peering": "tokenbridge"},
-        "fetch": {"allowedNetworks": ["10.0.0.1/32"]},
-        "server": {
-            "ingress": {"enabled": True, "className": "nginx",
-                        "hosts": [{"host": "tokens.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
-                        "tls": [{"secretName": "tokens-tls", "hosts": ["tokens.example.com"]}]},
-            "podDisruptionBudget": {"enabled": True},
-            "autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80},
-            "serviceMonitor": {"enabled": True},  # needs the Prometheus Operator's CRD: filtered out below
+    "namespace-cidp": (
+        "tbm",
+        "tb-chart-namespaced-cidp",
+        {"publicIssuer": ISSUER, "rbac": {"scope": "namespace", "clusterIdentityProviders": True}},
+    ),
+    "full": (
+        "tbf",
+        "tb-chart-full",
+        {
+            "publicIssuer": ISSUER,
+            "signing": {"secretName": "tbf-keys"},
+            "operator": {"replicas": 2, "peering": "tokenbridge"},
+            "fetch": {"allowedNetworks": ["10.0.0.1/32"]},
+            "server": {
+                "ingress": {
+                    "enabled": True,
+                    "className": "nginx",
+                    "hosts": [{"host": "tokens.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+                    "tls": [{"secretName": "tokens-tls", "hosts": ["tokens.example.com"]}],
+                },
+                "podDisruptionBudget": {"enabled": True},
+                "autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80},
+                "serviceMonitor": {"enabled": True},  # needs the Prometheus Operator's CRD: filtered out below
+            },
+            "networkPolicy": {
+                "enabled": True,
+                "serverIngressFrom": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+                ],
+            },
         },
-        "networkPolicy": {"enabled": True, "serverIngressFrom": [
-            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]},
-    }),
+    ),
 }
 
 
 def render(helm: str, tmp_path: Path, release: str, namespace: str, values: dict) -> list[dict]:
     path = tmp_path / f"{release}.json"
     path.write_text(json.dumps(values))
-    proc = subprocess.run([helm, "template", release, str(CHART), "--namespace", namespace, "--skip-crds",
-                           "-f", str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [helm, "template", release, str(CHART), "--namespace", namespace, "--skip-crds", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
@@ -66,23 +85,35 @@ class Cluster:
     def kubectl(self, *args: str, input: str | None = None, check: bool = True):
         return self.cp.kubectl(*args, input=input, check=check)
 
-    def can(self, sa: tuple[str, str], verb: str, resource: str, namespace: str | None = None,
-            *extra: str) -> bool:
+    def can(self, sa: tuple[str, str], verb: str, resource: str, namespace: str | None = None, *extra: str) -> bool:
         ns = ["-n", namespace] if namespace else []
-        proc = self.kubectl("auth", "can-i", verb, resource, *ns, *extra,
-                            "--as", f"system:serviceaccount:{sa[0]}:{sa[1]}", check=False)
+        proc = self.kubectl(
+            "auth", "can-i", verb, resource, *ns, *extra, "--as", f"system:serviceaccount:{sa[0]}:{sa[1]}", check=False
+        )
         answer = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         assert answer in ("yes", "no"), f"kubectl auth can-i {verb} {resource}: {proc.stdout}{proc.stderr}"
         return answer == "yes"
 
-    def review(self, sa: tuple[str, str], verb: str, *, group: str = "", resource: str | None = None,
-               path: str | None = None, groups: list[str] | None = None) -> bool:
+    def review(
+        self,
+        sa: tuple[str, str],
+        verb: str,
+        *,
+        group: str = "",
+        resource: str | None = None,
+        path: str | None = None,
+        groups: list[str] | None = None,
+    ) -> bool:
         """A SubjectAccessReview. Unlike `kubectl auth can-i` it works for resources the server does not serve
         (kopf.dev peerings), and with ``groups=[]`` it leaves out the groups every ServiceAccount is in, so only
         bindings to the ServiceAccount itself count."""
         user = f"system:serviceaccount:{sa[0]}:{sa[1]}"
-        spec = {"user": user, "groups": ["system:serviceaccounts", f"system:serviceaccounts:{sa[0]}",
-                                         "system:authenticated"] if groups is None else groups}
+        spec = {
+            "user": user,
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{sa[0]}", "system:authenticated"]
+            if groups is None
+            else groups,
+        }
         if path:
             spec["nonResourceAttributes"] = {"path": path, "verb": verb}
         else:
@@ -107,19 +138,38 @@ def installed(control_plane, helm, tmp_path_factory):
         for name, (release, namespace, values) in INSTALLS.items():
             cluster.kubectl("create", "namespace", namespace)
             created_namespaces.append(namespace)
-            cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
-                            "pod-security.kubernetes.io/warn=restricted")
+            cluster.kubectl(
+                "label",
+                "namespace",
+                namespace,
+                "pod-security.kubernetes.io/enforce=restricted",
+                "pod-security.kubernetes.io/warn=restricted",
+            )
             docs = [d for d in render(helm, tmp, release, namespace, values) if d["kind"] != "ServiceMonitor"]
-            proc = cluster.kubectl("apply", "--server-side", "--field-manager", FIELD_MANAGER,
-                                   "--validate=strict", "-f", "-",
-                                   input="\n---\n".join(json.dumps(d) for d in docs), check=False)
+            proc = cluster.kubectl(
+                "apply",
+                "--server-side",
+                "--field-manager",
+                FIELD_MANAGER,
+                "--validate=strict",
+                "-f",
+                "-",
+                input="\n---\n".join(json.dumps(d) for d in docs),
+                check=False,
+            )
             results[name] = (release, namespace, docs, proc)
         yield cluster, results
     finally:
-        for name, (release, namespace, values) in INSTALLS.items():
-            cluster.kubectl("delete", "clusterrole,clusterrolebinding", "-l",
-                            f"app.kubernetes.io/instance={release}", "--ignore-not-found", "--wait=false",
-                            check=False)
+        for release, _namespace, _values in INSTALLS.values():
+            cluster.kubectl(
+                "delete",
+                "clusterrole,clusterrolebinding",
+                "-l",
+                f"app.kubernetes.io/instance={release}",
+                "--ignore-not-found",
+                "--wait=false",
+                check=False,
+            )
         for namespace in created_namespaces:
             cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false", check=False)
 
@@ -132,9 +182,16 @@ def test_manifests_apply_server_side(installed, name):
     assert "would violate PodSecurity" not in proc.stderr, proc.stderr
     for doc in docs:
         ns = ["-n", doc["metadata"]["namespace"]] if doc["metadata"].get("namespace") else []
-        live = json.loads(cluster.kubectl("get", f"{doc['kind']}.{doc['apiVersion'].split('/')[0]}"
-                                          if "/" in doc["apiVersion"] else doc["kind"],
-                                          doc["metadata"]["name"], *ns, "-o", "json").stdout)
+        live = json.loads(
+            cluster.kubectl(
+                "get",
+                f"{doc['kind']}.{doc['apiVersion'].split('/')[0]}" if "/" in doc["apiVersion"] else doc["kind"],
+                doc["metadata"]["name"],
+                *ns,
+                "-o",
+                "json",
+            ).stdout
+        )
         assert live["metadata"]["labels"]["app.kubernetes.io/instance"] == release
 
 
@@ -149,8 +206,9 @@ def test_pods_are_admitted_under_restricted_pod_security(installed, name):
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
         pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
-        counts = {c: sum(1 for p in pods if p["metadata"]["labels"].get("app.kubernetes.io/component") == c)
-                  for c in expected}
+        counts = {
+            c: sum(1 for p in pods if p["metadata"]["labels"].get("app.kubernetes.io/component") == c) for c in expected
+        }
         if counts == expected:
             break
         time.sleep(0.5)
@@ -239,8 +297,7 @@ def test_namespace_scope_permissions(installed):
     assert not cluster.can(operator, "patch", "oauthapplications.tokenbridge.dev", APP_NS, "--subresource=status")
     assert cluster.can(operator, "create", "events", ns)
     assert not cluster.can(operator, "create", "events", APP_NS)
-    assert not cluster.can(operator, "patch", "clusteridentityproviders.tokenbridge.dev", None,
-                           "--subresource=status")
+    assert not cluster.can(operator, "patch", "clusteridentityproviders.tokenbridge.dev", None, "--subresource=status")
     assert not cluster.can(operator, "list", "customresourcedefinitions.apiextensions.k8s.io")
     for sa in (operator, server):
         assert not cluster.can(sa, "delete", "namespaces")
@@ -278,17 +335,36 @@ def test_server_reads_the_signing_secret_the_way_its_code_does(installed):
         cluster.kubectl("create", "secret", "generic", name, "-n", ns, "--from-literal=keys.json={}")
     got = cluster.as_sa(server, "get", "secret", SIGNING_SECRET, "-n", ns, "-o", "json")
     assert got.returncode == 0, got.stderr
-    listed = cluster.as_sa(server, "get", "secrets", "-n", ns, "--field-selector",
-                           f"metadata.name={SIGNING_SECRET}", "-o", "json")
+    listed = cluster.as_sa(
+        server, "get", "secrets", "-n", ns, "--field-selector", f"metadata.name={SIGNING_SECRET}", "-o", "json"
+    )
     assert listed.returncode == 0, listed.stderr
     assert [s["metadata"]["name"] for s in json.loads(listed.stdout)["items"]] == [SIGNING_SECRET]
-    watched = cluster.as_sa(server, "get", "secrets", "-n", ns, "--field-selector",
-                            f"metadata.name={SIGNING_SECRET}", "--watch", "--request-timeout=2s", "-o", "name")
+    watched = cluster.as_sa(
+        server,
+        "get",
+        "secrets",
+        "-n",
+        ns,
+        "--field-selector",
+        f"metadata.name={SIGNING_SECRET}",
+        "--watch",
+        "--request-timeout=2s",
+        "-o",
+        "name",
+    )
     assert "Forbidden" not in watched.stderr and f"secret/{SIGNING_SECRET}" in watched.stdout, watched.stderr
-    for args in (("get", "secrets", "-n", ns), ("get", "secret", "another-secret", "-n", ns),
-                 ("get", "secrets", "-n", ns, "--field-selector", "metadata.name=another-secret")):
+    for args in (
+        ("get", "secrets", "-n", ns),
+        ("get", "secret", "another-secret", "-n", ns),
+        ("get", "secrets", "-n", ns, "--field-selector", "metadata.name=another-secret"),
+    ):
         denied = cluster.as_sa(server, *args)
         assert denied.returncode != 0 and "Forbidden" in denied.stderr, (args, denied.stdout, denied.stderr)
-    listed = cluster.as_sa(server, "get", "identityproviders.tokenbridge.dev,oauthapplications.tokenbridge.dev,"
-                                      "clusteridentityproviders.tokenbridge.dev", "--all-namespaces")
+    listed = cluster.as_sa(
+        server,
+        "get",
+        "identityproviders.tokenbridge.dev,oauthapplications.tokenbridge.dev,clusteridentityproviders.tokenbridge.dev",
+        "--all-namespaces",
+    )
     assert listed.returncode == 0, listed.stderr

@@ -8,6 +8,7 @@ never reconciles (and tries to fetch) the example identity providers.
 Not named test_crds.py: tests/unit/test_crds.py has that basename, and without __init__.py files in tests/ pytest
 refuses two test modules of one name in one run.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,18 @@ class Kubectl:
     def apply(self, manifest: str | dict, namespace: str, check: bool = True):
         # JSON, not yaml.safe_dump: PyYAML writes the JWK members y and n bare, which kubectl reads as booleans
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
-        return self("apply", "--server-side", "--field-manager", "crd-tests", "-n", namespace, "-f", "-",
-                    input=text, check=check)
+        return self(
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "crd-tests",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=text,
+            check=check,
+        )
 
     def get(self, resource: str, name: str, namespace: str | None = None) -> dict:
         ns = ["-n", namespace] if namespace else []
@@ -94,12 +105,15 @@ def subset(expected, actual, path="spec") -> list[str]:
     if isinstance(expected, dict):
         if not isinstance(actual, dict):
             return [path]
-        return [p for k, v in expected.items() for p in
-                ([f"{path}.{k}"] if k not in actual else subset(v, actual[k], f"{path}.{k}"))]
+        return [
+            p
+            for k, v in expected.items()
+            for p in ([f"{path}.{k}"] if k not in actual else subset(v, actual[k], f"{path}.{k}"))
+        ]
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(expected) != len(actual):
             return [path]
-        return [p for i, (e, a) in enumerate(zip(expected, actual)) for p in subset(e, a, f"{path}[{i}]")]
+        return [p for i, (e, a) in enumerate(zip(expected, actual, strict=True)) for p in subset(e, a, f"{path}[{i}]")]
     return [] if expected == actual else [path]
 
 
@@ -129,8 +143,7 @@ def test_install_is_idempotent(control_plane, kc):
 @pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
 def test_valid_example_is_accepted_unchanged(kc, path):
     doc = load(path)
-    proc = kc("apply", "--server-side", "--field-manager", "crd-tests", "-n", EXAMPLES_NS, "-f", str(path),
-              check=False)
+    proc = kc("apply", "--server-side", "--field-manager", "crd-tests", "-n", EXAMPLES_NS, "-f", str(path), check=False)
     assert proc.returncode == 0, f"{path.name} was refused:\n{proc.stderr}"
     ns = None if doc["kind"] in CLUSTER_SCOPED else EXAMPLES_NS
     stored = kc.get(f"{doc['kind'].lower()}s.{api.GROUP}", doc["metadata"]["name"], ns)
@@ -143,8 +156,7 @@ def test_invalid_example_is_refused_with_its_message(kc, path):
     doc = load(path)
     expects = re.findall(r"^# expect: (.+)$", path.read_text(), re.M)
     assert expects
-    proc = kc("apply", "--server-side", "--field-manager", "crd-tests", "-n", INVALID_NS, "-f", str(path),
-              check=False)
+    proc = kc("apply", "--server-side", "--field-manager", "crd-tests", "-n", INVALID_NS, "-f", str(path), check=False)
     assert proc.returncode != 0, f"{path.name} was admitted"
     for text in expects:
         assert text.strip() in proc.stderr, f"{path.name}: expected {text.strip()!r} in:\n{proc.stderr}"
@@ -154,8 +166,11 @@ def test_invalid_example_is_refused_with_its_message(kc, path):
 
 # ------------------------------------------------------------------------------------------ defaults and rules
 def idp(name: str, **spec) -> dict:
-    base = {"type": "OIDC", "wellKnownURL": "https://idp.example.com/.well-known/openid-configuration",
-            "allowedAudiences": ["api"]}
+    base = {
+        "type": "OIDC",
+        "wellKnownURL": "https://idp.example.com/.well-known/openid-configuration",
+        "allowedAudiences": ["api"],
+    }
     base.update(spec)
     return {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": name}, "spec": base}
 
@@ -176,8 +191,7 @@ def test_defaults_are_applied(kc):
     assert s["kubernetes"] == {"useOperatorCredentials": True}
     assert "maxTokenAge" not in s
 
-    kc.apply(app(name, "s1", grantTypes=[api.GRANT_TOKEN_EXCHANGE], identityProviders=[{"name": name}]),
-             SCRATCH_NS)
+    kc.apply(app(name, "s1", grantTypes=[api.GRANT_TOKEN_EXCHANGE], identityProviders=[{"name": name}]), SCRATCH_NS)
     s = kc.get("oauthapp", name, SCRATCH_NS)["spec"]
     assert s["accessTokenLifetime"] == "15m"
     assert s["tokenEndpointAuthMethod"] == api.AUTH_METHOD_BASIC
@@ -186,9 +200,17 @@ def test_defaults_are_applied(kc):
 
 def test_kubernetes_idp_for_the_test_clusters_own_issuer_is_accepted(kc, control_plane):
     name = unique("sa-issuer")
-    kc.apply(idp(name, type="Kubernetes", issuer=control_plane.issuer,
-                 wellKnownURL=control_plane.issuer + "/.well-known/openid-configuration",
-                 allowedAudiences=["tokenbridge"], allowedAlgorithms=["ES256"]), SCRATCH_NS)
+    kc.apply(
+        idp(
+            name,
+            type="Kubernetes",
+            issuer=control_plane.issuer,
+            wellKnownURL=control_plane.issuer + "/.well-known/openid-configuration",
+            allowedAudiences=["tokenbridge"],
+            allowedAlgorithms=["ES256"],
+        ),
+        SCRATCH_NS,
+    )
     assert kc.get("idp", name, SCRATCH_NS)["spec"]["issuer"] == control_plane.issuer
 
 
@@ -201,8 +223,9 @@ def test_http_needs_allow_insecure_and_other_schemes_never_pass(kc):
     # turning the opt-in off again while the URL is http:// is refused as well
     refused = kc.apply(idp(name, allowInsecureHTTP=False, **http), SCRATCH_NS, check=False)
     assert refused.returncode != 0 and "wellKnownURL must be an https:// URL" in refused.stderr
-    ftp = kc.apply(idp(unique("ftp"), allowInsecureHTTP=True, tokenEndpoint="ftp://idp.example.com/token"),
-                   SCRATCH_NS, check=False)
+    ftp = kc.apply(
+        idp(unique("ftp"), allowInsecureHTTP=True, tokenEndpoint="ftp://idp.example.com/token"), SCRATCH_NS, check=False
+    )
     assert ftp.returncode != 0 and "tokenEndpoint must be an https:// URL" in ftp.stderr
 
 
@@ -224,15 +247,25 @@ def test_credentials_secret_name_is_immutable(kc):
     kc.apply(app(name, "first-secret", scopes=["read"]), SCRATCH_NS)
     assert kc.get("oauthapp", name, SCRATCH_NS)["spec"]["scopes"] == ["read"]
     # and a plain patch is held to the same rule as apply
-    proc = kc("patch", "oauthapp", name, "-n", SCRATCH_NS, "--type=merge",
-              "-p", '{"spec":{"credentials":{"secretName":"third"}}}', check=False)
+    proc = kc(
+        "patch",
+        "oauthapp",
+        name,
+        "-n",
+        SCRATCH_NS,
+        "--type=merge",
+        "-p",
+        '{"spec":{"credentials":{"secretName":"third"}}}',
+        check=False,
+    )
     assert proc.returncode != 0 and "credentials.secretName is immutable" in proc.stderr
 
 
 def patch_status(kc, resource: str, name: str, namespace: str | None, patch, *, kind="merge", check=True):
     ns = ["-n", namespace] if namespace else []
-    return kc("patch", resource, name, *ns, "--subresource=status", f"--type={kind}", "-p", json.dumps(patch),
-              check=check)
+    return kc(
+        "patch", resource, name, *ns, "--subresource=status", f"--type={kind}", "-p", json.dumps(patch), check=check
+    )
 
 
 def test_status_client_id_is_immutable_once_set(kc):
@@ -242,13 +275,19 @@ def test_status_client_id_is_immutable_once_set(kc):
     patch_status(kc, "oauthapp", name, SCRATCH_NS, {"status": {"clientID": "tb-0123456789abcdef01234567"}})
     proc = patch_status(kc, "oauthapp", name, SCRATCH_NS, {"status": {"clientID": "tb-other"}}, check=False)
     assert proc.returncode != 0 and "status.clientID is immutable once set" in proc.stderr, proc.stderr
-    proc = patch_status(kc, "oauthapp", name, SCRATCH_NS, [{"op": "remove", "path": "/status/clientID"}],
-                        kind="json", check=False)
+    proc = patch_status(
+        kc, "oauthapp", name, SCRATCH_NS, [{"op": "remove", "path": "/status/clientID"}], kind="json", check=False
+    )
     assert proc.returncode != 0 and "status.clientID is immutable once set" in proc.stderr, proc.stderr
     # the same clientID with other status changes is fine
     digest = "sha256:" + "ab" * 32
-    patch_status(kc, "oauthapp", name, SCRATCH_NS,
-                 {"status": {"clientID": "tb-0123456789abcdef01234567", "clientSecretHash": digest}})
+    patch_status(
+        kc,
+        "oauthapp",
+        name,
+        SCRATCH_NS,
+        {"status": {"clientID": "tb-0123456789abcdef01234567", "clientSecretHash": digest}},
+    )
     st = kc.get("oauthapp", name, SCRATCH_NS)["status"]
     assert st["clientID"] == "tb-0123456789abcdef01234567" and st["clientSecretHash"] == digest
     proc = patch_status(kc, "oauthapp", name, SCRATCH_NS, {"status": {"clientSecretHash": "md5:abc"}}, check=False)
@@ -264,8 +303,14 @@ def test_status_is_a_subresource(kc):
 
 
 def ready(message: str, status: str = "True") -> dict:
-    return {"type": "Ready", "status": status, "reason": "Ready" if status == "True" else "NotReady",
-            "message": message, "lastTransitionTime": "2026-01-02T03:04:05Z", "observedGeneration": 1}
+    return {
+        "type": "Ready",
+        "status": status,
+        "reason": "Ready" if status == "True" else "NotReady",
+        "message": message,
+        "lastTransitionTime": "2026-01-02T03:04:05Z",
+        "observedGeneration": 1,
+    }
 
 
 def table(text: str) -> tuple[list[str], list[str]]:
@@ -278,9 +323,20 @@ def test_printer_columns_of_identity_providers(kc):
     kc.apply(idp(name, type="Auth0"), SCRATCH_NS)
     header, rows = table(kc("get", "idp", "-n", SCRATCH_NS).stdout)
     assert header == ["NAME", "READY", "TYPE", "ISSUER", "AGE"]
-    patch_status(kc, "idp", name, SCRATCH_NS, {"status": {
-        "issuer": "https://example-tenant.us.auth0.com/", "keyCount": 2, "stale": False,
-        "conditions": [ready("2 keys from https://example-tenant.us.auth0.com/.well-known/jwks.json")]}})
+    patch_status(
+        kc,
+        "idp",
+        name,
+        SCRATCH_NS,
+        {
+            "status": {
+                "issuer": "https://example-tenant.us.auth0.com/",
+                "keyCount": 2,
+                "stale": False,
+                "conditions": [ready("2 keys from https://example-tenant.us.auth0.com/.well-known/jwks.json")],
+            }
+        },
+    )
     header, rows = table(kc("get", "idp", name, "-n", SCRATCH_NS).stdout)
     assert header == ["NAME", "READY", "TYPE", "ISSUER", "AGE"]
     assert re.split(r"\s{2,}", rows[0].strip())[:4] == [name, "True", "Auth0", "https://example-tenant.us.auth0.com/"]
@@ -303,8 +359,18 @@ def test_printer_columns_of_identity_providers(kc):
 def test_printer_columns_of_oauth_applications(kc):
     name = unique("columns")
     kc.apply(app(name, "columns-secret"), SCRATCH_NS)
-    patch_status(kc, "oauthapp", name, SCRATCH_NS, {"status": {
-        "clientID": "tb-feedfacefeedfacefeedface", "conditions": [ready("credentials in Secret columns-secret")]}})
+    patch_status(
+        kc,
+        "oauthapp",
+        name,
+        SCRATCH_NS,
+        {
+            "status": {
+                "clientID": "tb-feedfacefeedfacefeedface",
+                "conditions": [ready("credentials in Secret columns-secret")],
+            }
+        },
+    )
     header, rows = table(kc("get", "oauthapp", name, "-n", SCRATCH_NS).stdout)
     assert header == ["NAME", "READY", "CLIENT ID", "AGE"]
     assert rows[0].split()[:3] == [name, "True", "tb-feedfacefeedfacefeedface"]

@@ -3,6 +3,7 @@ unchanged (server-side dry run, so no operator ever reconciles them), and each f
 
 The folder checks need no cluster and run with the unit tests; the dry runs are marked ``cluster``.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,13 +38,21 @@ def missing(expected, actual, where: str = "") -> list[str]:
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) != len(expected):
             return [where]
-        return [p for i, (e, a) in enumerate(zip(expected, actual)) for p in missing(e, a, f"{where}[{i}]")]
+        return [
+            p for i, (e, a) in enumerate(zip(expected, actual, strict=True)) for p in missing(e, a, f"{where}[{i}]")
+        ]
     return [] if expected == actual else [f"{where}: {expected!r} != {actual!r}"]
 
 
 def test_there_is_a_folder_per_provider():
-    assert {p.name for p in PROVIDERS} >= {"okta", "entra-single-tenant", "entra-multi-tenant", "auth0",
-                                            "kubernetes-serviceaccount", "generic-oidc"}
+    assert {p.name for p in PROVIDERS} >= {
+        "okta",
+        "entra-single-tenant",
+        "entra-multi-tenant",
+        "auth0",
+        "kubernetes-serviceaccount",
+        "generic-oidc",
+    }
 
 
 @pytest.mark.parametrize("folder", PROVIDERS, ids=lambda p: p.name)
@@ -83,15 +92,26 @@ def namespace(control_plane):
 @pytest.mark.cluster
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_example_is_admitted_unchanged(control_plane, namespace, path):
-    proc = control_plane.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager", "examples-test",
-                                 "-n", namespace, "-f", str(path), "-o", "json", check=False)
+    proc = control_plane.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--field-manager",
+        "examples-test",
+        "-n",
+        namespace,
+        "-f",
+        str(path),
+        "-o",
+        "json",
+        check=False,
+    )
     assert proc.returncode == 0, f"{path} was refused:\n{proc.stderr}"
     out = json.loads(proc.stdout)
     admitted = out["items"] if out.get("kind") == "List" else [out]
     sent = documents(path)
-    assert [(d["kind"], d["metadata"]["name"]) for d in admitted] == \
-        [(d["kind"], d["metadata"]["name"]) for d in sent]
-    for doc, stored in zip(sent, admitted):
+    assert [(d["kind"], d["metadata"]["name"]) for d in admitted] == [(d["kind"], d["metadata"]["name"]) for d in sent]
+    for doc, stored in zip(sent, admitted, strict=True):
         body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
         assert missing(body, stored) == [], f"{path.name} {doc['kind']} was pruned or rewritten"
 
@@ -103,10 +123,22 @@ def test_tokenbridge_dev_manifests_are_admitted_unchanged(control_plane, namespa
 
     dev.prepare(tmp_path)
     path = tmp_path / dev.MANIFEST_FILE
-    proc = control_plane.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager", "examples-test",
-                                 "-n", namespace, "-f", str(path), "-o", "json", check=False)
+    proc = control_plane.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--field-manager",
+        "examples-test",
+        "-n",
+        namespace,
+        "-f",
+        str(path),
+        "-o",
+        "json",
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     admitted = json.loads(proc.stdout)["items"]
-    for doc, stored in zip(documents(path), admitted):
+    for doc, stored in zip(documents(path), admitted, strict=True):
         body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata", "stringData")}
         assert missing(body, stored) == [], doc["kind"]

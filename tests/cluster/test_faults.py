@@ -14,6 +14,7 @@ after a bounded time. The assertions are the behaviours the issue names, never t
 - signing keys rotating every few seconds: a resource server that refreshes our JWKS only when it meets an unknown
   ``kid`` verifies every issued token, across at least two rotations.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,13 +26,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import pytest
-from jwcrypto import jwk, jwt as jose_jwt
+from jwcrypto import jwk
+from jwcrypto import jwt as jose_jwt
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.idp import HttpsIdP, IdP
@@ -51,6 +53,7 @@ RATE = 25.0  # exchanges per second of the background load
 
 # ----- processes ------------------------------------------------------------------------------------------------
 
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
     start = time.monotonic()
     while not predicate():
@@ -60,23 +63,37 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([TOKENBRIDGE, *args], env={**os.environ, **env}, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [TOKENBRIDGE, *args],
+        env={**os.environ, **env},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 class Stack:
     """One namespace with its own operator and exchange server (two workers), and helpers over both."""
 
-    def __init__(self, cp, workdir: Path, *, operator_env: dict[str, str] | None = None,
-                 server_env: dict[str, str] | None = None):
+    def __init__(
+        self, cp, workdir: Path, *, operator_env: dict[str, str] | None = None, server_env: dict[str, str] | None = None
+    ):
         self.cp, self.dir = cp, workdir
         self.ns = f"faults-{uuid.uuid4().hex[:6]}"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        common = {"KUBECONFIG": str(cp.kubeconfig), "TOKENBRIDGE_PUBLIC_ISSUER": self.base,
-                  "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": self.ns, "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys"}
-        self.operator_env = {**common, "TOKENBRIDGE_METRICS_PORT": "0", "TOKENBRIDGE_SECRET_ROTATION_GRACE": "10m",
-                             **(operator_env or {})}
+        common = {
+            "KUBECONFIG": str(cp.kubeconfig),
+            "TOKENBRIDGE_PUBLIC_ISSUER": self.base,
+            "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": self.ns,
+            "TOKENBRIDGE_SIGNING_SECRET_NAME": "signing-keys",
+        }
+        self.operator_env = {
+            **common,
+            "TOKENBRIDGE_METRICS_PORT": "0",
+            "TOKENBRIDGE_SECRET_ROTATION_GRACE": "10m",
+            **(operator_env or {}),
+        }
         self.server_env = {**common, **(server_env or {})}
         self.operator: subprocess.Popen | None = None
         self.server: subprocess.Popen | None = None
@@ -84,13 +101,27 @@ class Stack:
 
     # processes
     def start_operator(self) -> None:
-        self.operator = spawn(["operator", "--kubeconfig", str(self.cp.kubeconfig), "--namespace", self.ns],
-                              self.operator_env, self.dir / "operator.log")
+        self.operator = spawn(
+            ["operator", "--kubeconfig", str(self.cp.kubeconfig), "--namespace", self.ns],
+            self.operator_env,
+            self.dir / "operator.log",
+        )
 
     def start_server(self) -> None:
-        self.server = spawn(["serve", "--kubernetes", "--kubeconfig", str(self.cp.kubeconfig),
-                             "--bind", f"127.0.0.1:{self.port}", "--workers", "2"], self.server_env,
-                            self.dir / "server.log")
+        self.server = spawn(
+            [
+                "serve",
+                "--kubernetes",
+                "--kubeconfig",
+                str(self.cp.kubeconfig),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "2",
+            ],
+            self.server_env,
+            self.dir / "server.log",
+        )
         seen: set[int] = set()
 
         def both_workers_ready() -> bool:  # a worker answers only once it holds its first snapshot
@@ -111,8 +142,9 @@ class Stack:
         for kind in ("oauthapplications", "identityproviders"):  # the operator is gone: release its finalizers
             names = self.cp.kubectl("get", kind, "-n", self.ns, "-o", "name", check=False).stdout.split()
             for name in names:
-                self.cp.kubectl("patch", name, "-n", self.ns, "--type=merge",
-                                "-p", '{"metadata":{"finalizers":null}}', check=False)
+                self.cp.kubectl(
+                    "patch", name, "-n", self.ns, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False
+                )
         self.cp.kubectl("delete", "namespace", self.ns, "--wait=false", check=False)
 
     def log(self, which: str) -> str:
@@ -121,8 +153,7 @@ class Stack:
 
     # resources
     def apply(self, *docs: dict) -> None:
-        self.cp.kubectl("apply", "-n", self.ns, "-f", "-",
-                        input="\n---\n".join(json.dumps(d) for d in docs))
+        self.cp.kubectl("apply", "-n", self.ns, "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
 
     def get(self, kind: str, name: str) -> dict:
         return json.loads(self.cp.kubectl("get", kind, name, "-n", self.ns, "-o", "json").stdout)
@@ -144,28 +175,51 @@ class Stack:
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
     def idp(self, name: str, spec: dict) -> dict:
-        return {"apiVersion": api.API_VERSION, "kind": api.KIND_IDP, "metadata": {"name": name},
-                "spec": {"allowedAudiences": [SUBJECT_AUDIENCE], **spec}}
+        return {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND_IDP,
+            "metadata": {"name": name},
+            "spec": {"allowedAudiences": [SUBJECT_AUDIENCE], **spec},
+        }
 
     def app(self, name: str, idp: str, audiences=(API, OTHER)) -> dict:
-        return {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": name},
-                "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE],
-                         "identityProviders": [{"kind": api.KIND_IDP, "name": idp}],
-                         "audiences": list(audiences), "scopes": ["read"],
-                         "credentials": {"secretName": f"{name}-credentials"}}}
+        return {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND_APP,
+            "metadata": {"name": name},
+            "spec": {
+                "grantTypes": [api.GRANT_TOKEN_EXCHANGE],
+                "identityProviders": [{"kind": api.KIND_IDP, "name": idp}],
+                "audiences": list(audiences),
+                "scopes": ["read"],
+                "credentials": {"secretName": f"{name}-credentials"},
+            },
+        }
 
     def exchange(self, creds: dict, subject: str, client: httpx.Client | None = None, **extra) -> httpx.Response:
-        form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": subject,
-                "subject_token_type": api.TOKEN_TYPE_JWT, "audience": API, **extra}
+        form = {
+            "grant_type": api.GRANT_TOKEN_EXCHANGE,
+            "subject_token": subject,
+            "subject_token_type": api.TOKEN_TYPE_JWT,
+            "audience": API,
+            **extra,
+        }
         post = client.post if client is not None else httpx.post
         # a new connection each time, so both workers take turns
-        return post(self.base + "/oauth2/token", data=form, auth=(creds["client_id"], creds["client_secret"]),
-                    headers={"Connection": "close"}, timeout=10)
+        return post(
+            self.base + "/oauth2/token",
+            data=form,
+            auth=(creds["client_id"], creds["client_secret"]),
+            headers={"Connection": "close"},
+            timeout=10,
+        )
 
 
 def _is_ready(obj: dict) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (obj.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (obj.get("status") or {}).get("conditions") or []
+    )
 
 
 @pytest.fixture
@@ -204,14 +258,20 @@ class Record:
 class Load:
     """Exchanges at ``rate``/s from a background thread; stops on ``stop()`` or by itself after ``limit`` s."""
 
-    def __init__(self, send: Callable[[httpx.Client], httpx.Response], *, rate: float = RATE, limit: float = 150.0,
-                 on_response: Callable[[httpx.Response], None] | None = None):
+    def __init__(
+        self,
+        send: Callable[[httpx.Client], httpx.Response],
+        *,
+        rate: float = RATE,
+        limit: float = 150.0,
+        on_response: Callable[[httpx.Response], None] | None = None,
+    ):
         self.send, self.rate, self.limit, self.on_response = send, rate, limit, on_response
         self.records: list[Record] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="exchange-load", daemon=True)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self._thread.start()
         return self
 
@@ -276,17 +336,28 @@ def test_api_server_down_for_60s_fails_no_exchange_and_config_resumes(control_pl
     s.start_operator()
     s.start_server()
     # the cluster's own ServiceAccount issuer: keys fetched from the API server before the outage
-    s.apply(s.idp("cluster-sa", {"type": api.IDP_KUBERNETES,
-                                 "wellKnownURL": f"{cp.issuer}/.well-known/openid-configuration",
-                                 "kubernetes": {"useOperatorCredentials": True}}),
-            s.app("web", "cluster-sa"))
+    s.apply(
+        s.idp(
+            "cluster-sa",
+            {
+                "type": api.IDP_KUBERNETES,
+                "wellKnownURL": f"{cp.issuer}/.well-known/openid-configuration",
+                "kubernetes": {"useOperatorCredentials": True},
+            },
+        ),
+        s.app("web", "cluster-sa"),
+    )
     cp.kubectl("create", "serviceaccount", "workload", "-n", s.ns)
     wait_for(lambda: s.ready(api.KIND_APP, "web"), 60, "OAuthApplication Ready")
     creds = s.credentials("web-credentials")
-    subject = cp.kubectl("create", "token", "workload", "-n", s.ns, "--audience", SUBJECT_AUDIENCE,
-                         "--duration", "15m").stdout.strip()
-    wait_for(lambda: all(s.exchange(creds, subject).status_code == 200 for _ in range(4)), 10,
-             "exchanges through both workers")
+    subject = cp.kubectl(
+        "create", "token", "workload", "-n", s.ns, "--audience", SUBJECT_AUDIENCE, "--duration", "15m"
+    ).stdout.strip()
+    wait_for(
+        lambda: all(s.exchange(creds, subject).status_code == 200 for _ in range(4)),
+        10,
+        "exchanges through both workers",
+    )
 
     with Load(lambda c: s.exchange(creds, subject, client=c), limit=OUTAGE + 60) as load:
         time.sleep(2)
@@ -301,8 +372,16 @@ def test_api_server_down_for_60s_fails_no_exchange_and_config_resumes(control_pl
         restarted = time.monotonic()
 
         # the server's watches reconnect: an audience removed after the restart is refused again
-        s.cp.kubectl("patch", "oauthapplication", "web", "-n", s.ns, "--type=merge",
-                     "-p", json.dumps({"spec": {"audiences": [API]}}))
+        s.cp.kubectl(
+            "patch",
+            "oauthapplication",
+            "web",
+            "-n",
+            s.ns,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"audiences": [API]}}),
+        )
 
         def other_refused_by_all() -> bool:
             return all(s.exchange(creds, subject, audience=OTHER).status_code == 400 for _ in range(4))
@@ -321,8 +400,10 @@ def test_api_server_down_for_60s_fails_no_exchange_and_config_resumes(control_pl
     assert len(during) >= OUTAGE * RATE * 0.5, f"only {len(during)} exchanges during the outage"
     failures = load.failures()
     assert not failures, summary(failures)
-    print(f"{len(load.records)} exchanges, {len(during)} during the {OUTAGE:.0f}s outage, 0 failed; "
-          f"config change served {took:.1f}s after the patch")
+    print(
+        f"{len(load.records)} exchanges, {len(during)} during the {OUTAGE:.0f}s outage, 0 failed; "
+        f"config change served {took:.1f}s after the patch"
+    )
 
 
 # ----- b. the IdP's JWKS endpoint down --------------------------------------------------------------------------
@@ -343,18 +424,28 @@ def cache_age(s: Stack, idp_label: str) -> float | None:
 def test_idp_jwks_down_serves_cached_keys_within_max_staleness_then_refuses(stacks):
     idp = HttpsIdP("oidc", alg="RS256").start()
     try:
-        s = stacks(operator_env={"TOKENBRIDGE_ALLOWED_NETWORKS": LOOPBACK},
-                   server_env={"TOKENBRIDGE_ALLOWED_NETWORKS": LOOPBACK, "TOKENBRIDGE_JWKS_LIFESPAN": f"{LIFESPAN:g}s",
-                               "TOKENBRIDGE_JWKS_MAX_STALENESS": f"{MAX_STALENESS:g}s"})
+        s = stacks(
+            operator_env={"TOKENBRIDGE_ALLOWED_NETWORKS": LOOPBACK},
+            server_env={
+                "TOKENBRIDGE_ALLOWED_NETWORKS": LOOPBACK,
+                "TOKENBRIDGE_JWKS_LIFESPAN": f"{LIFESPAN:g}s",
+                "TOKENBRIDGE_JWKS_MAX_STALENESS": f"{MAX_STALENESS:g}s",
+            },
+        )
         s.start_operator()
         s.start_server()
-        s.apply(s.idp("corp", {"type": api.IDP_OIDC, "wellKnownURL": idp.well_known_url, "tls": {"caBundle": idp.ca_pem}}),
-                s.app("web", "corp"))
+        s.apply(
+            s.idp("corp", {"type": api.IDP_OIDC, "wellKnownURL": idp.well_known_url, "tls": {"caBundle": idp.ca_pem}}),
+            s.app("web", "corp"),
+        )
         wait_for(lambda: s.ready(api.KIND_APP, "web"), 60, "OAuthApplication Ready")
         creds = s.credentials("web-credentials")
         subject = idp.mint({"sub": "alice", "aud": SUBJECT_AUDIENCE}, lifetime=900)
-        wait_for(lambda: all(s.exchange(creds, subject).status_code == 200 for _ in range(4)), 10,
-                 "exchanges through both workers")
+        wait_for(
+            lambda: all(s.exchange(creds, subject).status_code == 200 for _ in range(4)),
+            10,
+            "exchanges through both workers",
+        )
         label = f"{s.ns}/corp"
         jwks_path = idp._path(idp.jwks_uri)
         assert cache_age(s, label) is not None, "no tokenbridge_jwks_cache_age_seconds for the provider"
@@ -375,17 +466,24 @@ def test_idp_jwks_down_serves_cached_keys_within_max_staleness_then_refuses(stac
             time.sleep(max(0.0, down + refused_from + 4 - time.monotonic()))
             idp.start()  # same port: the IdP is back
             back = time.monotonic()
-            wait_for(lambda: [r.status for r in load.last(8)] == [200] * 8 and load.last(1)[0].at > back + 1,
-                     COOLDOWN + 15, "exchanges accepted again after the IdP came back", interval=0.2)
+            wait_for(
+                lambda: [r.status for r in load.last(8)] == [200] * 8 and load.last(1)[0].at > back + 1,
+                COOLDOWN + 15,
+                "exchanges accepted again after the IdP came back",
+                interval=0.2,
+            )
             recovered = time.monotonic()
 
         assert fetched_before >= 2, f"the server never fetched the JWKS from the IdP ({idp.requests})"
         within = load.between(down, down + safe)
         assert len(within) >= safe * RATE * 0.5
-        assert not load.failures(0, down + safe), "refused within max staleness: " + summary(load.failures(0, down + safe))
+        assert not load.failures(0, down + safe), "refused within max staleness: " + summary(
+            load.failures(0, down + safe)
+        )
         assert age_early is not None and age_late is not None, "tokenbridge_jwks_cache_age_seconds disappeared"
-        assert age_late >= age_early + (safe - 1) / 2 and age_late > LIFESPAN, \
+        assert age_late >= age_early + (safe - 1) / 2 and age_late > LIFESPAN, (
             f"cache age did not grow while the IdP was down: {age_early} -> {age_late}"
+        )
         # between the two windows: accepted or invalid_grant, never a 5xx or a dropped connection
         middle = load.between(down, back)
         odd = [r for r in middle if not (r.status == 200 or (r.status == 400 and r.error == "invalid_grant"))]
@@ -395,9 +493,11 @@ def test_idp_jwks_down_serves_cached_keys_within_max_staleness_then_refuses(stac
         accepted = [r for r in past if r.status != 400]
         assert not accepted, "accepted past max staleness: " + summary(accepted)
         assert all("unavailable" in r.description for r in past), past[:3]
-        print(f"cache age {age_early:.1f}s -> {age_late:.1f}s; refused from {past[0].at - down:.1f}s after the IdP "
-              f"went down ({len(past)} refusals, all invalid_grant); accepted again {recovered - back:.1f}s after "
-              f"it came back")
+        print(
+            f"cache age {age_early:.1f}s -> {age_late:.1f}s; refused from {past[0].at - down:.1f}s after the IdP "
+            f"went down ({len(past)} refusals, all invalid_grant); accepted again {recovered - back:.1f}s after "
+            f"it came back"
+        )
     finally:
         idp.stop()
 
@@ -427,34 +527,43 @@ def test_operator_killed_mid_reconcile_converges_without_duplicate_or_changed_cr
         wait_for(lambda: len(credential_secrets()) > 1, 30, "the operator's first credentials", interval=0.02)
         os.killpg(s.operator.pid, signal.SIGKILL)
         s.operator.wait()
-        before = {name: {k: base64.b64decode(v).decode() for k, v in sec["data"].items()}
-                  for name, sec in credential_secrets().items()}
+        before = {
+            name: {k: base64.b64decode(v).decode() for k, v in sec["data"].items()}
+            for name, sec in credential_secrets().items()
+        }
         ready_at_kill = sum(_is_ready(a) for a in s.apps() if a["metadata"]["name"] in names)
         s.start_operator()
-        wait_for(lambda: all(_is_ready(a) for a in s.apps()), 90, "every application Ready after the restart",
-                 interval=0.5)
+        wait_for(
+            lambda: all(_is_ready(a) for a in s.apps()), 90, "every application Ready after the restart", interval=0.5
+        )
         time.sleep(1)
 
     assert not load.failures(), summary(load.failures())
     apps = {a["metadata"]["name"]: a for a in s.apps()}
     secrets = [sec for sec in s.secrets() if sec.get("type") != "kubernetes.io/service-account-token"]
     for name, app in apps.items():
-        owned = [sec for sec in secrets
-                 if any(ref.get("uid") == app["metadata"]["uid"] for ref in sec["metadata"].get("ownerReferences") or [])]
+        owned = [
+            sec
+            for sec in secrets
+            if any(ref.get("uid") == app["metadata"]["uid"] for ref in sec["metadata"].get("ownerReferences") or [])
+        ]
         assert len(owned) == 1, f"{name} owns {[o['metadata']['name'] for o in owned]}"
         creds = {k: base64.b64decode(v).decode() for k, v in owned[0]["data"].items()}
         assert app["status"]["clientID"] == creds["client_id"]
         assert hash_client_secret(creds["client_secret"]) == app["status"]["clientSecretHash"], name
         if f"{name}-credentials" in before:
             old = before[f"{name}-credentials"]
-            assert (creds["client_id"], creds["client_secret"]) == (old["client_id"], old["client_secret"]), \
+            assert (creds["client_id"], creds["client_secret"]) == (old["client_id"], old["client_secret"]), (
                 f"{name}: credentials changed across the operator restart"
+            )
     # the credentials in each Secret really authenticate at the token endpoint
     for name in names:
         creds = s.credentials(f"{name}-credentials")
-        wait_for(lambda: s.exchange(creds, subject).status_code == 200, 5, f"{name} served with its Secret")
-    print(f"killed with {len(before) - 1} of {APPS} credentials written and {ready_at_kill} Ready; "
-          f"{len(load.records)} exchanges, 0 failed")
+        wait_for(lambda creds=creds: s.exchange(creds, subject).status_code == 200, 5, f"{name} served with its Secret")
+    print(
+        f"killed with {len(before) - 1} of {APPS} credentials written and {ready_at_kill} Ready; "
+        f"{len(load.records)} exchanges, 0 failed"
+    )
 
 
 # ----- d. signing keys rotating under load ----------------------------------------------------------------------
@@ -484,17 +593,24 @@ class ResourceServer:
         if self.keys.get_key(kid) is None:
             self._refresh()
         try:
-            jose_jwt.JWT(jwt=token, key=self.keys, algs=["ES256"],
-                         check_claims={"iss": self.base, "aud": API, "exp": None})
+            jose_jwt.JWT(
+                jwt=token, key=self.keys, algs=["ES256"], check_claims={"iss": self.base, "aud": API, "exp": None}
+            )
             self.verified += 1
         except Exception as exc:  # noqa: BLE001
             self.failures.append(f"kid {kid}: {type(exc).__name__}: {exc}")
 
 
 def test_signing_key_rotation_under_load_fails_no_verification(stacks):
-    s = stacks(operator_env={"TOKENBRIDGE_SIGNING_ROTATION_PERIOD": "6s", "TOKENBRIDGE_SIGNING_PUBLISH_LEAD": "2s",
-                             "TOKENBRIDGE_SIGNING_CHECK_INTERVAL": "1s", "TOKENBRIDGE_MAX_TOKEN_LIFETIME": "60s"},
-               server_env={"TOKENBRIDGE_MAX_TOKEN_LIFETIME": "60s"})
+    s = stacks(
+        operator_env={
+            "TOKENBRIDGE_SIGNING_ROTATION_PERIOD": "6s",
+            "TOKENBRIDGE_SIGNING_PUBLISH_LEAD": "2s",
+            "TOKENBRIDGE_SIGNING_CHECK_INTERVAL": "1s",
+            "TOKENBRIDGE_MAX_TOKEN_LIFETIME": "60s",
+        },
+        server_env={"TOKENBRIDGE_MAX_TOKEN_LIFETIME": "60s"},
+    )
     issuer = IdP(f"https://idp-{s.ns}.faults.test", "ES256")
     s.start_operator()
     s.start_server()

@@ -7,6 +7,7 @@ pod loses nothing (same client, same signing key).
 Nothing is pulled: both images are built from source (image/build.sh, image/build-pause.sh, cached by their inputs)
 and imported into the node's containerd.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,15 @@ EXAMPLE = REPO / "examples" / "kubernetes-serviceaccount"
 
 # Runs in the workload Pod (the Tokenbridge image has Python and httpx): one RFC 8693 exchange of the projected
 # ServiceAccount token through the Service, then the server's JWKS through the same Service; prints both as JSON.
-WORKLOAD = f"""
+WORKLOAD = """
 import json, os, httpx
 base = "http://" + os.environ["TB_HOST"] + ":" + os.environ["TB_PORT"]
 token = open(os.environ["TOKEN_FILE"]).read().strip()
-r = httpx.post(base + "/oauth2/token", auth=(os.environ["CLIENT_ID"], os.environ["CLIENT_SECRET"]), data={{
+r = httpx.post(base + "/oauth2/token", auth=(os.environ["CLIENT_ID"], os.environ["CLIENT_SECRET"]), data={
     "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": token,
-    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "audience": os.environ["AUDIENCE"]}})
-print(json.dumps({{"status": r.status_code, "body": r.json(), "jwks": httpx.get(base + "/.well-known/jwks.json").json()}}))
+    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "audience": os.environ["AUDIENCE"]})
+jwks = httpx.get(base + "/.well-known/jwks.json").json()
+print(json.dumps({"status": r.status_code, "body": r.json(), "jwks": jwks}))
 """
 
 
@@ -86,24 +88,51 @@ def release(node, control_plane, helm, tmp_path_factory):
     cp, (n, reference) = control_plane, node
     repository, tag = reference.rsplit(":", 1)
     values = tmp_path_factory.mktemp("values") / "values.json"
-    values.write_text(json.dumps({
-        "publicIssuer": ISSUER,
-        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-        "server": {"replicas": 1, "workers": 1},
-        # The kubernetes Service's address: the operator reads the ServiceAccount issuer through it.
-        "fetch": {"allowedNetworks": ["10.0.0.1/32"]},
-    }))
+    values.write_text(
+        json.dumps(
+            {
+                "publicIssuer": ISSUER,
+                "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+                "server": {"replicas": 1, "workers": 1},
+                # The kubernetes Service's address: the operator reads the ServiceAccount issuer through it.
+                "fetch": {"allowedNetworks": ["10.0.0.1/32"]},
+            }
+        )
+    )
 
     def diagnose() -> str:
         pods = cp.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
         events = cp.kubectl("get", "events", "-n", NAMESPACE, check=False).stdout[-3000:]
-        logs = "".join(cp.kubectl("logs", "-n", NAMESPACE, "-l", f"app.kubernetes.io/component={c}", "--tail", "30",
-                                  check=False).stdout for c in ("operator", "server"))
+        logs = "".join(
+            cp.kubectl(
+                "logs", "-n", NAMESPACE, "-l", f"app.kubernetes.io/component={c}", "--tail", "30", check=False
+            ).stdout
+            for c in ("operator", "server")
+        )
         return f"{pods}\n{events}\n{logs}\nkubelet:\n{n.log('kubelet', 2000)}"
 
-    install = subprocess.run([helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
-                              "--skip-crds", "--kubeconfig", str(cp.kubeconfig), "-f", str(values),
-                              "--wait", "--timeout", "240s"], capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [
+            helm,
+            "install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--skip-crds",
+            "--kubeconfig",
+            str(cp.kubeconfig),
+            "-f",
+            str(values),
+            "--wait",
+            "--timeout",
+            "240s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, f"{install.stderr}\n{diagnose()}"
     cp.kubectl("create", "namespace", APP_NS)
     # The example's manifests as they are, but for the API server's address: there is no cluster DNS on this node,
@@ -113,14 +142,33 @@ def release(node, control_plane, helm, tmp_path_factory):
         idp["spec"][field] = idp["spec"][field].replace("kubernetes.default.svc", "10.0.0.1")
     service_account = next(d for d in example("workload.yaml") if d["kind"] == "ServiceAccount")
     apply(cp, *({**d, "metadata": {**d["metadata"], "namespace": APP_NS}} for d in (idp, app, service_account)))
-    wait_for(lambda: condition(kubectl_json(cp, "get", "oauthapplication", "payments-worker", "-n", APP_NS),
-                               "Ready") == "True", 120, "the application Ready",
-             lambda: cp.kubectl("get", "idp,oauthapp", "-n", APP_NS, "-o", "yaml", check=False).stdout + diagnose())
+    wait_for(
+        lambda: (
+            condition(kubectl_json(cp, "get", "oauthapplication", "payments-worker", "-n", APP_NS), "Ready") == "True"
+        ),
+        120,
+        "the application Ready",
+        lambda: cp.kubectl("get", "idp,oauthapp", "-n", APP_NS, "-o", "yaml", check=False).stdout + diagnose(),
+    )
     service = kubectl_json(cp, "get", "service", f"{RELEASE}-tokenbridge-server", "-n", NAMESPACE)
     yield service["spec"]["clusterIP"], str(service["spec"]["ports"][0]["port"]), reference, diagnose
     cp.kubectl("delete", "namespace", APP_NS, "--wait=false", check=False)
-    subprocess.run([helm, "uninstall", RELEASE, "--namespace", NAMESPACE, "--kubeconfig", str(cp.kubeconfig),
-                    "--wait", "--timeout", "120s"], capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            helm,
+            "uninstall",
+            RELEASE,
+            "--namespace",
+            NAMESPACE,
+            "--kubeconfig",
+            str(cp.kubeconfig),
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        capture_output=True,
+        timeout=180,
+    )
 
 
 def example(name: str) -> list[dict]:
@@ -138,9 +186,12 @@ def run_workload(cp, release, name: str) -> dict:
     (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
     (projected,) = volume["projected"]["sources"]
     container.update(image=reference, imagePullPolicy="Never", command=["python", "-c", WORKLOAD])
-    container["env"] += [{"name": "TB_HOST", "value": host}, {"name": "TB_PORT", "value": port},
-                         {"name": "AUDIENCE", "value": AUDIENCE},
-                         {"name": "TOKEN_FILE", "value": f"{mount['mountPath']}/{projected['serviceAccountToken']['path']}"}]
+    container["env"] += [
+        {"name": "TB_HOST", "value": host},
+        {"name": "TB_PORT", "value": port},
+        {"name": "AUDIENCE", "value": AUDIENCE},
+        {"name": "TOKEN_FILE", "value": f"{mount['mountPath']}/{projected['serviceAccountToken']['path']}"},
+    ]
     pod["metadata"].update(name=name, namespace=APP_NS)
     pod["spec"]["restartPolicy"] = "Never"
     apply(cp, pod)
@@ -172,8 +223,9 @@ def test_the_pods_are_ready_through_the_charts_probes(control_plane, release):
     reference = release[2]
     probes = {"operator": {"livenessProbe"}, "server": {"startupProbe", "livenessProbe", "readinessProbe"}}
     for component, expected in probes.items():
-        (pod,) = kubectl_json(control_plane, "get", "pods", "-n", NAMESPACE, "-l",
-                              f"app.kubernetes.io/component={component}")["items"]
+        (pod,) = kubectl_json(
+            control_plane, "get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/component={component}"
+        )["items"]
         assert condition(pod, "Ready") == "True", pod["status"]
         (container,) = pod["spec"]["containers"]
         assert container["image"] == reference
@@ -196,8 +248,13 @@ def test_deleting_the_server_pod_loses_no_configuration(control_plane, release):
 
     def replaced():
         pods = kubectl_json(cp, "get", "pods", "-n", NAMESPACE, "-l", selector)["items"]
-        return [p for p in pods if p["metadata"]["name"] != old and condition(p, "Ready") == "True"
-                and not p["metadata"].get("deletionTimestamp")]
+        return [
+            p
+            for p in pods
+            if p["metadata"]["name"] != old
+            and condition(p, "Ready") == "True"
+            and not p["metadata"].get("deletionTimestamp")
+        ]
 
     wait_for(replaced, 180, "a new Ready server pod", release[3])
     after = verify(run_workload(cp, release, "worker-after"))

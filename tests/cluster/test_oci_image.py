@@ -1,6 +1,7 @@
 """The OCI images image/ builds without a container engine: the Tokenbridge image is the Dockerfile's image (user,
 entrypoint, command, environment, labels), holds exactly the locked dependencies, and is cached by its inputs; the
 pause image is upstream's shape. tests/cluster/test_node_chart.py runs both on a real node."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ def dockerfile_runtime_stage() -> dict[str, str]:
     """The last stage's instructions (continuation lines joined), by name; the runtime image's config."""
     text = re.sub(r"\\\n\s*", " ", (REPO / "Dockerfile").read_text())
     stage = text.rsplit("\nFROM ", 1)[1]
-    return {m[0]: m[1].strip() for m in re.findall(r"^(USER|ENTRYPOINT|CMD|WORKDIR|EXPOSE|ENV|LABEL) (.*)$", stage,
-                                                   re.MULTILINE)}
+    return {
+        m[0]: m[1].strip()
+        for m in re.findall(r"^(USER|ENTRYPOINT|CMD|WORKDIR|EXPOSE|ENV|LABEL) (.*)$", stage, re.MULTILINE)
+    }
 
 
 def test_the_image_is_the_dockerfiles_image(tokenbridge_image):
@@ -59,7 +62,8 @@ def test_the_image_is_the_dockerfiles_image(tokenbridge_image):
     env = dict(e.split("=", 1) for e in c["Env"])
     assert env["PATH"].startswith("/opt/tokenbridge/bin:")
     assert {k: v for k, v in env.items() if k != "PATH"} == dict(
-        kv.split("=", 1) for kv in docker["ENV"].split() if not kv.startswith("PATH="))
+        kv.split("=", 1) for kv in docker["ENV"].split() if not kv.startswith("PATH=")
+    )
     labels = c["Labels"]
     dockerfile_labels = dict(re.findall(r'(org\.opencontainers\.image\.\w+)="([^"]*)"', docker["LABEL"]))
     for key, value in dockerfile_labels.items():
@@ -67,24 +71,41 @@ def test_the_image_is_the_dockerfiles_image(tokenbridge_image):
             assert labels[key] == value, key
     assert labels["org.opencontainers.image.version"] == version
     assert set(dockerfile_labels) | {"org.opencontainers.image.created"} == set(labels)
-    inputs = ["tokenbridge", "tokenbridge_cli", "operator", "exchange_server", "pyproject.toml", "README.md",
-              "LICENSE", "constraints.txt", "image"]
-    commit = subprocess.run(["git", "log", "-1", "--format=%H", "--", *inputs], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.strip()
+    inputs = [
+        "tokenbridge",
+        "tokenbridge_cli",
+        "operator",
+        "exchange_server",
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "constraints.txt",
+        "image",
+    ]
+    commit = subprocess.run(
+        ["git", "log", "-1", "--format=%H", "--", *inputs], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert labels["org.opencontainers.image.revision"] in (commit, f"{commit}-dirty")
     assert manifest["annotations"] == labels
 
 
 def test_the_image_holds_the_locked_dependencies(tokenbridge_image):
     archive, _, meta = tokenbridge_image
-    installed = dict(line.split("==") for line in (archive.parent / "python-packages.txt").read_text().split()
-                     if "==" in line)
-    locked = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
-                  if "==" in line and not line.startswith("#"))
+    installed = dict(
+        line.split("==") for line in (archive.parent / "python-packages.txt").read_text().split() if "==" in line
+    )
+    locked = dict(
+        line.split("==")
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
     installed.pop("tokenbridge")
     assert {"gunicorn", "gevent", "packaging", "falcon", "kopf", "PyJWT"} <= set(installed)
-    unpinned = {name: version for name, version in installed.items()
-                if name not in ("pip", "setuptools") and locked.get(name) != version}
+    unpinned = {
+        name: version
+        for name, version in installed.items()
+        if name not in ("pip", "setuptools") and locked.get(name) != version
+    }
     assert not unpinned, f"in the image but not as locked in constraints.txt: {unpinned}"
 
 

@@ -4,6 +4,7 @@ Local HTTPS IdPs (trustme certificates) serve Okta-, Entra- and Auth0-shaped dis
 ServiceAccount issuer is a ``type: Kubernetes`` provider. Intervals are shortened through the same
 ``TOKENBRIDGE_*`` variables a deployment uses.
 """
+
 from __future__ import annotations
 
 import base64
@@ -13,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -73,15 +74,26 @@ def release_and_delete(cluster, namespace):
     for kind in ("oauthapplications", "identityproviders"):
         names = cluster.kubectl("get", kind, "-n", namespace, "-o", "name", check=False).stdout.split()
         for name in names:
-            cluster.kubectl("patch", name, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
-                            check=False)
+            cluster.kubectl(
+                "patch", name, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False
+            )
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 @contextlib.contextmanager
 def operator():
-    with KopfRunner(["run", "--all-namespaces", "--standalone", "--log-format=json", "--verbose",
-                     "-m", "tokenbridge_operator.main"], timeout=60) as runner:
+    with KopfRunner(
+        [
+            "run",
+            "--all-namespaces",
+            "--standalone",
+            "--log-format=json",
+            "--verbose",
+            "-m",
+            "tokenbridge_operator.main",
+        ],
+        timeout=60,
+    ) as runner:
         yield runner
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output
@@ -122,27 +134,45 @@ def wait_ready(cluster, kind, name, namespace=None, status="True", reason=None, 
         if ready and ready["status"] == status and (reason is None or ready["reason"] == reason):
             return obj
         return None
+
     return wait_for(f"{kind} {name} Ready={status} {reason or ''}", check, timeout)
 
 
 def events(cluster, name, namespace):
-    out = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}",
-                          "-o", "json")
+    out = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    )
     return [(e["type"], e["reason"], e.get("message", "")) for e in json.loads(out.stdout)["items"]]
 
 
 def idp(name, namespace, server, type_, **spec):
-    body = {"type": type_, "wellKnownURL": server.well_known_url, "tls": {"caBundle": server.ca_pem},
-            "allowedAudiences": ["api://tokenbridge"], **spec}
-    return {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider",
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+    body = {
+        "type": type_,
+        "wellKnownURL": server.well_known_url,
+        "tls": {"caBundle": server.ca_pem},
+        "allowedAudiences": ["api://tokenbridge"],
+        **spec,
+    }
+    return {
+        "apiVersion": "tokenbridge.dev/v1alpha1",
+        "kind": "IdentityProvider",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
 
 
 def app(name, namespace, secret, grants=(CLIENT_CREDENTIALS,), idps=(), annotations=None, **spec):
-    return {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication",
-            "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
-            "spec": {"grantTypes": list(grants), "identityProviders": list(idps),
-                     "credentials": {"secretName": secret}, **spec}}
+    return {
+        "apiVersion": "tokenbridge.dev/v1alpha1",
+        "kind": "OAuthApplication",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+        "spec": {
+            "grantTypes": list(grants),
+            "identityProviders": list(idps),
+            "credentials": {"secretName": secret},
+            **spec,
+        },
+    }
 
 
 def secret_values(cluster, name, namespace):
@@ -154,8 +184,11 @@ def secret_values(cluster, name, namespace):
 
 # --- identity providers ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind, type_", [("okta", "Okta"), ("entra", "MicrosoftEntraID"),
-                                         ("entra-v1", "MicrosoftEntraID"), ("auth0", "Auth0")])
+
+@pytest.mark.parametrize(
+    "kind, type_",
+    [("okta", "Okta"), ("entra", "MicrosoftEntraID"), ("entra-v1", "MicrosoftEntraID"), ("auth0", "Auth0")],
+)
 def test_provider_shapes_are_discovered(cluster, namespace, kind, type_):
     with HttpsIdP(kind) as server, operator():
         apply(cluster, idp("corp", namespace, server, type_))
@@ -165,7 +198,7 @@ def test_provider_shapes_are_discovered(cluster, namespace, kind, type_):
     assert status["jwksURI"] == server.jwks_uri and status["tokenEndpoint"] == server.token_endpoint
     assert status["keyCount"] == 1 and status["stale"] is False
     assert status["observedGeneration"] == obj["metadata"]["generation"]
-    assert datetime.fromisoformat(status["discoveredAt"].replace("Z", "+00:00")) <= datetime.now(timezone.utc)
+    assert datetime.fromisoformat(status["discoveredAt"].replace("Z", "+00:00")) <= datetime.now(UTC)
     assert condition(obj, "Discovered")["status"] == "True" and condition(obj, "KeysAvailable")["status"] == "True"
     assert all(c["observedGeneration"] == obj["metadata"]["generation"] for c in status["conditions"])
     if kind.startswith("entra"):
@@ -179,15 +212,31 @@ def test_kubernetes_serviceaccount_issuer(cluster, monkeypatch):
     name = f"cluster-sa-{uuid.uuid4().hex[:6]}"
     try:
         with operator():
-            apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "ClusterIdentityProvider",
-                            "metadata": {"name": name},
-                            "spec": {"type": "Kubernetes", "allowedAudiences": ["tokenbridge"],
-                                     "wellKnownURL": cluster.issuer + "/.well-known/openid-configuration"}})
+            apply(
+                cluster,
+                {
+                    "apiVersion": "tokenbridge.dev/v1alpha1",
+                    "kind": "ClusterIdentityProvider",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "type": "Kubernetes",
+                        "allowedAudiences": ["tokenbridge"],
+                        "wellKnownURL": cluster.issuer + "/.well-known/openid-configuration",
+                    },
+                },
+            )
             obj = wait_ready(cluster, "clusteridentityprovider", name)
     finally:
         cluster.kubectl("delete", "clusteridentityprovider", name, "--wait=false", check=False)
-        cluster.kubectl("patch", "clusteridentityprovider", name, "--type=merge", "-p",
-                        '{"metadata":{"finalizers":null}}', check=False)
+        cluster.kubectl(
+            "patch",
+            "clusteridentityprovider",
+            name,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
     assert obj["status"]["issuer"] == cluster.issuer
     assert obj["status"]["jwksURI"] == cluster.issuer + "/openid/v1/jwks"
     assert obj["status"]["keyCount"] >= 1
@@ -201,14 +250,23 @@ def test_outage_marks_stale_then_recovers(cluster, namespace):
         down = wait_ready(cluster, "identityprovider", "flaky", namespace, "False", "DiscoveryUnavailable")["status"]
         assert down["stale"] is True
         assert (down["issuer"], down["jwksURI"], down["keyCount"], down["discoveredAt"]) == (
-            good["issuer"], good["jwksURI"], good["keyCount"], good["discoveredAt"])
+            good["issuer"],
+            good["jwksURI"],
+            good["keyCount"],
+            good["discoveredAt"],
+        )
         assert condition({"status": down}, "Discovered")["reason"] == "DiscoveryUnavailable"
         server.recover()
         up = wait_ready(cluster, "identityprovider", "flaky", namespace)["status"]
         assert up["stale"] is False and up["discoveredAt"] >= good["discoveredAt"]
-        seen = wait_for("outage and recovery events", lambda: (lambda e: e if {
-            ("Warning", "DiscoveryUnavailable"), ("Normal", "Ready")} <= {x[:2] for x in e} else None)(
-            events(cluster, "flaky", namespace)))
+        seen = wait_for(
+            "outage and recovery events",
+            lambda: (
+                lambda e: (
+                    e if {("Warning", "DiscoveryUnavailable"), ("Normal", "Ready")} <= {x[:2] for x in e} else None
+                )
+            )(events(cluster, "flaky", namespace)),
+        )
     assert all("Bearer" not in message for _, _, message in seen)
 
 
@@ -223,11 +281,19 @@ def test_keys_outage_is_reported_on_keys_available(cluster, namespace):
 
 def test_ssrf_targets_are_refused(cluster, namespace):
     with operator():
-        for name, url in (("metadata", "https://169.254.169.254/.well-known/openid-configuration"),
-                          ("private", "https://10.0.0.1/.well-known/openid-configuration")):
-            apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider",
-                            "metadata": {"name": name, "namespace": namespace},
-                            "spec": {"type": "OIDC", "wellKnownURL": url, "allowedAudiences": ["a"]}})
+        for name, url in (
+            ("metadata", "https://169.254.169.254/.well-known/openid-configuration"),
+            ("private", "https://10.0.0.1/.well-known/openid-configuration"),
+        ):
+            apply(
+                cluster,
+                {
+                    "apiVersion": "tokenbridge.dev/v1alpha1",
+                    "kind": "IdentityProvider",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"type": "OIDC", "wellKnownURL": url, "allowedAudiences": ["a"]},
+                },
+            )
         for name in ("metadata", "private"):
             obj = wait_ready(cluster, "identityprovider", name, namespace, "False", "BlockedAddress")
             assert condition(obj, "Discovered")["reason"] == "BlockedAddress"
@@ -240,16 +306,20 @@ def test_invalid_document_fails_until_the_spec_changes(cluster, namespace):
         apply(cluster, idp("mismatch", namespace, server, "Okta"))
         obj = wait_ready(cluster, "identityprovider", "mismatch", namespace, "False", "IssuerMismatch")
         assert "somebody-else.example" in condition(obj, "Ready")["message"]
-        wait_for("an IssuerMismatch warning event", lambda: ("Warning", "IssuerMismatch") in [
-            e[:2] for e in events(cluster, "mismatch", namespace)])
-        apply(cluster, idp("mismatch", namespace, server, "Okta",
-                           issuer="https://somebody-else.example/oauth2/default"))
+        wait_for(
+            "an IssuerMismatch warning event",
+            lambda: ("Warning", "IssuerMismatch") in [e[:2] for e in events(cluster, "mismatch", namespace)],
+        )
+        apply(
+            cluster, idp("mismatch", namespace, server, "Okta", issuer="https://somebody-else.example/oauth2/default")
+        )
         obj = wait_ready(cluster, "identityprovider", "mismatch", namespace)
         assert obj["status"]["issuer"] == "https://somebody-else.example/oauth2/default"
         assert obj["status"]["observedGeneration"] == 2
 
 
 # --- applications --------------------------------------------------------------------------------------------
+
 
 def test_credentials_created_once_and_stable_across_restarts(cluster, namespace):
     with operator():
@@ -265,14 +335,24 @@ def test_credentials_created_once_and_stable_across_restarts(cluster, namespace)
     assert first["client_secret"] not in json.dumps(obj)
     secret = get(cluster, "secret", "svc-credentials", namespace)
     owner = secret["metadata"]["ownerReferences"]
-    assert owner == [{"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication", "name": "svc",
-                      "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+    assert owner == [
+        {
+            "apiVersion": "tokenbridge.dev/v1alpha1",
+            "kind": "OAuthApplication",
+            "name": "svc",
+            "uid": obj["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     version = secret["metadata"]["resourceVersion"]
 
     with operator():
         apply(cluster, app("svc", namespace, "svc-credentials", description="an unrelated edit"))
-        wait_for("the edit to be handled", lambda: (get(cluster, "oauthapplication", "svc", namespace)["status"]
-                                                    .get("observedGeneration") == 2))
+        wait_for(
+            "the edit to be handled",
+            lambda: get(cluster, "oauthapplication", "svc", namespace)["status"].get("observedGeneration") == 2,
+        )
         time.sleep(3)  # a few timer ticks
     assert secret_values(cluster, "svc-credentials", namespace) == first
     assert get(cluster, "secret", "svc-credentials", namespace)["metadata"]["resourceVersion"] == version
@@ -287,22 +367,39 @@ def test_rotation_keeps_the_previous_secret_for_the_grace_period(cluster, namesp
         before = wait_ready(cluster, "oauthapplication", "rot", namespace)["status"]
         old = secret_values(cluster, "rot-credentials", namespace)
         cluster.kubectl("annotate", "oauthapplication", "rot", "-n", namespace, "tokenbridge.dev/rotate-secret=1")
-        during = wait_for("rotation", lambda: (lambda s: s if s.get("previousClientSecretHash") else None)(
-            get(cluster, "oauthapplication", "rot", namespace)["status"]))
+        during = wait_for(
+            "rotation",
+            lambda: (lambda s: s if s.get("previousClientSecretHash") else None)(
+                get(cluster, "oauthapplication", "rot", namespace)["status"]
+            ),
+        )
         new = secret_values(cluster, "rot-credentials", namespace)
         assert new["client_id"] == old["client_id"] and new["client_secret"] != old["client_secret"]
         assert during["clientID"] == before["clientID"]
         assert during["previousClientSecretHash"] == before["clientSecretHash"]
         assert during["clientSecretHash"] == hash_client_secret(new["client_secret"])
         expires = datetime.fromisoformat(during["previousClientSecretExpiresAt"].replace("Z", "+00:00"))
-        assert 0 < (expires - datetime.now(timezone.utc)).total_seconds() <= 7
-        after = wait_for("the grace window to end", lambda: (lambda s: s if "previousClientSecretHash" not in s
-                         else None)(get(cluster, "oauthapplication", "rot", namespace)["status"]), timeout=20)
+        assert 0 < (expires - datetime.now(UTC)).total_seconds() <= 7
+        after = wait_for(
+            "the grace window to end",
+            lambda: (lambda s: s if "previousClientSecretHash" not in s else None)(
+                get(cluster, "oauthapplication", "rot", namespace)["status"]
+            ),
+            timeout=20,
+        )
         assert "previousClientSecretExpiresAt" not in after
         assert after["clientSecretHash"] == during["clientSecretHash"]
         # the same annotation value again is not a new rotation
-        cluster.kubectl("annotate", "oauthapplication", "rot", "-n", namespace, "--overwrite",
-                        "tokenbridge.dev/rotate-secret=1", "unrelated=yes")
+        cluster.kubectl(
+            "annotate",
+            "oauthapplication",
+            "rot",
+            "-n",
+            namespace,
+            "--overwrite",
+            "tokenbridge.dev/rotate-secret=1",
+            "unrelated=yes",
+        )
         time.sleep(3)
         assert secret_values(cluster, "rot-credentials", namespace) == new
     reasons = [e[1] for e in events(cluster, "rot", namespace)]
@@ -314,8 +411,11 @@ def test_secret_is_garbage_collected_with_the_application(cluster, namespace):
         apply(cluster, app("gone", namespace, "gone-credentials"))
         wait_ready(cluster, "oauthapplication", "gone", namespace)
         cluster.kubectl("delete", "oauthapplication", "gone", "-n", namespace)
-    wait_for("garbage collection of the Secret",
-             lambda: get(cluster, "secret", "gone-credentials", namespace) is None, timeout=60)
+    wait_for(
+        "garbage collection of the Secret",
+        lambda: get(cluster, "secret", "gone-credentials", namespace) is None,
+        timeout=60,
+    )
 
 
 def test_foreign_secret_is_not_taken_over(cluster, namespace):
@@ -335,20 +435,46 @@ def test_references_cross_namespace_refused_and_readiness_followed(cluster, name
         with HttpsIdP("okta") as server, operator():
             apply(cluster, idp("okta", other, server, "Okta"))
             wait_ready(cluster, "identityprovider", "okta", other)
-            apply(cluster, app("xns", namespace, "xns-credentials", grants=(TOKEN_EXCHANGE,),
-                               idps=[{"kind": "IdentityProvider", "name": "okta"}]))
+            apply(
+                cluster,
+                app(
+                    "xns",
+                    namespace,
+                    "xns-credentials",
+                    grants=(TOKEN_EXCHANGE,),
+                    idps=[{"kind": "IdentityProvider", "name": "okta"}],
+                ),
+            )
             obj = wait_ready(cluster, "oauthapplication", "xns", namespace, "False", "IdentityProviderNotFound")
             refs = condition(obj, "ReferencesResolved")
             assert refs["status"] == "False" and f"IdentityProvider {namespace}/okta not found" in refs["message"]
             assert condition(obj, "CredentialsReady")["status"] == "True"
 
             server.fail(503)
-            apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "ClusterIdentityProvider",
-                            "metadata": {"name": cidp},
-                            "spec": {"type": "Okta", "wellKnownURL": server.well_known_url,
-                                     "tls": {"caBundle": server.ca_pem}, "allowedAudiences": ["a"]}})
-            apply(cluster, app("follows", namespace, "follows-credentials", grants=(TOKEN_EXCHANGE,),
-                               idps=[{"kind": "ClusterIdentityProvider", "name": cidp}]))
+            apply(
+                cluster,
+                {
+                    "apiVersion": "tokenbridge.dev/v1alpha1",
+                    "kind": "ClusterIdentityProvider",
+                    "metadata": {"name": cidp},
+                    "spec": {
+                        "type": "Okta",
+                        "wellKnownURL": server.well_known_url,
+                        "tls": {"caBundle": server.ca_pem},
+                        "allowedAudiences": ["a"],
+                    },
+                },
+            )
+            apply(
+                cluster,
+                app(
+                    "follows",
+                    namespace,
+                    "follows-credentials",
+                    grants=(TOKEN_EXCHANGE,),
+                    idps=[{"kind": "ClusterIdentityProvider", "name": cidp}],
+                ),
+            )
             obj = wait_ready(cluster, "oauthapplication", "follows", namespace, "False", "IdentityProviderNotReady")
             assert cidp in condition(obj, "Ready")["message"]
             server.recover()
@@ -357,8 +483,15 @@ def test_references_cross_namespace_refused_and_readiness_followed(cluster, name
     finally:
         release_and_delete(cluster, other)
         cluster.kubectl("delete", "clusteridentityprovider", cidp, "--wait=false", check=False)
-        cluster.kubectl("patch", "clusteridentityprovider", cidp, "--type=merge", "-p",
-                        '{"metadata":{"finalizers":null}}', check=False)
+        cluster.kubectl(
+            "patch",
+            "clusteridentityprovider",
+            cidp,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
 
 
 def test_applications_created_with_their_idp_become_ready_without_waiting_for_a_recheck(cluster, namespace):
@@ -371,8 +504,16 @@ def test_applications_created_with_their_idp_become_ready_without_waiting_for_a_
     with HttpsIdP("okta") as server, operator():
         for round_ in range(2):
             objs = [idp(f"okta-{round_}", namespace, server, "Okta")]
-            objs += [app(f"{n}-{round_}", namespace, f"{n}-{round_}-credentials", grants=(TOKEN_EXCHANGE,),
-                         idps=[{"name": f"okta-{round_}"}]) for n in names]
+            objs += [
+                app(
+                    f"{n}-{round_}",
+                    namespace,
+                    f"{n}-{round_}-credentials",
+                    grants=(TOKEN_EXCHANGE,),
+                    idps=[{"name": f"okta-{round_}"}],
+                )
+                for n in names
+            ]
             apply(cluster, {"apiVersion": "v1", "kind": "List", "items": objs})
         for round_ in range(2):
             for n in names:
@@ -380,6 +521,7 @@ def test_applications_created_with_their_idp_become_ready_without_waiting_for_a_
 
 
 # --- signing keys --------------------------------------------------------------------------------------------
+
 
 def test_signing_keys_rotate_and_old_keys_stay_published(cluster):
     def keyset():
@@ -389,8 +531,11 @@ def test_signing_keys_rotate_and_old_keys_stay_published(cluster):
     with operator():
         first = wait_for("the signing key Secret", keyset)
         first_kid = first.active(time.time()).kid
-        rotated = wait_for("a rotation", lambda: (lambda ks: ks if ks and ks.active(time.time()).kid != first_kid
-                                                  else None)(keyset()), timeout=30)
+        rotated = wait_for(
+            "a rotation",
+            lambda: (lambda ks: ks if ks and ks.active(time.time()).kid != first_kid else None)(keyset()),
+            timeout=30,
+        )
     now = time.time()
     published = [k["kid"] for k in rotated.jwks(now)["keys"]]
     assert first_kid in published, "a retired key stays published until its tokens have expired"
@@ -401,6 +546,7 @@ def test_signing_keys_rotate_and_old_keys_stay_published(cluster):
 
 # --- CEL expressions -------------------------------------------------------------------------------------------
 
+
 def test_invalid_identity_provider_expression_until_the_spec_is_fixed(cluster, namespace):
     with HttpsIdP("okta") as server, operator():
         apply(cluster, idp("cel", namespace, server, "Okta", condition="assertion.sub +"))
@@ -408,14 +554,25 @@ def test_invalid_identity_provider_expression_until_the_spec_is_fixed(cluster, n
         message = condition(obj, "Ready")["message"]
         assert message.startswith("spec.condition: ") and "syntax error" in message
         assert obj["status"]["observedGeneration"] == 1 and condition(obj, "Ready")["observedGeneration"] == 1
-        wait_for("an InvalidExpression warning event", lambda: ("Warning", "InvalidExpression") in [
-            e[:2] for e in events(cluster, "cel", namespace)])
+        wait_for(
+            "an InvalidExpression warning event",
+            lambda: ("Warning", "InvalidExpression") in [e[:2] for e in events(cluster, "cel", namespace)],
+        )
         time.sleep(4)  # a refresh interval (3s): still not discovered, still one Event
         assert server.requests == [], "a spec with an invalid expression is not discovered"
         assert [e[1] for e in events(cluster, "cel", namespace)].count("InvalidExpression") == 1
 
-        apply(cluster, idp("cel", namespace, server, "Okta", condition="assertion.sub != ''",
-                           claimMappings={"sub": "'okta:' + assertion.sub"}))
+        apply(
+            cluster,
+            idp(
+                "cel",
+                namespace,
+                server,
+                "Okta",
+                condition="assertion.sub != ''",
+                claimMappings={"sub": "'okta:' + assertion.sub"},
+            ),
+        )
         obj = wait_ready(cluster, "identityprovider", "cel", namespace)
         assert obj["status"]["observedGeneration"] == 2 and obj["status"]["issuer"] == server.issuer
         wait_for("a Ready event", lambda: ("Normal", "Ready") in [e[:2] for e in events(cluster, "cel", namespace)])
@@ -425,16 +582,33 @@ def test_invalid_cluster_identity_provider_claim_mapping(cluster):
     name = f"cel-{uuid.uuid4().hex[:6]}"
     try:
         with HttpsIdP("okta") as server, operator():
-            apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "ClusterIdentityProvider",
-                            "metadata": {"name": name},
-                            "spec": {"type": "Okta", "wellKnownURL": server.well_known_url,
-                                     "tls": {"caBundle": server.ca_pem}, "allowedAudiences": ["a"],
-                                     "claimMappings": {"iss": "'https://forged.example'"}}})
+            apply(
+                cluster,
+                {
+                    "apiVersion": "tokenbridge.dev/v1alpha1",
+                    "kind": "ClusterIdentityProvider",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "type": "Okta",
+                        "wellKnownURL": server.well_known_url,
+                        "tls": {"caBundle": server.ca_pem},
+                        "allowedAudiences": ["a"],
+                        "claimMappings": {"iss": "'https://forged.example'"},
+                    },
+                },
+            )
             obj = wait_ready(cluster, "clusteridentityprovider", name, None, "False", "InvalidExpression")
     finally:
         cluster.kubectl("delete", "clusteridentityprovider", name, "--wait=false", check=False)
-        cluster.kubectl("patch", "clusteridentityprovider", name, "--type=merge", "-p",
-                        '{"metadata":{"finalizers":null}}', check=False)
+        cluster.kubectl(
+            "patch",
+            "clusteridentityprovider",
+            name,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
     assert condition(obj, "Ready")["message"].startswith("spec.claimMappings['iss']: ")
 
 
@@ -446,8 +620,10 @@ def test_invalid_application_condition_until_the_spec_is_fixed(cluster, namespac
         assert message.startswith("spec.condition: ") and "must evaluate to a bool" in message
         assert obj["status"]["observedGeneration"] == 1 and "clientID" not in obj["status"]
         assert get(cluster, "secret", "cond-credentials", namespace) is None, "nothing is done before it compiles"
-        wait_for("an InvalidExpression warning event", lambda: ("Warning", "InvalidExpression") in [
-            e[:2] for e in events(cluster, "cond", namespace)])
+        wait_for(
+            "an InvalidExpression warning event",
+            lambda: ("Warning", "InvalidExpression") in [e[:2] for e in events(cluster, "cond", namespace)],
+        )
 
         apply(cluster, app("cond", namespace, "cond-credentials", condition=f"request.namespace == '{namespace}'"))
         obj = wait_ready(cluster, "oauthapplication", "cond", namespace)
@@ -461,8 +637,11 @@ def test_invalid_application_condition_until_the_spec_is_fixed(cluster, namespac
 def scrape(port):
     """Every sample of the operator's /metrics endpoint as {(name, sorted label items): value}."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def reconciliations(samples, kind, result):
@@ -476,10 +655,19 @@ def test_metrics_endpoint_counts_reconciliations(cluster, namespace, monkeypatch
         before = wait_for("the metrics endpoint", lambda: _try_scrape(port))
         apply(cluster, idp("good", namespace, server, "Okta"))
         apply(cluster, idp("bad", namespace, server, "Okta", condition="assertion.sub +"))
-        apply(cluster, {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "IdentityProvider",
-                        "metadata": {"name": "blocked", "namespace": namespace},
-                        "spec": {"type": "OIDC", "wellKnownURL": "https://10.0.0.1/.well-known/openid-configuration",
-                                 "allowedAudiences": ["a"]}})
+        apply(
+            cluster,
+            {
+                "apiVersion": "tokenbridge.dev/v1alpha1",
+                "kind": "IdentityProvider",
+                "metadata": {"name": "blocked", "namespace": namespace},
+                "spec": {
+                    "type": "OIDC",
+                    "wellKnownURL": "https://10.0.0.1/.well-known/openid-configuration",
+                    "allowedAudiences": ["a"],
+                },
+            },
+        )
         apply(cluster, app("ok", namespace, "ok-credentials"))
         apply(cluster, app("typo", namespace, "typo-credentials", condition="'yes'"))
         wait_ready(cluster, "identityprovider", "good", namespace)
@@ -497,8 +685,10 @@ def test_metrics_endpoint_counts_reconciliations(cluster, namespace, monkeypatch
     assert delta("OAuthApplication", "success") >= 1 and delta("OAuthApplication", "permanent_error") >= 1
     failures = ("tokenbridge_operator_discovery_failures_total", (("reason", "BlockedAddress"),))
     assert after[failures] - before.get(failures, 0.0) >= 1
-    keys = ("tokenbridge_operator_identity_provider_keys",
-            (("kind", "IdentityProvider"), ("name", "good"), ("namespace", namespace)))
+    keys = (
+        "tokenbridge_operator_identity_provider_keys",
+        (("kind", "IdentityProvider"), ("name", "good"), ("namespace", namespace)),
+    )
     assert after[keys] == 1
     assert 0 <= after[("tokenbridge_operator_signing_key_age_seconds", ())] < 60
     with pytest.raises(httpx.ConnectError):  # stopped with the operator
@@ -518,8 +708,11 @@ def test_a_metrics_port_in_use_stops_the_operator(cluster, monkeypatch):
         taken.listen()
         port = taken.getsockname()[1]
         monkeypatch.setenv("TOKENBRIDGE_METRICS_PORT", str(port))
-        with KopfRunner(["run", "--all-namespaces", "--standalone", "--log-format=json",
-                         "-m", "tokenbridge_operator.main"], timeout=60, reraise=False) as runner:
+        with KopfRunner(
+            ["run", "--all-namespaces", "--standalone", "--log-format=json", "-m", "tokenbridge_operator.main"],
+            timeout=60,
+            reraise=False,
+        ) as runner:
             result = runner.future.result(timeout=30)  # exits by itself; a TimeoutError if it kept running
     assert result.exit_code != 0
     assert f"TOKENBRIDGE_METRICS_PORT={port}" in runner.output

@@ -7,6 +7,7 @@ web (client_secret_basic, every grant) allowed to use all of them, plus referenc
 team-b's IdPs; application post (client_secret_post, client_credentials only).
 team-b: its own IdP also named corp (another issuer and key), an IdP b-only, and application b-app.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,14 @@ class World:
             idp_object("corp", self.corp.issuer, jwks=self.corp.jwks()),
             idp_object("ec-corp", self.ec.issuer, jwks=self.ec.jwks()),
             idp_object("ed-corp", self.ed.issuer, jwks=self.ed.jwks(), allowedAlgorithms=["EdDSA"]),
-            idp_object("strict", self.strict.issuer, jwks=self.strict.jwks(), allowedAlgorithms=["ES256"],
-                       maxTokenAge="5m", clockSkew="10s"),
+            idp_object(
+                "strict",
+                self.strict.issuer,
+                jwks=self.strict.jwks(),
+                allowedAlgorithms=["ES256"],
+                maxTokenAge="5m",
+                clockSkew="10s",
+            ),
             idp_object("partner", self.partner.issuer, jwks=self.partner.jwks()),
             idp_object("corp", self.team_b.issuer, namespace="team-b", jwks=self.team_b.jwks()),
             idp_object("b-only", self.b_only.issuer, namespace="team-b", jwks=self.b_only.jwks()),
@@ -52,22 +59,40 @@ class World:
 
     def app_objects(self) -> list[dict[str, Any]]:
         web_providers = [
-            {"name": "corp"}, {"name": "ec-corp"}, {"name": "ed-corp"}, {"name": "strict"}, {"name": "partner"},
+            {"name": "corp"},
+            {"name": "ec-corp"},
+            {"name": "ed-corp"},
+            {"name": "strict"},
+            {"name": "partner"},
             {"kind": api.KIND_CLUSTER_IDP, "name": "entra"},
             # None of these may resolve to team-b's IdPs (or to a namespaced IdP as a cluster one).
-            {"name": "b-only"}, {"name": "b-only", "namespace": "team-b"},
-            {"kind": api.KIND_CLUSTER_IDP, "name": "corp"}, {"name": "team-b/b-only"},
+            {"name": "b-only"},
+            {"name": "b-only", "namespace": "team-b"},
+            {"kind": api.KIND_CLUSTER_IDP, "name": "corp"},
+            {"name": "team-b/b-only"},
         ]
         return [
             app_object("web", CLIENT, SECRET, providers=web_providers, accessTokenLifetime="10m"),
-            app_object("post", POST_CLIENT, POST_SECRET, tokenEndpointAuthMethod=api.AUTH_METHOD_POST,
-                       grantTypes=[api.GRANT_CLIENT_CREDENTIALS], providers=[{"name": "corp"}]),
+            app_object(
+                "post",
+                POST_CLIENT,
+                POST_SECRET,
+                tokenEndpointAuthMethod=api.AUTH_METHOD_POST,
+                grantTypes=[api.GRANT_CLIENT_CREDENTIALS],
+                providers=[{"name": "corp"}],
+            ),
             app_object("b-app", B_CLIENT, B_SECRET, namespace="team-b", providers=[{"name": "corp"}]),
         ]
 
     def source(self, clock: Any = None, apps: list[dict[str, Any]] | None = None) -> FixedSource:
-        return FixedSource(snapshot_of(self.idp_objects(), self.cluster_idp_objects(),
-                                       self.app_objects() if apps is None else apps, clock=clock or Clock()))
+        return FixedSource(
+            snapshot_of(
+                self.idp_objects(),
+                self.cluster_idp_objects(),
+                self.app_objects() if apps is None else apps,
+                clock=clock or Clock(),
+            )
+        )
 
 
 @pytest.fixture(scope="session")

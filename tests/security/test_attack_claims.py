@@ -2,14 +2,23 @@
 the boundaries between tenants: issuer look-alikes, audience shapes, time claims, the Entra tenant template,
 cross-namespace IdP references, client-id squatting, and the unknown-kid refresh storm.
 """
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, SECRET, assert_accepted, assert_refused, client_for,
-                                   exchange)
+from tests.support.attacks import (
+    B_CLIENT,
+    B_SECRET,
+    CLIENT,
+    SECRET,
+    assert_accepted,
+    assert_refused,
+    client_for,
+    exchange,
+)
 from tests.support.exchange import Clock, FixedSource, app_object, basic, idp_object, snapshot_of
 from tests.support.idp import NOW, IdP
 from tokenbridge.jwks import parse_jwks
@@ -75,20 +84,45 @@ def test_issuer_of_an_idp_the_client_may_not_use(client, world):
 
 # --- audience ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("aud", ["api://tokenbridge", ["api://tokenbridge"],
-                                 ["https://other.test", "api://tokenbridge"],
-                                 ["api://tokenbridge", 5, None, ["x"]]])
+
+@pytest.mark.parametrize(
+    "aud",
+    [
+        "api://tokenbridge",
+        ["api://tokenbridge"],
+        ["https://other.test", "api://tokenbridge"],
+        ["api://tokenbridge", 5, None, ["x"]],
+    ],
+)
 def test_audience_containing_an_allowed_value_is_accepted(client, world, aud):
     assert_accepted(exchange(client, world.corp.token(aud=aud)))
 
 
-@pytest.mark.parametrize("aud", [
-    [], "", None, 0, 1.5, True, {}, {"api://tokenbridge": True}, [["api://tokenbridge"]], [None], [1, 2],
-    "API://tokenbridge", "api://tokenbridge/", "api://tokenbridge ", "api://tokenbridge\u0000",
-    "api://tokenbridge,https://other.test", "api://tokenbridge https://other.test", ["api://tokenbridge2"],
-    "https://api.example.test",  # the application's own audience is not an IdP-allowed audience
-    "missing",
-])
+@pytest.mark.parametrize(
+    "aud",
+    [
+        [],
+        "",
+        None,
+        0,
+        1.5,
+        True,
+        {},
+        {"api://tokenbridge": True},
+        [["api://tokenbridge"]],
+        [None],
+        [1, 2],
+        "API://tokenbridge",
+        "api://tokenbridge/",
+        "api://tokenbridge ",
+        "api://tokenbridge\u0000",
+        "api://tokenbridge,https://other.test",
+        "api://tokenbridge https://other.test",
+        ["api://tokenbridge2"],
+        "https://api.example.test",  # the application's own audience is not an IdP-allowed audience
+        "missing",
+    ],
+)
 def test_audience_that_must_be_refused(client, world, aud):
     claims = world.corp.claims()
     if aud == "missing":
@@ -101,36 +135,43 @@ def test_audience_that_must_be_refused(client, world, aud):
 
 # --- time claims ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("which, claims", [
-    ("corp", {"exp": int(NOW) - 61}),  # just past exp + 60 s skew
-    ("corp", {"exp": int(NOW) - 86400}),
-    ("corp", {"exp": 0}),
-    ("corp", {"exp": -1}),
-    ("corp", {"exp": None}),
-    ("corp", {"exp": str(int(NOW) + 3600)}),
-    ("corp", {"exp": True}),
-    ("corp", {"exp": [int(NOW) + 3600]}),
-    ("corp", {"nbf": int(NOW) + 61}),
-    ("corp", {"nbf": "0"}),
-    ("corp", {"iat": int(NOW) + 61}),
-    ("corp", {"iat": int(NOW) + 86400 * 365}),
-    ("corp", {"iat": {"t": 0}}),
-    ("strict", {"iat": int(NOW) - 311}),  # maxTokenAge 5m + clockSkew 10s
-    ("strict", {"iat": int(NOW) - 86400, "exp": int(NOW) + 86400}),
-    ("strict", {"iat": None}),
-    ("strict", {"exp": int(NOW) - 11}),  # this IdP's skew is 10 s
-    ("strict", {"nbf": int(NOW) + 11}),
-])
+
+@pytest.mark.parametrize(
+    "which, claims",
+    [
+        ("corp", {"exp": int(NOW) - 61}),  # just past exp + 60 s skew
+        ("corp", {"exp": int(NOW) - 86400}),
+        ("corp", {"exp": 0}),
+        ("corp", {"exp": -1}),
+        ("corp", {"exp": None}),
+        ("corp", {"exp": str(int(NOW) + 3600)}),
+        ("corp", {"exp": True}),
+        ("corp", {"exp": [int(NOW) + 3600]}),
+        ("corp", {"nbf": int(NOW) + 61}),
+        ("corp", {"nbf": "0"}),
+        ("corp", {"iat": int(NOW) + 61}),
+        ("corp", {"iat": int(NOW) + 86400 * 365}),
+        ("corp", {"iat": {"t": 0}}),
+        ("strict", {"iat": int(NOW) - 311}),  # maxTokenAge 5m + clockSkew 10s
+        ("strict", {"iat": int(NOW) - 86400, "exp": int(NOW) + 86400}),
+        ("strict", {"iat": None}),
+        ("strict", {"exp": int(NOW) - 11}),  # this IdP's skew is 10 s
+        ("strict", {"nbf": int(NOW) + 11}),
+    ],
+)
 def test_time_claims_that_must_be_refused(client, world, which, claims):
     assert_refused(exchange(client, getattr(world, which).token(**claims)), "invalid_grant")
 
 
-@pytest.mark.parametrize("which, claims", [
-    ("strict", {"iat": int(NOW) - 305}),
-    ("strict", {"exp": int(NOW) + 30, "nbf": int(NOW) + 9, "iat": int(NOW) + 9}),
-    ("corp", {"exp": int(NOW) + 2, "nbf": int(NOW) - 1, "iat": int(NOW) - 86400 * 365}),
-    ("corp", {"exp": int(NOW) + 3600.5, "iat": int(NOW) - 0.5}),
-])
+@pytest.mark.parametrize(
+    "which, claims",
+    [
+        ("strict", {"iat": int(NOW) - 305}),
+        ("strict", {"exp": int(NOW) + 30, "nbf": int(NOW) + 9, "iat": int(NOW) + 9}),
+        ("corp", {"exp": int(NOW) + 2, "nbf": int(NOW) - 1, "iat": int(NOW) - 86400 * 365}),
+        ("corp", {"exp": int(NOW) + 3600.5, "iat": int(NOW) - 0.5}),
+    ],
+)
 def test_time_claims_at_the_edges_are_accepted(client, world, which, claims):
     """The refusals above are the limits, not blanket suspicion: just inside them is accepted."""
     assert_accepted(exchange(client, getattr(world, which).token(**claims)))
@@ -143,14 +184,17 @@ def _token_with_raw_claim(idp, name, raw):
     return idp.sign(idp.header(), text.encode())
 
 
-@pytest.mark.parametrize("which, name, raw", [
-    ("corp", "exp", "NaN"),
-    ("corp", "exp", "Infinity"),
-    ("corp", "exp", "1e400"),
-    ("corp", "nbf", "NaN"),
-    ("strict", "iat", "NaN"),  # would skip maxTokenAge
-    ("strict", "iat", "-Infinity"),
-])
+@pytest.mark.parametrize(
+    "which, name, raw",
+    [
+        ("corp", "exp", "NaN"),
+        ("corp", "exp", "Infinity"),
+        ("corp", "exp", "1e400"),
+        ("corp", "nbf", "NaN"),
+        ("strict", "iat", "NaN"),  # would skip maxTokenAge
+        ("strict", "iat", "-Infinity"),
+    ],
+)
 def test_non_finite_time_claims(client, world, which, name, raw):
     """A token that never expires, or dodges maxTokenAge. NaN/Infinity are not JSON at all; 1e400 is JSON but
     not a representable NumericDate. (Found by this corpus: accepted, later a 500; fixed in 09fa33e.)"""
@@ -174,28 +218,32 @@ def test_subject_that_is_not_a_non_empty_string(client, world, sub):
 
 # --- the Entra multi-tenant {tenantid} template --------------------------------------------------------------
 
+
 def test_entra_baseline_own_tenant_is_accepted(client, world):
     assert_accepted(exchange(client, world.entra.token(iss=ENTRA_ISS, tid=TENANT)))
 
 
-@pytest.mark.parametrize("iss, tid", [
-    (ENTRA_ISS, "00000000-0000-0000-0000-000000000000"),  # tid of another tenant
-    (ENTRA_ISS, None),  # no tid at all
-    (ENTRA_ISS, TENANT.upper()),
-    (ENTRA_ISS, TENANT + " "),
-    (ENTRA_ISS, [TENANT]),
-    (ENTRA_ISS, 7),
-    (ENTRA_ISS, TENANT[:-1]),  # a prefix of the tenant in iss
-    ("https://login.microsoftonline.com/{tenantid}/v2.0", "{tenantid}"),  # the template itself
-    ("https://login.microsoftonline.com/{tenantid}/v2.0", None),
-    (f"https://login.microsoftonline.com/{TENANT}/x/v2.0", f"{TENANT}/x"),  # a slash in tid
-    (f"https://login.microsoftonline.com/../{TENANT}/v2.0", f"../{TENANT}"),
-    (f"https://attacker.example/{TENANT}/v2.0", TENANT),  # right tid, wrong host
-    (f"https://login.microsoftonline.com/{TENANT}/v2.0/", TENANT),
-    (f"https://login.microsoftonline.com/{TENANT}/v1.0", TENANT),
-    (f"https://login.microsoftonline.com/{TENANT}{TENANT}/v2.0", TENANT),
-    ("https://login.microsoftonline.com//v2.0", ""),
-])
+@pytest.mark.parametrize(
+    "iss, tid",
+    [
+        (ENTRA_ISS, "00000000-0000-0000-0000-000000000000"),  # tid of another tenant
+        (ENTRA_ISS, None),  # no tid at all
+        (ENTRA_ISS, TENANT.upper()),
+        (ENTRA_ISS, TENANT + " "),
+        (ENTRA_ISS, [TENANT]),
+        (ENTRA_ISS, 7),
+        (ENTRA_ISS, TENANT[:-1]),  # a prefix of the tenant in iss
+        ("https://login.microsoftonline.com/{tenantid}/v2.0", "{tenantid}"),  # the template itself
+        ("https://login.microsoftonline.com/{tenantid}/v2.0", None),
+        (f"https://login.microsoftonline.com/{TENANT}/x/v2.0", f"{TENANT}/x"),  # a slash in tid
+        (f"https://login.microsoftonline.com/../{TENANT}/v2.0", f"../{TENANT}"),
+        (f"https://attacker.example/{TENANT}/v2.0", TENANT),  # right tid, wrong host
+        (f"https://login.microsoftonline.com/{TENANT}/v2.0/", TENANT),
+        (f"https://login.microsoftonline.com/{TENANT}/v1.0", TENANT),
+        (f"https://login.microsoftonline.com/{TENANT}{TENANT}/v2.0", TENANT),
+        ("https://login.microsoftonline.com//v2.0", ""),
+    ],
+)
 def test_entra_template_tricks(client, world, iss, tid):
     token = world.entra.token(iss=iss, tid=tid)
     assert_refused(exchange(client, token), "invalid_grant")
@@ -207,6 +255,7 @@ def test_entra_template_does_not_lend_its_key_to_other_issuers(client, world):
 
 
 # --- tenants (namespaces) ------------------------------------------------------------------------------------
+
 
 def test_team_b_idp_with_the_same_name_is_not_used_for_team_a(client, world):
     """web (team-a) references IdP "corp": that is team-a/corp, never team-b/corp (same name, own issuer)."""
@@ -260,9 +309,14 @@ def test_client_id_claimed_twice_without_a_clear_first_is_served_to_nobody(world
     victim = app_object("web", CLIENT, SECRET, providers=[{"name": "corp"}])
     squatter = app_object("squatter", CLIENT, "squatter-secret", namespace="team-b", providers=[{"name": "corp"}])
     early, late = "2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z"
-    stamps = {"equal": (early, early), "squatter-missing": (early, None), "victim-missing": (None, late),
-              "both-missing": (None, None), "malformed": (early, "yesterday")}[times]
-    for obj, stamp in zip((victim, squatter), stamps):
+    stamps = {
+        "equal": (early, early),
+        "squatter-missing": (early, None),
+        "victim-missing": (None, late),
+        "both-missing": (None, None),
+        "malformed": (early, "yesterday"),
+    }[times]
+    for obj, stamp in zip((victim, squatter), stamps, strict=True):
         if stamp:
             obj["metadata"]["creationTimestamp"] = stamp
     source = world.source(apps=[squatter, victim])
@@ -274,6 +328,7 @@ def test_client_id_claimed_twice_without_a_clear_first_is_served_to_nobody(world
 
 
 # --- unknown-kid storm against a remote IdP -----------------------------------------------------------------
+
 
 def test_unknown_kid_storm_respects_the_refresh_cooldown():
     """Many tokens with random kids against one remote IdP: each is refused, at most one JWKS fetch per cooldown,
@@ -287,9 +342,12 @@ def test_unknown_kid_storm_respects_the_refresh_cooldown():
         return parse_jwks(remote.jwks(), ["RS256"])
 
     cache = JwksCache(fetch, clock=clock, cooldown=10.0)
-    snapshot = snapshot_of([idp_object("remote", remote.issuer, jwks_uri="https://remote.example.test/jwks")],
-                           apps=[app_object("web", CLIENT, SECRET, providers=[{"name": "remote"}])],
-                           cache=cache, clock=clock)
+    snapshot = snapshot_of(
+        [idp_object("remote", remote.issuer, jwks_uri="https://remote.example.test/jwks")],
+        apps=[app_object("web", CLIENT, SECRET, providers=[{"name": "remote"}])],
+        cache=cache,
+        clock=clock,
+    )
     client = client_for(FixedSource(snapshot), clock)
     assert_accepted(exchange(client, remote.token()))
     assert len(fetches) == 1

@@ -1,13 +1,23 @@
 """Attacks on delegation (RFC 8693 §4.1 actor_token, §4.4 may_act) and on CEL policies (IdP conditions, claim
 mappings) with type-confused or missing claims: each must be a deliberate ``invalid_grant`` / ``invalid_request``,
 never a 5xx and never an issued token."""
+
 from __future__ import annotations
 
 import jwt
 import pytest
 
-from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, SECRET, assert_accepted, assert_refused, client_for,
-                                   encode, exchange)
+from tests.support.attacks import (
+    B_CLIENT,
+    B_SECRET,
+    CLIENT,
+    SECRET,
+    assert_accepted,
+    assert_refused,
+    client_for,
+    encode,
+    exchange,
+)
 from tests.support.exchange import FORM, Clock, FixedSource, app_object, basic, idp_object, snapshot_of
 from tests.support.idp import NOW, IdP, jws
 from tokenbridge import api
@@ -17,36 +27,58 @@ CONDITION = "assertion.email_verified == true && assertion.groups.exists(g, g ==
 
 @pytest.fixture(scope="module")
 def idps():
-    return {"corp": IdP("https://idp.example.test", "RS256"),
-            "robots": IdP("https://robots.example.test", "ES256"),
-            "policed": IdP("https://policed.example.test", "RS256"),
-            "other-ns": IdP("https://other-ns.example.test", "RS256"),
-            "attacker": IdP("https://robots.example.test", "ES256")}
+    return {
+        "corp": IdP("https://idp.example.test", "RS256"),
+        "robots": IdP("https://robots.example.test", "ES256"),
+        "policed": IdP("https://policed.example.test", "RS256"),
+        "other-ns": IdP("https://other-ns.example.test", "RS256"),
+        "attacker": IdP("https://robots.example.test", "ES256"),
+    }
 
 
 @pytest.fixture(scope="module")
 def client(idps):
     clock = Clock()
     snapshot = snapshot_of(
-        [idp_object("corp", idps["corp"].issuer, jwks=idps["corp"].jwks()),
-         idp_object("robots", idps["robots"].issuer, jwks=idps["robots"].jwks()),
-         idp_object("policed", idps["policed"].issuer, jwks=idps["policed"].jwks(), condition=CONDITION,
-                    claimMappings={"sub": "'policed:' + assertion.sub", "groups": "assertion.groups"}),
-         idp_object("other-ns", idps["other-ns"].issuer, namespace="team-b", jwks=idps["other-ns"].jwks())],
-        apps=[app_object("web", CLIENT, SECRET, delegation=True,
-                         providers=[{"name": "corp"}, {"name": "robots"}, {"name": "policed"}]),
-              app_object("no-delegation", B_CLIENT, B_SECRET, providers=[{"name": "corp"}, {"name": "robots"}])],
-        clock=clock)
+        [
+            idp_object("corp", idps["corp"].issuer, jwks=idps["corp"].jwks()),
+            idp_object("robots", idps["robots"].issuer, jwks=idps["robots"].jwks()),
+            idp_object(
+                "policed",
+                idps["policed"].issuer,
+                jwks=idps["policed"].jwks(),
+                condition=CONDITION,
+                claimMappings={"sub": "'policed:' + assertion.sub", "groups": "assertion.groups"},
+            ),
+            idp_object("other-ns", idps["other-ns"].issuer, namespace="team-b", jwks=idps["other-ns"].jwks()),
+        ],
+        apps=[
+            app_object(
+                "web",
+                CLIENT,
+                SECRET,
+                delegation=True,
+                providers=[{"name": "corp"}, {"name": "robots"}, {"name": "policed"}],
+            ),
+            app_object("no-delegation", B_CLIENT, B_SECRET, providers=[{"name": "corp"}, {"name": "robots"}]),
+        ],
+        clock=clock,
+    )
     assert not snapshot.skipped, snapshot.skipped
     return client_for(FixedSource(snapshot), clock)
 
 
 def delegate(client, subject, actor, auth=None, **extra):
-    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": subject, "subject_token_type": api.TOKEN_TYPE_JWT,
-            "actor_token": actor, "actor_token_type": api.TOKEN_TYPE_JWT, **extra}
+    form = {
+        "grant_type": api.GRANT_TOKEN_EXCHANGE,
+        "subject_token": subject,
+        "subject_token_type": api.TOKEN_TYPE_JWT,
+        "actor_token": actor,
+        "actor_token_type": api.TOKEN_TYPE_JWT,
+        **extra,
+    }
     form = {k: v for k, v in form.items() if v is not None}
-    return client.simulate_post("/oauth2/token", body=encode(form),
-                                headers={**FORM, **(auth or basic(CLIENT, SECRET))})
+    return client.simulate_post("/oauth2/token", body=encode(form), headers={**FORM, **(auth or basic(CLIENT, SECRET))})
 
 
 def test_delegation_baseline(client, idps):
@@ -56,11 +88,24 @@ def test_delegation_baseline(client, idps):
     assert claims["act"] == {"sub": "deployer", "iss": idps["robots"].issuer}
 
 
-@pytest.mark.parametrize("case", [
-    "forged-actor", "actor-from-another-namespace", "actor-expired", "actor-wrong-audience", "actor-alg-none",
-    "may-act-other-sub", "may-act-other-iss", "may-act-string", "may-act-list", "may-act-sub-number",
-    "act-chain-too-deep", "act-not-an-object", "act-chain-ends-in-a-string",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "forged-actor",
+        "actor-from-another-namespace",
+        "actor-expired",
+        "actor-wrong-audience",
+        "actor-alg-none",
+        "may-act-other-sub",
+        "may-act-other-iss",
+        "may-act-string",
+        "may-act-list",
+        "may-act-sub-number",
+        "act-chain-too-deep",
+        "act-not-an-object",
+        "act-chain-ends-in-a-string",
+    ],
+)
 def test_delegation_attacks(client, idps, case):
     corp, robots = idps["corp"], idps["robots"]
     subject, actor = corp.token(), robots.token(sub="deployer")
@@ -75,10 +120,13 @@ def test_delegation_attacks(client, idps, case):
     elif case == "actor-alg-none":
         actor = jws({"alg": "none", "kid": robots.kid}, robots.claims(sub="deployer"))
     elif case.startswith("may-act"):
-        may_act = {"may-act-other-sub": {"sub": "someone-else", "iss": robots.issuer},
-                   "may-act-other-iss": {"sub": "deployer", "iss": corp.issuer},
-                   "may-act-string": "deployer", "may-act-list": [{"sub": "deployer"}],
-                   "may-act-sub-number": {"sub": 7}}[case]
+        may_act = {
+            "may-act-other-sub": {"sub": "someone-else", "iss": robots.issuer},
+            "may-act-other-iss": {"sub": "deployer", "iss": corp.issuer},
+            "may-act-string": "deployer",
+            "may-act-list": [{"sub": "deployer"}],
+            "may-act-sub-number": {"sub": 7},
+        }[case]
         subject = corp.token(may_act=may_act)
     elif case == "act-chain-too-deep":
         chain: dict = {"sub": "root"}
@@ -92,8 +140,16 @@ def test_delegation_attacks(client, idps, case):
     assert_refused(delegate(client, subject, actor), "invalid_grant")
 
 
-@pytest.mark.parametrize("case", ["no-delegation-client", "actor-without-type", "type-without-actor",
-                                  "unsupported-actor-type", "repeated-actor-token"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no-delegation-client",
+        "actor-without-type",
+        "type-without-actor",
+        "unsupported-actor-type",
+        "repeated-actor-token",
+    ],
+)
 def test_delegation_request_errors(client, idps, case):
     corp, robots = idps["corp"], idps["robots"]
     subject, actor = corp.token(), robots.token(sub="deployer")
@@ -106,14 +162,20 @@ def test_delegation_request_errors(client, idps, case):
     elif case == "unsupported-actor-type":
         result = delegate(client, subject, actor, actor_token_type="urn:ietf:params:oauth:token-type:saml2")
     else:
-        form = [("grant_type", api.GRANT_TOKEN_EXCHANGE), ("subject_token", subject),
-                ("subject_token_type", api.TOKEN_TYPE_JWT), ("actor_token", actor), ("actor_token", corp.token()),
-                ("actor_token_type", api.TOKEN_TYPE_JWT)]
+        form = [
+            ("grant_type", api.GRANT_TOKEN_EXCHANGE),
+            ("subject_token", subject),
+            ("subject_token_type", api.TOKEN_TYPE_JWT),
+            ("actor_token", actor),
+            ("actor_token", corp.token()),
+            ("actor_token_type", api.TOKEN_TYPE_JWT),
+        ]
         result = client.simulate_post("/oauth2/token", body=encode(form), headers={**FORM, **basic(CLIENT, SECRET)})
     assert_refused(result, "invalid_request")
 
 
 # --- CEL policy with type-confused claims --------------------------------------------------------------------
+
 
 def test_policy_baseline(client, idps):
     token = idps["policed"].token(email_verified=True, groups=["users", "admins"])
@@ -121,18 +183,21 @@ def test_policy_baseline(client, idps):
     assert claims["sub"] == "policed:alice" and claims["groups"] == ["users", "admins"]
 
 
-@pytest.mark.parametrize("claims", [
-    {"email_verified": True, "groups": ["users"]},  # condition false
-    {"email_verified": True},  # groups missing
-    {"groups": ["admins"]},  # email_verified missing
-    {"email_verified": "true", "groups": ["admins"]},  # string, not bool
-    {"email_verified": 1, "groups": ["admins"]},
-    {"email_verified": True, "groups": "admins"},  # a string, not a list
-    {"email_verified": True, "groups": [["admins"]]},
-    {"email_verified": True, "groups": [None, 1, {"g": "admins"}]},
-    {"email_verified": None, "groups": ["admins"]},
-    {"email_verified": True, "groups": ["admins"], "sub": None},
-])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"email_verified": True, "groups": ["users"]},  # condition false
+        {"email_verified": True},  # groups missing
+        {"groups": ["admins"]},  # email_verified missing
+        {"email_verified": "true", "groups": ["admins"]},  # string, not bool
+        {"email_verified": 1, "groups": ["admins"]},
+        {"email_verified": True, "groups": "admins"},  # a string, not a list
+        {"email_verified": True, "groups": [["admins"]]},
+        {"email_verified": True, "groups": [None, 1, {"g": "admins"}]},
+        {"email_verified": None, "groups": ["admins"]},
+        {"email_verified": True, "groups": ["admins"], "sub": None},
+    ],
+)
 def test_policy_with_type_confused_claims(client, idps, claims):
     assert_refused(exchange(client, idps["policed"].token(**claims)), "invalid_grant")
 

@@ -1,6 +1,7 @@
 """The other endpoints that parse attacker-supplied JWTs: ``/oauth2/explain`` (the token endpoint's decision, step
 by step, for an authenticated client) and ``/oauth2/introspect`` (our own tokens only). The same hostile tokens
 must be refused there too, never crash them, and explain must never reveal more than the token endpoint would."""
+
 from __future__ import annotations
 
 import base64
@@ -36,8 +37,9 @@ def hostile_tokens(world):
         "alg-none": jws({"alg": "none", "kid": corp.kid}, corp.claims()),
         "hs256-public-key": hs,
         "attacker-key": world.attacker_rsa.token(),
-        "embedded-jwk": jws({"alg": "RS256", "jwk": world.attacker_rsa.public_jwk()}, corp.claims(),
-                            world.attacker_rsa.key),
+        "embedded-jwk": jws(
+            {"alg": "RS256", "jwk": world.attacker_rsa.public_jwk()}, corp.claims(), world.attacker_rsa.key
+        ),
         "crit": corp.sign({**corp.header(), "crit": ["exp"]}, corp.claims()),
         "kid-traversal": jws({"alg": "RS256", "kid": "../../etc/passwd"}, corp.claims(), world.attacker_rsa.key),
         "kid-object": corp.sign({**corp.header(), "kid": {"$ne": ""}}, corp.claims()),
@@ -48,22 +50,43 @@ def hostile_tokens(world):
         "not-json": f"{b64url('nope')}.{p}.{s}",
         "expired": corp.token(exp=1),
         "lookalike-issuer": corp.token(iss=corp.issuer + "/"),
-        "lone-surrogate": jws(json.dumps({**corp.header(), "kid": "\ud800"}).encode(), corp.claims(), corp.key,
-                              "RS256"),
+        "lone-surrogate": jws(
+            json.dumps({**corp.header(), "kid": "\ud800"}).encode(), corp.claims(), corp.key, "RS256"
+        ),
         "deep-nesting": _nested(world),
     }
 
 
-NAMES = ["alg-none", "hs256-public-key", "attacker-key", "embedded-jwk", "crit", "kid-traversal", "kid-object",
-         "truncated-signature", "two-parts", "five-parts", "oversized", "not-json", "expired", "lookalike-issuer",
-         "lone-surrogate", "deep-nesting"]
+NAMES = [
+    "alg-none",
+    "hs256-public-key",
+    "attacker-key",
+    "embedded-jwk",
+    "crit",
+    "kid-traversal",
+    "kid-object",
+    "truncated-signature",
+    "two-parts",
+    "five-parts",
+    "oversized",
+    "not-json",
+    "expired",
+    "lookalike-issuer",
+    "lone-surrogate",
+    "deep-nesting",
+]
 
 
 def explain(client, token, auth=None, **extra):
-    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
-            "subject_token_type": api.TOKEN_TYPE_JWT, **extra}
-    return client.simulate_post("/oauth2/explain", body=encode(form),
-                                headers={**FORM, **(basic(CLIENT, SECRET) if auth is None else auth)})
+    form = {
+        "grant_type": api.GRANT_TOKEN_EXCHANGE,
+        "subject_token": token,
+        "subject_token_type": api.TOKEN_TYPE_JWT,
+        **extra,
+    }
+    return client.simulate_post(
+        "/oauth2/explain", body=encode(form), headers={**FORM, **(basic(CLIENT, SECRET) if auth is None else auth)}
+    )
 
 
 def _explained(result):
@@ -90,8 +113,11 @@ def test_explain_refuses_hostile_tokens(client, world, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_token_endpoint_refuses_the_same_hostile_tokens(client, world, name):
-    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": hostile_tokens(world)[name],
-            "subject_token_type": api.TOKEN_TYPE_JWT}
+    form = {
+        "grant_type": api.GRANT_TOKEN_EXCHANGE,
+        "subject_token": hostile_tokens(world)[name],
+        "subject_token_type": api.TOKEN_TYPE_JWT,
+    }
     result = client.simulate_post("/oauth2/token", body=encode(form), headers={**FORM, **basic(CLIENT, SECRET)})
     assert_refused(result, "invalid_grant")
 
@@ -112,8 +138,11 @@ def test_explain_does_not_echo_the_subject_token(client, world):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_introspect_hostile_tokens_are_inactive(client, world, name):
-    result = client.simulate_post("/oauth2/introspect", body=encode({"token": hostile_tokens(world)[name]}),
-                                  headers={**FORM, **basic(CLIENT, SECRET)})
+    result = client.simulate_post(
+        "/oauth2/introspect",
+        body=encode({"token": hostile_tokens(world)[name]}),
+        headers={**FORM, **basic(CLIENT, SECRET)},
+    )
     assert result.status_code < 500, f"{result.status_code}: {result.text[:300]}"
     assert result.status_code == 200 and json.loads(result.text) == {"active": False}, result.text[:300]
     assert result.headers.get("Cache-Control") == "no-store"
@@ -122,14 +151,23 @@ def test_introspect_hostile_tokens_are_inactive(client, world, name):
 def test_introspect_baseline_and_forgeries_of_our_own_tokens(client, world):
     """Our own issued token introspects as active; the same claims re-signed by anyone else, or with alg none,
     do not."""
-    result = client.simulate_post("/oauth2/token", body=encode({
-        "grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": world.corp.token(),
-        "subject_token_type": api.TOKEN_TYPE_JWT}), headers={**FORM, **basic(CLIENT, SECRET)})
+    result = client.simulate_post(
+        "/oauth2/token",
+        body=encode(
+            {
+                "grant_type": api.GRANT_TOKEN_EXCHANGE,
+                "subject_token": world.corp.token(),
+                "subject_token_type": api.TOKEN_TYPE_JWT,
+            }
+        ),
+        headers={**FORM, **basic(CLIENT, SECRET)},
+    )
     issued = assert_accepted(result)["access_token"]
 
     def introspect(token):
-        r = client.simulate_post("/oauth2/introspect", body=encode({"token": token}),
-                                 headers={**FORM, **basic(CLIENT, SECRET)})
+        r = client.simulate_post(
+            "/oauth2/introspect", body=encode({"token": token}), headers={**FORM, **basic(CLIENT, SECRET)}
+        )
         assert r.status_code == 200, r.text
         return json.loads(r.text)
 

@@ -17,6 +17,7 @@ The re-signed variants are also serialized in hostile ways (a repeated member na
 and far beyond it, UTF-16/UTF-32/BOM encodings), and ``b64`` is among the header names: the oracle refuses all of
 those, so the fuzz checks the parser's refusals as well as the claim rules.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,16 +26,33 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.support.attacks import (B_CLIENT, B_SECRET, CLIENT, OAUTH_ERRORS, POST_CLIENT, POST_SECRET, SECRET,
-                                   assert_accepted, encode, exchange, post)
+from tests.support.attacks import (
+    B_CLIENT,
+    B_SECRET,
+    CLIENT,
+    OAUTH_ERRORS,
+    POST_CLIENT,
+    POST_SECRET,
+    SECRET,
+    assert_accepted,
+    encode,
+    exchange,
+    post,
+)
 from tests.support.exchange import FORM, basic
 from tests.support.idp import NOW, b64url, jws
 from tokenbridge import api
 
-FUZZ = settings(max_examples=2000, deadline=None, database=None, derandomize=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=2000,
+    deadline=None,
+    database=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SMALLER = settings(FUZZ, max_examples=1500)
 
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -72,8 +90,20 @@ def test_positive_control_base_token_is_accepted(client, world, base):
 
 # --- 1. whole requests ---------------------------------------------------------------------------------------
 
-FIELDS = ["grant_type", "subject_token", "subject_token_type", "requested_token_type", "assertion", "audience",
-          "resource", "scope", "client_id", "client_secret", "actor_token", "actor_token_type"]
+FIELDS = [
+    "grant_type",
+    "subject_token",
+    "subject_token_type",
+    "requested_token_type",
+    "assertion",
+    "audience",
+    "resource",
+    "scope",
+    "client_id",
+    "client_secret",
+    "actor_token",
+    "actor_token_type",
+]
 
 
 def weighted(draw, choices):
@@ -84,21 +114,49 @@ def weighted(draw, choices):
 
 @st.composite
 def requests(draw, world, base):
-    interesting = st.sampled_from([
-        api.GRANT_TOKEN_EXCHANGE, api.GRANT_JWT_BEARER, api.GRANT_CLIENT_CREDENTIALS, "password", "",
-        api.TOKEN_TYPE_JWT, api.TOKEN_TYPE_ID_TOKEN, api.TOKEN_TYPE_ACCESS_TOKEN, "urn:x", base,
-        world.attacker_rsa.token(), world.team_b.token(), world.corp.token(aud="nope"), world.corp.token(exp=1),
-        "https://api.example.test", "https://other.example.test", "read", "write", "read write", "admin",
-        CLIENT, POST_CLIENT, B_CLIENT, SECRET, POST_SECRET, "x" * 300,
-    ])
+    interesting = st.sampled_from(
+        [
+            api.GRANT_TOKEN_EXCHANGE,
+            api.GRANT_JWT_BEARER,
+            api.GRANT_CLIENT_CREDENTIALS,
+            "password",
+            "",
+            api.TOKEN_TYPE_JWT,
+            api.TOKEN_TYPE_ID_TOKEN,
+            api.TOKEN_TYPE_ACCESS_TOKEN,
+            "urn:x",
+            base,
+            world.attacker_rsa.token(),
+            world.team_b.token(),
+            world.corp.token(aud="nope"),
+            world.corp.token(exp=1),
+            "https://api.example.test",
+            "https://other.example.test",
+            "read",
+            "write",
+            "read write",
+            "admin",
+            CLIENT,
+            POST_CLIENT,
+            B_CLIENT,
+            SECRET,
+            POST_SECRET,
+            "x" * 300,
+        ]
+    )
     value = st.one_of(interesting, interesting, st.text(max_size=40), st.text(alphabet=B64URL + ".", max_size=200))
     name = st.one_of(st.sampled_from(FIELDS), st.sampled_from(FIELDS), st.text(max_size=12))
     extra = draw(st.lists(st.tuples(name, value), max_size=draw(st.sampled_from([0, 0, 2, 4, 14]))))
-    grant = draw(st.sampled_from([api.GRANT_TOKEN_EXCHANGE] * 4 + [api.GRANT_JWT_BEARER] * 2
-                                 + [api.GRANT_CLIENT_CREDENTIALS, "password"]))
+    grant = draw(
+        st.sampled_from(
+            [api.GRANT_TOKEN_EXCHANGE] * 4 + [api.GRANT_JWT_BEARER] * 2 + [api.GRANT_CLIENT_CREDENTIALS, "password"]
+        )
+    )
     token = draw(st.one_of(st.just(base), interesting, st.text(alphabet=B64URL + ".", max_size=400)))
-    skeleton = {api.GRANT_TOKEN_EXCHANGE: [("subject_token", token), ("subject_token_type", api.TOKEN_TYPE_JWT)],
-                api.GRANT_JWT_BEARER: [("assertion", token)]}.get(grant, [])
+    skeleton = {
+        api.GRANT_TOKEN_EXCHANGE: [("subject_token", token), ("subject_token_type", api.TOKEN_TYPE_JWT)],
+        api.GRANT_JWT_BEARER: [("assertion", token)],
+    }.get(grant, [])
     pairs = [("grant_type", grant)] + skeleton if draw(st.integers(0, 4)) else []
     if draw(st.integers(0, 3)):  # mostly no repeated names (a repeat is refused before anything else is read)
         seen = {k for k, _ in pairs}
@@ -115,25 +173,44 @@ def requests(draw, world, base):
     else:
         body = json.dumps(dict(pairs))
     headers: dict[str, str] = {}
-    content_type = weighted(draw, [
-        (6, st.just("application/x-www-form-urlencoded")),
-        (2, st.sampled_from(["application/x-www-form-urlencoded; charset=utf-8", "APPLICATION/X-WWW-FORM-URLENCODED",
-                             "application/json", "multipart/form-data; boundary=x", "text/plain", None])),
-        (1, st.text(alphabet=PRINTABLE, max_size=40)),
-    ])
+    content_type = weighted(
+        draw,
+        [
+            (6, st.just("application/x-www-form-urlencoded")),
+            (
+                2,
+                st.sampled_from(
+                    [
+                        "application/x-www-form-urlencoded; charset=utf-8",
+                        "APPLICATION/X-WWW-FORM-URLENCODED",
+                        "application/json",
+                        "multipart/form-data; boundary=x",
+                        "text/plain",
+                        None,
+                    ]
+                ),
+            ),
+            (1, st.text(alphabet=PRINTABLE, max_size=40)),
+        ],
+    )
     if content_type is not None:
         headers["Content-Type"] = content_type
-    auth_id = draw(st.one_of(st.sampled_from([CLIENT, POST_CLIENT, B_CLIENT, "nobody"]),
-                             st.text(PRINTABLE, max_size=20)))
-    auth_secret = draw(st.one_of(st.sampled_from([SECRET, POST_SECRET, B_SECRET, "guess", ""]),
-                                 st.text(PRINTABLE, max_size=20)))
-    authorization = weighted(draw, [
-        (5, st.just(basic(CLIENT, SECRET)["Authorization"])),
-        (2, st.just(basic(auth_id, auth_secret)["Authorization"])),
-        (1, st.none()),
-        (1, st.builds(lambda s: "Basic " + s, st.text(alphabet=B64URL + "+/=", max_size=40))),
-        (1, st.text(alphabet=PRINTABLE, max_size=60)),
-    ])
+    auth_id = draw(
+        st.one_of(st.sampled_from([CLIENT, POST_CLIENT, B_CLIENT, "nobody"]), st.text(PRINTABLE, max_size=20))
+    )
+    auth_secret = draw(
+        st.one_of(st.sampled_from([SECRET, POST_SECRET, B_SECRET, "guess", ""]), st.text(PRINTABLE, max_size=20))
+    )
+    authorization = weighted(
+        draw,
+        [
+            (5, st.just(basic(CLIENT, SECRET)["Authorization"])),
+            (2, st.just(basic(auth_id, auth_secret)["Authorization"])),
+            (1, st.none()),
+            (1, st.builds(lambda s: "Basic " + s, st.text(alphabet=B64URL + "+/=", max_size=40))),
+            (1, st.text(alphabet=PRINTABLE, max_size=60)),
+        ],
+    )
     if authorization:
         headers["Authorization"] = authorization
     return body, headers, pairs
@@ -156,7 +233,8 @@ def test_fuzz_whole_requests(client, world, base):
         if result.status_code == 200:  # a token only for a real client with its real secret
             authorization = headers.get("Authorization", "")
             header_credentials = authorization.startswith("Basic ") and any(
-                authorization == basic(i, s)["Authorization"] for i, s in CREDENTIALS)
+                authorization == basic(i, s)["Authorization"] for i, s in CREDENTIALS
+            )
             assert header_credentials or _form_credentials(pairs) in CREDENTIALS, (headers, pairs)
 
     run()
@@ -164,18 +242,18 @@ def test_fuzz_whole_requests(client, world, base):
 
 # --- 2. byte-level mutations of a valid token (not re-signed) ------------------------------------------------
 
+
 @st.composite
 def mutations(draw, base):
     token = base
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["replace", "delete", "insert", "truncate", "segments", "bitflip",
-                                     "resegment"]))
+        kind = draw(st.sampled_from(["replace", "delete", "insert", "truncate", "segments", "bitflip", "resegment"]))
         if kind == "replace" and token:
             i = draw(st.integers(0, len(token) - 1))
-            token = token[:i] + draw(st.sampled_from(B64URL + ".=+/ \x00é")) + token[i + 1:]
+            token = token[:i] + draw(st.sampled_from(B64URL + ".=+/ \x00é")) + token[i + 1 :]
         elif kind == "delete" and token:
             i = draw(st.integers(0, len(token) - 1))
-            token = token[:i] + token[i + draw(st.integers(1, 40)):]
+            token = token[:i] + token[i + draw(st.integers(1, 40)) :]
         elif kind == "insert":
             i = draw(st.integers(0, len(token)))
             token = token[:i] + draw(st.text(alphabet=B64URL + ".=", min_size=1, max_size=30)) + token[i:]
@@ -199,9 +277,14 @@ def mutations(draw, base):
         elif kind == "resegment":
             parts = token.split(".")
             i = draw(st.integers(0, len(parts) - 1))
-            parts[i] = draw(st.one_of(st.builds(b64url, st.binary(max_size=80)),
-                                      st.builds(lambda d: b64url(json.dumps(d)),
-                                                st.dictionaries(st.text(max_size=5), st.integers(), max_size=4))))
+            parts[i] = draw(
+                st.one_of(
+                    st.builds(b64url, st.binary(max_size=80)),
+                    st.builds(
+                        lambda d: b64url(json.dumps(d)), st.dictionaries(st.text(max_size=5), st.integers(), max_size=4)
+                    ),
+                )
+            )
             token = ".".join(parts)
     return token
 
@@ -225,12 +308,21 @@ def test_fuzz_token_mutations(client, base):
 
 # --- 3. header and claims mutations, re-signed with the IdP's real key ---------------------------------------
 
+
 def json_values(max_leaves=6):
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
-                        st.sampled_from([float("nan"), float("inf"), -float("inf"), 10 ** 400, -(10 ** 400), 1e308]))
-    return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                         st.dictionaries(st.text(max_size=5), inner, max_size=3)),
-                        max_leaves=max_leaves)
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=20),
+        st.sampled_from([float("nan"), float("inf"), -float("inf"), 10**400, -(10**400), 1e308]),
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+        max_leaves=max_leaves,
+    )
 
 
 def _non_finite(value):
@@ -302,15 +394,18 @@ def serializations(draw, obj):
         opener = draw(st.sampled_from(["[", '{"a":']))
         closer = "]" if opener == "[" else "}"
         levels = levels if opener == "[" else min(levels, 1500)  # beyond the recursion limit, within the body cap
-        inner = draw(st.sampled_from(['0', '"[[{{"', "[]"]))
+        inner = draw(st.sampled_from(["0", '"[[{{"', "[]"]))
         value = opener * levels + inner + closer * levels
         pairs.insert(draw(st.integers(0, len(pairs))), (json.dumps("x-nested"), value))
         nested_depth = 1 + levels + (1 if inner == "[]" else 0)  # the segment's own object counts
         if "x-nested" in obj or max(nested_depth, _depth(obj)) > MAX_DEPTH:
             well_formed = False
     text = "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
-    encoding = draw(st.sampled_from(["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"])) \
-        if kind == "encoding" else "utf-8"
+    encoding = (
+        draw(st.sampled_from(["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"]))
+        if kind == "encoding"
+        else "utf-8"
+    )
     return text.encode(encoding), well_formed and encoding == "utf-8"
 
 
@@ -382,15 +477,19 @@ def test_fuzz_resigned_header_and_claims(client, world):
 def test_fuzz_explain_agrees_with_the_token_endpoint(client, world):
     """Differential: /oauth2/explain (consume=False) decides exactly what /oauth2/token then does, with the same
     error code, for the re-signed variants; explain never crashes where the token endpoint does not."""
+
     @settings(FUZZ, max_examples=400)
     @given(signed_variants(world))
     def run(variant):
         _, _, (header_bytes, _), (claims_bytes, _) = variant
-        form = {"grant_type": api.GRANT_TOKEN_EXCHANGE,
-                "subject_token": jws(header_bytes, claims_bytes, world.corp.key, "RS256"),
-                "subject_token_type": api.TOKEN_TYPE_JWT}
-        explained = client.simulate_post("/oauth2/explain", body=encode(form),
-                                         headers={**FORM, **basic(CLIENT, SECRET)})
+        form = {
+            "grant_type": api.GRANT_TOKEN_EXCHANGE,
+            "subject_token": jws(header_bytes, claims_bytes, world.corp.key, "RS256"),
+            "subject_token_type": api.TOKEN_TYPE_JWT,
+        }
+        explained = client.simulate_post(
+            "/oauth2/explain", body=encode(form), headers={**FORM, **basic(CLIENT, SECRET)}
+        )
         assert explained.status_code == 200, explained.text[:500]
         report = json.loads(explained.text)
         body = check(post(client, form, {**FORM, **basic(CLIENT, SECRET)}))
@@ -427,6 +526,7 @@ def test_fuzz_jwt_looking_strings(client):
 
 def test_fuzz_assertion_grant_shares_the_invariant(client, world, base):
     """The jwt-bearer grant reads its assertion through the same parser: a quick pass over the same mutations."""
+
     @settings(FUZZ, max_examples=300)
     @given(mutations(base))
     def run(token):

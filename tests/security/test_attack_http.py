@@ -1,6 +1,7 @@
 """Attacks on the HTTP and OAuth request layer of the token endpoint: client-secret guessing and client
 enumeration, malformed Authorization headers, missing and repeated form parameters, wrong content types and
 methods, oversized bodies, grant/target/scope escalation."""
+
 from __future__ import annotations
 
 import base64
@@ -10,16 +11,30 @@ import json
 import falcon.testing
 import pytest
 
-from tests.support.attacks import (CLIENT, POST_CLIENT, POST_SECRET, SECRET, assert_accepted, assert_refused,
-                                   client_for, encode, exchange, post)
+import tokenbridge.client_secrets as client_secrets
+from tests.support.attacks import (
+    CLIENT,
+    POST_CLIENT,
+    POST_SECRET,
+    SECRET,
+    assert_accepted,
+    assert_refused,
+    client_for,
+    encode,
+    exchange,
+    post,
+)
 from tests.support.exchange import FORM, app_object, basic
 from tokenbridge import api
-import tokenbridge.client_secrets as client_secrets
 
 
 def exchange_form(world, **overrides):
-    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": world.corp.token(),
-            "subject_token_type": api.TOKEN_TYPE_JWT, **overrides}
+    form = {
+        "grant_type": api.GRANT_TOKEN_EXCHANGE,
+        "subject_token": world.corp.token(),
+        "subject_token_type": api.TOKEN_TYPE_JWT,
+        **overrides,
+    }
     return {k: v for k, v in form.items() if v is not None}
 
 
@@ -47,8 +62,9 @@ def test_secret_guesses_basic(client, world, guess):
     assert body["error_description"] == "unknown client or wrong client secret"
 
 
-@pytest.mark.parametrize("client_id", [CLIENT.upper(), CLIENT + " ", " " + CLIENT, CLIENT + "\u0000", "",
-                                       "nobody", "*", "%", CLIENT[:-1]])
+@pytest.mark.parametrize(
+    "client_id", [CLIENT.upper(), CLIENT + " ", " " + CLIENT, CLIENT + "\u0000", "", "nobody", "*", "%", CLIENT[:-1]]
+)
 def test_client_id_lookalikes_with_the_right_secret(client, world, client_id):
     assert_refused(exchange(client, world.corp.token(), auth=basic(client_id, SECRET)), "invalid_client")
 
@@ -57,11 +73,13 @@ def test_client_id_lookalikes_with_the_right_secret(client, world, client_id):
 def test_no_client_enumeration(client, world, method):
     """A wrong secret for a real client and any secret for a client that does not exist answer byte for byte the
     same: status, headers that matter and body."""
+
     def attempt(client_id):
         if method == "basic":
             return exchange(client, world.corp.token(), auth=basic(client_id, "guess"))
         form = {"grant_type": api.GRANT_CLIENT_CREDENTIALS, "client_id": client_id, "client_secret": "guess"}
         return post(client, form)
+
     known = attempt(CLIENT if method == "basic" else POST_CLIENT)
     unknown = attempt("tb-does-not-exist")
     for result in (known, unknown):
@@ -106,11 +124,23 @@ def test_client_in_rotation_costs_the_same_as_an_unknown_client(world, monkeypat
     exists and is rotating. Every attempt does the same work: a client in its grace window, one whose grace window
     has ended, one that never rotated and one that does not exist."""
     old = {"previousClientSecretHash": client_secrets.hash_client_secret("old-secret")}
-    apps = [app_object("web", CLIENT, SECRET, providers=[{"name": "corp"}],
-                       status={**old, "previousClientSecretExpiresAt": "2027-01-18T08:00:00Z"}),  # NOW + 3 days
-            app_object("expired", "tb-expired", SECRET, providers=[{"name": "corp"}],
-                       status={**old, "previousClientSecretExpiresAt": "2027-01-14T08:00:00Z"}),  # NOW - 1 day
-            app_object("plain", "tb-plain", SECRET, providers=[{"name": "corp"}])]
+    apps = [
+        app_object(
+            "web",
+            CLIENT,
+            SECRET,
+            providers=[{"name": "corp"}],
+            status={**old, "previousClientSecretExpiresAt": "2027-01-18T08:00:00Z"},
+        ),  # NOW + 3 days
+        app_object(
+            "expired",
+            "tb-expired",
+            SECRET,
+            providers=[{"name": "corp"}],
+            status={**old, "previousClientSecretExpiresAt": "2027-01-14T08:00:00Z"},
+        ),  # NOW - 1 day
+        app_object("plain", "tb-plain", SECRET, providers=[{"name": "corp"}]),
+    ]
     client = client_for(world.source(apps=apps))
     assert_accepted(exchange(client, world.corp.token(), auth=basic(CLIENT, "old-secret")))  # in grace
     assert_refused(exchange(client, world.corp.token(), auth=basic("tb-expired", "old-secret")), "invalid_client")
@@ -118,23 +148,34 @@ def test_client_in_rotation_costs_the_same_as_an_unknown_client(world, monkeypat
     real_hash, real_compare = client_secrets.hash_client_secret, hmac.compare_digest
     for who in (CLIENT, "tb-expired", "tb-plain", "tb-does-not-exist"):
         hashes, compares = [], []
-        monkeypatch.setattr(client_secrets, "hash_client_secret",
-                            lambda v, hashes=hashes: hashes.append(v) or real_hash(v))
-        monkeypatch.setattr(hmac, "compare_digest",
-                            lambda a, b, compares=compares: compares.append(a) or real_compare(a, b))
+        monkeypatch.setattr(
+            client_secrets, "hash_client_secret", lambda v, hashes=hashes: hashes.append(v) or real_hash(v)
+        )
+        monkeypatch.setattr(
+            hmac, "compare_digest", lambda a, b, compares=compares: compares.append(a) or real_compare(a, b)
+        )
         assert_refused(exchange(client, world.corp.token(), auth=basic(who, "guess")), "invalid_client")
         work[who] = (len(hashes), len([a for a in compares if str(a).startswith(client_secrets.HASH_PREFIX)]))
     assert len(set(work.values())) == 1, work
 
 
-@pytest.mark.parametrize("authorization", [
-    "Bearer " + "x" * 20, "Digest username=web", "Basic", "Basic ", "Basic !!!!", "Basic " + "A" * 5,
-    "Basic " + base64.b64encode(b"no-colon").decode(), "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),
-    "Basic " + base64.b64encode(f"{CLIENT}:{SECRET}".encode()).decode() + "=",
-    "Basic " + base64.urlsafe_b64encode(b"\xfb\xff:?>").decode(),
-    "Basic " + base64.b64encode(b":").decode(),
-    "basic " + base64.b64encode(f"{CLIENT}:".encode()).decode(),
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer " + "x" * 20,
+        "Digest username=web",
+        "Basic",
+        "Basic ",
+        "Basic !!!!",
+        "Basic " + "A" * 5,
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),
+        "Basic " + base64.b64encode(f"{CLIENT}:{SECRET}".encode()).decode() + "=",
+        "Basic " + base64.urlsafe_b64encode(b"\xfb\xff:?>").decode(),
+        "Basic " + base64.b64encode(b":").decode(),
+        "basic " + base64.b64encode(f"{CLIENT}:".encode()).decode(),
+    ],
+)
 def test_malformed_authorization_header(client, world, authorization):
     assert_refused(exchange(client, world.corp.token(), auth={"Authorization": authorization}), "invalid_client")
 
@@ -151,8 +192,9 @@ def test_registered_method_is_enforced_even_with_the_right_secret(client, world)
 
 
 def test_body_client_id_differing_from_basic(client, world):
-    assert_refused(post(client, exchange_form(world, client_id=POST_CLIENT), {**FORM, **basic(CLIENT, SECRET)}),
-                   "invalid_client")
+    assert_refused(
+        post(client, exchange_form(world, client_id=POST_CLIENT), {**FORM, **basic(CLIENT, SECRET)}), "invalid_client"
+    )
 
 
 def test_no_credentials_at_all(client, world):
@@ -162,8 +204,21 @@ def test_no_credentials_at_all(client, world):
 
 # --- form parameters: repeated, missing, escalation ----------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["grant_type", "subject_token", "subject_token_type", "requested_token_type",
-                                  "scope", "client_id", "client_secret", "assertion", "actor_token"])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "grant_type",
+        "subject_token",
+        "subject_token_type",
+        "requested_token_type",
+        "scope",
+        "client_id",
+        "client_secret",
+        "assertion",
+        "actor_token",
+    ],
+)
 def test_repeated_parameter(client, world, name):
     pairs = list(exchange_form(world).items())
     if name in ("client_id", "client_secret"):  # post credentials, each twice
@@ -180,8 +235,12 @@ def test_repeated_parameter(client, world, name):
 
 def test_repeated_subject_token_with_different_tokens(client, world):
     """Two subject tokens, the first forged: neither "first wins" nor "last wins" may be chosen."""
-    pairs = [("grant_type", api.GRANT_TOKEN_EXCHANGE), ("subject_token", world.attacker_rsa.token()),
-             ("subject_token", world.corp.token()), ("subject_token_type", api.TOKEN_TYPE_JWT)]
+    pairs = [
+        ("grant_type", api.GRANT_TOKEN_EXCHANGE),
+        ("subject_token", world.attacker_rsa.token()),
+        ("subject_token", world.corp.token()),
+        ("subject_token_type", api.TOKEN_TYPE_JWT),
+    ]
     assert_refused(post(client, pairs, {**FORM, **basic(CLIENT, SECRET)}), "invalid_request")
 
 
@@ -198,88 +257,140 @@ def test_missing_parameter(client, world, missing, how):
 
 
 def test_missing_assertion_for_jwt_bearer(client):
-    assert_refused(post(client, {"grant_type": api.GRANT_JWT_BEARER}, {**FORM, **basic(CLIENT, SECRET)}),
-                   "invalid_request")
+    assert_refused(
+        post(client, {"grant_type": api.GRANT_JWT_BEARER}, {**FORM, **basic(CLIENT, SECRET)}), "invalid_request"
+    )
 
 
 def test_parameters_in_the_query_string_are_not_read(client, world):
     """RFC 6749 §3.2: parameters in the body. A token in a URL leaks into logs; the server must not read it."""
-    result = client.simulate_post("/oauth2/token", query_string=encode(exchange_form(world)), body="",
-                                  headers={**FORM, **basic(CLIENT, SECRET)})
+    result = client.simulate_post(
+        "/oauth2/token", query_string=encode(exchange_form(world)), body="", headers={**FORM, **basic(CLIENT, SECRET)}
+    )
     assert_refused(result, "invalid_request")
 
 
-@pytest.mark.parametrize("grant_type", ["password", "authorization_code", "refresh_token", "implicit",
-                                        "urn:ietf:params:oauth:grant-type:device_code",
-                                        api.GRANT_TOKEN_EXCHANGE.upper(), api.GRANT_TOKEN_EXCHANGE + " ",
-                                        "urn:ietf:params:oauth:grant-type:saml2-bearer", "none", "*"])
+@pytest.mark.parametrize(
+    "grant_type",
+    [
+        "password",
+        "authorization_code",
+        "refresh_token",
+        "implicit",
+        "urn:ietf:params:oauth:grant-type:device_code",
+        api.GRANT_TOKEN_EXCHANGE.upper(),
+        api.GRANT_TOKEN_EXCHANGE + " ",
+        "urn:ietf:params:oauth:grant-type:saml2-bearer",
+        "none",
+        "*",
+    ],
+)
 def test_unsupported_grant_types(client, world, grant_type):
-    assert_refused(post(client, exchange_form(world, grant_type=grant_type), {**FORM, **basic(CLIENT, SECRET)}),
-                   "unsupported_grant_type")
+    assert_refused(
+        post(client, exchange_form(world, grant_type=grant_type), {**FORM, **basic(CLIENT, SECRET)}),
+        "unsupported_grant_type",
+    )
 
 
 @pytest.mark.parametrize("grant_type", [api.GRANT_TOKEN_EXCHANGE, api.GRANT_JWT_BEARER])
 def test_grant_the_client_is_not_registered_for(client, world, grant_type):
-    form = exchange_form(world, grant_type=grant_type, assertion=world.corp.token(), client_id=POST_CLIENT,
-                         client_secret=POST_SECRET)
+    form = exchange_form(
+        world, grant_type=grant_type, assertion=world.corp.token(), client_id=POST_CLIENT, client_secret=POST_SECRET
+    )
     assert_refused(post(client, form), "unauthorized_client")
 
 
-@pytest.mark.parametrize("param, value", [
-    ("audience", "https://elsewhere.example.test"), ("resource", "https://elsewhere.example.test"),
-    ("audience", "https://api.example.test/"), ("audience", "HTTPS://API.EXAMPLE.TEST"),
-    ("audience", "api://tokenbridge"),  # the IdP-side audience is not a target of this client
-    ("audience", "https://api.example.test https://other.example.test"),
-    ("resource", "*"),
-])
+@pytest.mark.parametrize(
+    "param, value",
+    [
+        ("audience", "https://elsewhere.example.test"),
+        ("resource", "https://elsewhere.example.test"),
+        ("audience", "https://api.example.test/"),
+        ("audience", "HTTPS://API.EXAMPLE.TEST"),
+        ("audience", "api://tokenbridge"),  # the IdP-side audience is not a target of this client
+        ("audience", "https://api.example.test https://other.example.test"),
+        ("resource", "*"),
+    ],
+)
 def test_target_escalation(client, world, param, value):
-    assert_refused(post(client, exchange_form(world, **{param: value}), {**FORM, **basic(CLIENT, SECRET)}),
-                   "invalid_target")
+    assert_refused(
+        post(client, exchange_form(world, **{param: value}), {**FORM, **basic(CLIENT, SECRET)}), "invalid_target"
+    )
 
 
-@pytest.mark.parametrize("scope", ["admin", "read admin", "READ", "read,write", "*", "openid", "read+write",
-                                   "read write admin", "read\x00"])
+@pytest.mark.parametrize(
+    "scope", ["admin", "read admin", "READ", "read,write", "*", "openid", "read+write", "read write admin", "read\x00"]
+)
 def test_scope_escalation(client, world, scope):
-    assert_refused(post(client, exchange_form(world, scope=scope), {**FORM, **basic(CLIENT, SECRET)}),
-                   "invalid_scope")
+    assert_refused(post(client, exchange_form(world, scope=scope), {**FORM, **basic(CLIENT, SECRET)}), "invalid_scope")
 
 
-@pytest.mark.parametrize("scope", ["read\u00a0write", "read\twrite", "read\nwrite", "read\u2003write",
-                                   "read\u3000write", "read  write", " read", "read ", " ", "read\u200bwrite",
-                                   'read"', "re\\ad", "r\u00e9ad"])
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "read\u00a0write",
+        "read\twrite",
+        "read\nwrite",
+        "read\u2003write",
+        "read\u3000write",
+        "read  write",
+        " read",
+        "read ",
+        " ",
+        "read\u200bwrite",
+        'read"',
+        "re\\ad",
+        "r\u00e9ad",
+    ],
+)
 def test_scope_outside_the_rfc6749_syntax(client, world, scope):
     """RFC 6749 §3.3: scope tokens (printable ASCII except SP, " and \\) are separated by single SPs (%x20): other
     whitespace separates nothing, and empty tokens (double, leading or trailing spaces) are malformed."""
-    assert_refused(post(client, exchange_form(world, scope=scope), {**FORM, **basic(CLIENT, SECRET)}),
-                   "invalid_scope")
+    assert_refused(post(client, exchange_form(world, scope=scope), {**FORM, **basic(CLIENT, SECRET)}), "invalid_scope")
 
 
-@pytest.mark.parametrize("overrides", [
-    {"subject_token_type": "urn:ietf:params:oauth:token-type:saml2"},
-    {"subject_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
-    {"subject_token_type": api.TOKEN_TYPE_JWT.upper()},
-    {"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
-    {"requested_token_type": "urn:ietf:params:oauth:token-type:id_token"},
-    {"actor_token": "x"},
-    {"actor_token_type": api.TOKEN_TYPE_JWT},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"subject_token_type": "urn:ietf:params:oauth:token-type:saml2"},
+        {"subject_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
+        {"subject_token_type": api.TOKEN_TYPE_JWT.upper()},
+        {"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
+        {"requested_token_type": "urn:ietf:params:oauth:token-type:id_token"},
+        {"actor_token": "x"},
+        {"actor_token_type": api.TOKEN_TYPE_JWT},
+    ],
+)
 def test_unsupported_exchange_options(client, world, overrides):
-    assert_refused(post(client, exchange_form(world, **overrides), {**FORM, **basic(CLIENT, SECRET)}),
-                   "invalid_request")
+    assert_refused(
+        post(client, exchange_form(world, **overrides), {**FORM, **basic(CLIENT, SECRET)}), "invalid_request"
+    )
 
 
 # --- content types, methods, sizes ---------------------------------------------------------------------------
+
 
 def test_json_body(client, world):
     result = client.simulate_post("/oauth2/token", json=exchange_form(world), headers=basic(CLIENT, SECRET))
     assert_refused(result, "invalid_request")
 
 
-@pytest.mark.parametrize("content_type", [
-    None, "", "text/plain", "application/json", "multipart/form-data; boundary=xyz", "application/xml",
-    "application/x-www-form-urlencoded-evil", "application/x-www-form-urlencodedx", "form", "*/*",
-    "application/x-www-form-urlencoded\u0000",
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "",
+        "text/plain",
+        "application/json",
+        "multipart/form-data; boundary=xyz",
+        "application/xml",
+        "application/x-www-form-urlencoded-evil",
+        "application/x-www-form-urlencodedx",
+        "form",
+        "*/*",
+        "application/x-www-form-urlencoded\u0000",
+    ],
+)
 def test_wrong_content_type(client, world, content_type):
     headers = basic(CLIENT, SECRET)
     if content_type is not None:
@@ -299,8 +410,9 @@ def test_charset_parameter_and_case_are_tolerated(client, world):
 
 
 def _other_method(client, world, method):
-    return client.simulate_request(method, "/oauth2/token", query_string=encode(exchange_form(world)),
-                                   headers={**FORM, **basic(CLIENT, SECRET)})
+    return client.simulate_request(
+        method, "/oauth2/token", query_string=encode(exchange_form(world)), headers={**FORM, **basic(CLIENT, SECRET)}
+    )
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
@@ -337,8 +449,9 @@ def test_too_many_form_fields(client, world):
     assert_refused(post(client, pairs, {**FORM, **basic(CLIENT, SECRET)}), "invalid_request")
 
 
-@pytest.mark.parametrize("body", [b"grant_type=%ff%fe", b"\xff\xfe\x00g\x00r", b"grant_type=\xc3\x28",
-                                  b"grant_type=%ED%A0%80"])
+@pytest.mark.parametrize(
+    "body", [b"grant_type=%ff%fe", b"\xff\xfe\x00g\x00r", b"grant_type=\xc3\x28", b"grant_type=%ED%A0%80"]
+)
 def test_body_that_is_not_utf8(client, body):
     assert_refused(post(client, body, {**FORM, **basic(CLIENT, SECRET)}), "invalid_request")
 
@@ -347,8 +460,9 @@ def test_body_that_is_not_utf8(client, body):
 def test_bad_content_length(client, world, content_length):
     """Straight to the WSGI app: falcon's TestClient validates Content-Length itself and would never send these."""
     body = encode(exchange_form(world)).encode()
-    environ = falcon.testing.create_environ("/oauth2/token", method="POST", body=body,
-                                            headers={**FORM, **basic(CLIENT, SECRET)})
+    environ = falcon.testing.create_environ(
+        "/oauth2/token", method="POST", body=body, headers={**FORM, **basic(CLIENT, SECRET)}
+    )
     environ["CONTENT_LENGTH"] = content_length
     captured = {}
 

@@ -5,6 +5,7 @@ Every case sends the token to the token endpoint as an RFC 8693 subject token an
 ``invalid_grant`` refusal (never a 5xx). Tokens signed with an IdP's *real* key stand for tokens an IdP could be
 made to sign; tokens signed with an attacker key are forgeries.
 """
+
 from __future__ import annotations
 
 import base64
@@ -24,7 +25,7 @@ from tests.support.attacks import assert_accepted, assert_refused, exchange
 from tests.support.idp import ALGORITHMS, b64url, jws
 
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-ED25519_L = 2 ** 252 + 27742317777372353535851937790883648493
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
 
 
 def legit_parts(idp, **claims):
@@ -34,6 +35,7 @@ def legit_parts(idp, **claims):
 
 # --- the positive baseline: each IdP's real tokens are accepted ---------------------------------------------
 
+
 @pytest.mark.parametrize("which", ["corp", "ec", "ed", "strict", "partner"])
 def test_baseline_real_tokens_are_accepted(client, world, which):
     """Without this every refusal below could be vacuous (a server that refuses everything passes them)."""
@@ -42,14 +44,34 @@ def test_baseline_real_tokens_are_accepted(client, world, which):
 
 # --- alg: none, case variants, HMAC with the public key, alg/key-type confusion ------------------------------
 
-@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE", "", None, 0, ["RS256"], {"RS256": True},
-                                 "RS256 ", " RS256", "rs256", "RS256\u0000"])
+
+@pytest.mark.parametrize(
+    "alg",
+    [
+        "none",
+        "None",
+        "NONE",
+        "nOnE",
+        "",
+        None,
+        0,
+        ["RS256"],
+        {"RS256": True},
+        "RS256 ",
+        " RS256",
+        "rs256",
+        "RS256\u0000",
+    ],
+)
 @pytest.mark.parametrize("signature", ["empty", "real"])
 def test_alg_none_and_variants(client, world, alg, signature):
     """``alg: none`` in any spelling, or a non-string alg, with no signature or with a real RS256 signature."""
     header, payload, real = legit_parts(world.corp)
-    forged = jws({"alg": alg, "typ": "JWT", "kid": world.corp.kid}, world.corp.claims(sub="mallory"),
-                 signature=b"" if signature == "empty" else real)
+    forged = jws(
+        {"alg": alg, "typ": "JWT", "kid": world.corp.kid},
+        world.corp.claims(sub="mallory"),
+        signature=b"" if signature == "empty" else real,
+    )
     body = assert_refused(exchange(client, forged), "invalid_grant")
     assert "alg" in body["error_description"]
 
@@ -64,8 +86,9 @@ def _public_key_forms(idp):
     }
 
 
-@pytest.mark.parametrize("hmac_alg, digest", [("HS256", hashlib.sha256), ("HS384", hashlib.sha384),
-                                              ("HS512", hashlib.sha512)])
+@pytest.mark.parametrize(
+    "hmac_alg, digest", [("HS256", hashlib.sha256), ("HS384", hashlib.sha384), ("HS512", hashlib.sha512)]
+)
 @pytest.mark.parametrize("form", ["pem-spki", "pem-pkcs1", "der", "jwk-json"])
 def test_hmac_signed_with_the_idps_public_key(client, world, hmac_alg, digest, form):
     """The classic key-confusion attack: the IdP's public RSA key used as the HMAC secret."""
@@ -92,6 +115,7 @@ def test_alg_and_key_type_confusion(client, world, case):
 
 # --- header members: crit, b64, unknown ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("crit", [["exp"], [], ["b64"], ["x-custom"], "x-custom", None, ["alg"]])
 def test_crit_is_refused_even_when_signed_by_the_idp(client, world, crit):
     token = world.corp.sign({**world.corp.header(), "crit": crit, "x-custom": 1}, world.corp.claims())
@@ -106,8 +130,9 @@ def test_unknown_header_members_are_ignored_per_rfc7515(client, world):
 
 
 def test_unknown_header_members_do_not_make_a_forgery_pass(client, world):
-    token = world.attacker_rsa.sign({**world.corp.header(), "x-custom": "trust-me", "skip_verify": True},
-                                    world.corp.claims())
+    token = world.attacker_rsa.sign(
+        {**world.corp.header(), "x-custom": "trust-me", "skip_verify": True}, world.corp.claims()
+    )
     assert_refused(exchange(client, token), "invalid_grant")
 
 
@@ -135,12 +160,20 @@ def test_b64_false_header_signed_by_the_idp_is_refused(client, world):
 
 # --- keys embedded in the header: jwk, jku, x5u, x5c ---------------------------------------------------------
 
+
 def _attacker_certificate(attacker):
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "idp.example.test")])
-    now = datetime.datetime(2027, 1, 1, tzinfo=datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(attacker.public_key)
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
-            .sign(attacker.key, hashes.SHA256()))
+    now = datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(attacker.public_key)
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .sign(attacker.key, hashes.SHA256())
+    )
     return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
 
 
@@ -209,6 +242,7 @@ def test_kid_null_with_an_attacker_key(client, world):
 
 # --- forged and malformed signatures (Wycheproof-style) ------------------------------------------------------
 
+
 def _ecdsa(r, s):
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
@@ -219,8 +253,8 @@ ECDSA_CASES = {
     "s=0": lambda r, s, sig: _ecdsa(r, 0),
     "r=n": lambda r, s, sig: _ecdsa(P256_N, s),
     "s=n": lambda r, s, sig: _ecdsa(r, P256_N),
-    "r=n+r(mod 2^256)": lambda r, s, sig: _ecdsa((r + P256_N) % 2 ** 256, s),
-    "s=s+n(mod 2^256)": lambda r, s, sig: _ecdsa(r, (s + P256_N) % 2 ** 256),
+    "r=n+r(mod 2^256)": lambda r, s, sig: _ecdsa((r + P256_N) % 2**256, s),
+    "s=s+n(mod 2^256)": lambda r, s, sig: _ecdsa(r, (s + P256_N) % 2**256),
     "r=s=n-1": lambda r, s, sig: _ecdsa(P256_N - 1, P256_N - 1),
     "r=s=1": lambda r, s, sig: _ecdsa(1, 1),
     "all-ones": lambda r, s, sig: b"\xff" * 64,
@@ -278,8 +312,7 @@ EDDSA_CASES = {
     "truncated": lambda sig: sig[:63],
     "extra-byte": lambda sig: sig + b"\x00",
     "S=L": lambda sig: sig[:32] + ED25519_L.to_bytes(32, "little"),
-    "S=S+L": lambda sig: sig[:32] + ((int.from_bytes(sig[32:], "little") + ED25519_L) % 2 ** 256).to_bytes(
-        32, "little"),
+    "S=S+L": lambda sig: sig[:32] + ((int.from_bytes(sig[32:], "little") + ED25519_L) % 2**256).to_bytes(32, "little"),
     "R=0": lambda sig: bytes(32) + sig[32:],
     "bit-flip": lambda sig: sig[:-1] + bytes([sig[-1] ^ 1]),
 }
@@ -322,6 +355,7 @@ def test_signature_by_an_ec_key_of_another_idp(client, world):
 
 # --- structure: segment counts, encodings, non-JSON, sizes ---------------------------------------------------
 
+
 def _structure_cases(world):
     h, p, s = world.corp.token().split(".")
     jwe_header = b64url(json.dumps({"alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": world.corp.kid}))
@@ -330,8 +364,9 @@ def _structure_cases(world):
         "2-parts": f"{h}.{p}",
         "2-parts-trailing-dot": f"{h}.{p}.",
         "4-parts": f"{h}.{p}.{s}.{s}",
-        "5-parts-jwe": ".".join([jwe_header, b64url(b"k" * 256), b64url(b"iv" * 6), b64url(b"ct" * 20),
-                                 b64url(b"tag" * 5)]),
+        "5-parts-jwe": ".".join(
+            [jwe_header, b64url(b"k" * 256), b64url(b"iv" * 6), b64url(b"ct" * 20), b64url(b"tag" * 5)]
+        ),
         "6-parts": ".".join([h, p, s, h, p, s]),
         "dots-only": "..",
         "leading-dot": f".{h}.{p}",
@@ -353,7 +388,7 @@ def _structure_cases(world):
         "payload-not-json": f"{h}.{b64url('alice')}.{s}",
         "payload-json-array": f"{h}.{b64url(json.dumps([world.corp.claims()]))}.{s}",
         "payload-json-number": f"{h}.{b64url('42')}.{s}",
-        "payload-invalid-utf8": f"{h}.{b64url(bytes([0x7b, 0x22, 0xc3, 0x28, 0x22, 0x3a, 0x31, 0x7d]))}.{s}",
+        "payload-invalid-utf8": f"{h}.{b64url(bytes([0x7B, 0x22, 0xC3, 0x28, 0x22, 0x3A, 0x31, 0x7D]))}.{s}",
         "header-and-payload-swapped": f"{p}.{h}.{s}",
         "oversized-token": f"{h}.{p}.{s}" + "A" * (16 * 1024),
         "oversized-header": world.corp.sign({**world.corp.header(), "x-pad": "x" * 17000}, world.corp.claims()),
@@ -361,13 +396,39 @@ def _structure_cases(world):
     }
 
 
-STRUCTURE_CASES = ["1-part", "2-parts", "2-parts-trailing-dot", "4-parts", "5-parts-jwe", "6-parts", "dots-only",
-                   "leading-dot", "empty-header", "empty-payload", "padded-segments", "padded-signature",
-                   "whitespace-inside", "newline-inside", "non-ascii", "segment-length-1-mod-4",
-                   "invalid-characters", "json-instead-of-base64", "header-not-json", "header-json-array",
-                   "header-json-string", "header-json-null", "header-truncated-json", "payload-not-json",
-                   "payload-json-array", "payload-json-number", "payload-invalid-utf8",
-                   "header-and-payload-swapped", "oversized-token", "oversized-header", "oversized-payload"]
+STRUCTURE_CASES = [
+    "1-part",
+    "2-parts",
+    "2-parts-trailing-dot",
+    "4-parts",
+    "5-parts-jwe",
+    "6-parts",
+    "dots-only",
+    "leading-dot",
+    "empty-header",
+    "empty-payload",
+    "padded-segments",
+    "padded-signature",
+    "whitespace-inside",
+    "newline-inside",
+    "non-ascii",
+    "segment-length-1-mod-4",
+    "invalid-characters",
+    "json-instead-of-base64",
+    "header-not-json",
+    "header-json-array",
+    "header-json-string",
+    "header-json-null",
+    "header-truncated-json",
+    "payload-not-json",
+    "payload-json-array",
+    "payload-json-number",
+    "payload-invalid-utf8",
+    "header-and-payload-swapped",
+    "oversized-token",
+    "oversized-header",
+    "oversized-payload",
+]
 
 
 @pytest.mark.parametrize("case", STRUCTURE_CASES)
@@ -408,8 +469,11 @@ def test_deeply_nested_json_segment(client, world, where, shape):
     nested = "[" * depth + ("]" * depth if shape.startswith("closed") else "")
     header = json.dumps(world.corp.header())[:-1] + ',"x":' + nested + "}"
     claims = json.dumps(world.corp.claims())[:-1] + ',"x":' + nested + "}"
-    token = world.attacker_rsa.sign(header.encode(), json.dumps(world.corp.claims()).encode()) if where == "header" \
+    token = (
+        world.attacker_rsa.sign(header.encode(), json.dumps(world.corp.claims()).encode())
+        if where == "header"
         else world.attacker_rsa.sign(world.corp.header(), claims.encode())
+    )
     assert len(token) <= 16 * 1024
     assert_refused(exchange(client, token), "invalid_grant")
 
@@ -426,12 +490,14 @@ def test_moderately_nested_json_is_fine(client, world):
 def test_nesting_up_to_the_depth_cap_is_accepted_and_one_more_level_is_refused(client, world, where):
     """The cap is MAX_JSON_DEPTH (64) levels, the segment's own object included; brackets inside strings do not
     count. Signed with the IdP's real key, so the only difference between the two tokens is the depth."""
+
     def token(levels):
         nested = "[" * levels + '"[[[[{{{{"' + "]" * levels
         header, claims = json.dumps(world.corp.header()), json.dumps(world.corp.claims())
         if where == "header":
             return world.corp.sign((header[:-1] + ',"x":' + nested + "}").encode(), claims.encode())
         return world.corp.sign(header.encode(), (claims[:-1] + ',"x":' + nested + "}").encode())
+
     assert_accepted(exchange(client, token(63)))
     body = assert_refused(exchange(client, token(64)), "invalid_grant")
     assert "64 levels" in body["error_description"], body
@@ -467,11 +533,13 @@ def test_non_canonical_base64url_signature(client, world, variant):
     else:
         pytest.fail("no suitable signature generated")
     assert base64.urlsafe_b64decode(signature + "==") == base64.b64decode(
-        respelled.replace("-", "+").replace("_", "/") + "==")
+        respelled.replace("-", "+").replace("_", "/") + "=="
+    )
     assert_refused(exchange(client, f"{header}.{payload}.{respelled}"), "invalid_grant")
 
 
 # --- nested JWT (cty: JWT) -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("outer_signer", ["attacker", "idp"])
 def test_nested_jwt_is_not_unwrapped(client, world, outer_signer):
@@ -490,21 +558,25 @@ def test_nested_jwt_header_on_forged_claims(client, world):
 
 # --- duplicate JSON member names -----------------------------------------------------------------------------
 
+
 def _with_duplicate(obj, name, first_value):
     """JSON text of ``obj`` with ``name`` appearing twice: ``first_value`` first, the object's own value last."""
     text = json.dumps(obj)
     return ("{" + json.dumps(name) + ":" + json.dumps(first_value) + "," + text[1:]).encode()
 
 
-@pytest.mark.parametrize("where, name, first", [
-    ("header", "alg", "none"),
-    ("header", "alg", "HS256"),
-    ("header", "kid", "some-other-kid"),
-    ("payload", "iss", "https://partner.example.test"),
-    ("payload", "sub", "admin"),
-    ("payload", "aud", "https://elsewhere.example.test"),
-    ("payload", "exp", 1),
-])
+@pytest.mark.parametrize(
+    "where, name, first",
+    [
+        ("header", "alg", "none"),
+        ("header", "alg", "HS256"),
+        ("header", "kid", "some-other-kid"),
+        ("payload", "iss", "https://partner.example.test"),
+        ("payload", "sub", "admin"),
+        ("payload", "aud", "https://elsewhere.example.test"),
+        ("payload", "exp", 1),
+    ],
+)
 def test_duplicate_member_names_signed_by_the_idp(client, world, where, name, first):
     """RFC 7515 §4 / RFC 7519 §4 allow either refusing duplicates or keeping the last; keeping the last makes the
     server read a different token than a first-wins consumer (or a claim-injecting IdP template) sees. Safe

@@ -2,6 +2,7 @@
 
 Each test gets a fresh server with its own replay cache file under the test's tmp_path.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -26,9 +27,13 @@ def tracked():
 def client(once, tracked, tmp_path):
     clock = Clock()
     snapshot = snapshot_of(
-        [idp_object("once", once.issuer, jwks=once.jwks(), preventReplay=True, requireJTI=True),
-         idp_object("tracked", tracked.issuer, jwks=tracked.jwks(), preventReplay=True)],
-        apps=[app_object("web", CLIENT, SECRET, providers=[{"name": "once"}, {"name": "tracked"}])], clock=clock)
+        [
+            idp_object("once", once.issuer, jwks=once.jwks(), preventReplay=True, requireJTI=True),
+            idp_object("tracked", tracked.issuer, jwks=tracked.jwks(), preventReplay=True),
+        ],
+        apps=[app_object("web", CLIENT, SECRET, providers=[{"name": "once"}, {"name": "tracked"}])],
+        clock=clock,
+    )
     assert not snapshot.skipped, snapshot.skipped
     return client_for(FixedSource(snapshot), clock, replay_cache_path=str(tmp_path / "replay.sqlite3"))
 
@@ -47,8 +52,9 @@ def test_replay_through_the_other_grant_is_refused(client, once):
     assert_refused(post(client, form, {**FORM, **basic(CLIENT, SECRET)}), "invalid_grant")
 
 
-@pytest.mark.parametrize("change", [{"sub": "bob"}, {"iat": int(NOW) - 5}, {"exp": int(NOW) + 7200},
-                                    {"aud": ["api://tokenbridge", "x"]}])
+@pytest.mark.parametrize(
+    "change", [{"sub": "bob"}, {"iat": int(NOW) - 5}, {"exp": int(NOW) + 7200}, {"aud": ["api://tokenbridge", "x"]}]
+)
 def test_same_jti_in_another_token_is_refused(client, once, change):
     """The IdP's jti identifies the token: re-minted claims with the same jti are still a replay."""
     assert_accepted(exchange(client, once.token(jti="jti-3")))

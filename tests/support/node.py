@@ -20,6 +20,7 @@ The host must run the tests as root on cgroup v1 (kubelet 1.35 needs ``failCgrou
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
@@ -134,11 +135,23 @@ class NodeNetwork:
     """The bridge, sysctls and guard rules; set up before the API server starts (it advertises ``GATEWAY``).
 
     The sysctls' values from before are kept in ``STATE`` until ``down``, so a run that died (or ``make
-    cluster-up`` followed by ``make cluster-down`` in another process) still restores them."""
+    cluster-up`` followed by ``make cluster-down`` in another process) still restores them. The bridge and its
+    address are the machine's, not the session's: a second test session waits on ``LOCK`` until the first has
+    taken them down, rather than have them removed under its node."""
 
     STATE = Path("/run/tokenbridge-node-network.json")
+    LOCK = Path("/run/tokenbridge-node-network.lock")
+
+    def __init__(self) -> None:
+        self._lock: int | None = None
 
     def up(self) -> NodeNetwork:
+        self._lock = os.open(self.LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another test session's node network ({self.LOCK})", flush=True)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
         if _run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
             _run("ip", "link", "add", BRIDGE, "type", "bridge")
         _run("ip", "addr", "replace", f"{GATEWAY}/{ipaddress.ip_network(POD_CIDR).prefixlen}", "dev", BRIDGE)
@@ -157,6 +170,9 @@ class NodeNetwork:
             for key, value in json.loads(self.STATE.read_text()).items():
                 (Path("/proc/sys") / key).write_text(value)
             self.STATE.unlink()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
 
 
 class Node:

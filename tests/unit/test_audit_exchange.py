@@ -1,5 +1,6 @@
 """One JSON audit record per token request (logger ``tokenbridge.audit``), issued or refused, never a token or a
 secret."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,16 @@ import uuid
 
 import pytest
 
-from tests.support.exchange import (Clock, FixedSource, app_object, claims_of, idp_object, make_client, post_form,
-                                    snapshot_of)
+from tests.support.exchange import (
+    Clock,
+    FixedSource,
+    app_object,
+    claims_of,
+    idp_object,
+    make_client,
+    post_form,
+    snapshot_of,
+)
 from tokenbridge import api
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
@@ -19,11 +28,21 @@ AUTH = (CLIENT, SECRET)
 @pytest.fixture
 def client(idp, tmp_path):
     clock = Clock()
-    idps = [idp_object("corp", idp.issuer, jwks=idp.jwks(), condition="assertion.sub != 'mallory'",
-                       claimMappings={"sub": "'corp:' + assertion.sub"})]
+    idps = [
+        idp_object(
+            "corp",
+            idp.issuer,
+            jwks=idp.jwks(),
+            condition="assertion.sub != 'mallory'",
+            claimMappings={"sub": "'corp:' + assertion.sub"},
+        )
+    ]
     apps = [app_object("web", CLIENT, SECRET, delegation=True)]
-    return make_client(FixedSource(snapshot_of(idps, apps=apps, clock=clock)), clock,
-                       replay_cache_path=str(tmp_path / "replay.sqlite3"))
+    return make_client(
+        FixedSource(snapshot_of(idps, apps=apps, clock=clock)),
+        clock,
+        replay_cache_path=str(tmp_path / "replay.sqlite3"),
+    )
 
 
 def records(caplog) -> list[dict]:
@@ -32,8 +51,17 @@ def records(caplog) -> list[dict]:
 
 
 def exchange(client, token, auth=AUTH, **params):
-    return post_form(client, "/oauth2/token", {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
-                                               "subject_token_type": api.TOKEN_TYPE_JWT, **params}, auth)
+    return post_form(
+        client,
+        "/oauth2/token",
+        {
+            "grant_type": api.GRANT_TOKEN_EXCHANGE,
+            "subject_token": token,
+            "subject_token_type": api.TOKEN_TYPE_JWT,
+            **params,
+        },
+        auth,
+    )
 
 
 def test_an_issued_token_is_audited_without_the_tokens(client, idp, caplog):
@@ -41,8 +69,14 @@ def test_an_issued_token_is_audited_without_the_tokens(client, idp, caplog):
     subject_jti = uuid.uuid4().hex
     subject = idp.token(jti=subject_jti)
     actor = idp.token(sub="robot")
-    result = exchange(client, subject, audience="https://api.example.test", scope="read",
-                      actor_token=actor, actor_token_type=api.TOKEN_TYPE_JWT)
+    result = exchange(
+        client,
+        subject,
+        audience="https://api.example.test",
+        scope="read",
+        actor_token=actor,
+        actor_token_type=api.TOKEN_TYPE_JWT,
+    )
     issued = claims_of(result)
     (record,) = records(caplog)
     assert record["event"] == "token_request" and record["outcome"] == "issued" and record["status"] == 200
@@ -61,11 +95,14 @@ def test_an_issued_token_is_audited_without_the_tokens(client, idp, caplog):
     assert SECRET not in text
 
 
-@pytest.mark.parametrize("case, error, status, subject", [
-    ("condition", "invalid_grant", 400, "mallory"),  # validated, then refused by the condition
-    ("secret", "invalid_client", 401, None),
-    ("scope", "invalid_scope", 400, None),
-])
+@pytest.mark.parametrize(
+    "case, error, status, subject",
+    [
+        ("condition", "invalid_grant", 400, "mallory"),  # validated, then refused by the condition
+        ("secret", "invalid_client", 401, None),
+        ("scope", "invalid_scope", 400, None),
+    ],
+)
 def test_refusals_are_audited_with_code_and_reason(client, idp, caplog, case, error, status, subject):
     caplog.set_level(logging.INFO, logger="tokenbridge.audit")
     if case == "condition":
@@ -108,6 +145,7 @@ def test_stream_audit_writes_every_line_in_order_and_drains_on_stop(tmp_path):
         def burst(t):
             for i in range(500):
                 sink.write(json.dumps({"thread": t, "i": i}))
+
         threads = [threading.Thread(target=burst, args=(t,)) for t in range(4)]
         for t in threads:
             t.start()

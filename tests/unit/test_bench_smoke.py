@@ -1,6 +1,7 @@
 """The benchmark's own pieces work: generated configs give real exchanges, the floor app exchanges, the open-loop
 generator frames HTTP responses, the reports are tables of the committed results. No timing is asserted here
 (numbers live in bench/results/)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,11 +9,10 @@ import json
 import time
 from pathlib import Path
 
-import falcon.testing
-import jwt
-
 import configgen  # bench/'s scripts, importable by name through pytest's pythonpath (pyproject.toml)
+import falcon.testing
 import floor_app
+import jwt
 import library_calls
 import loadgen
 import report
@@ -30,8 +30,12 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 def test_generated_config_serves_exchanges_from_every_pooled_request(tmp_path):
     config = configgen.generate(tmp_path, n_idps=4, n_apps=6, distinct_keys=2)
-    source = ManifestSource(tmp_path, JwksCache(lambda uri, spec: None), lambda spec: None,
-                            signing_keys=generate_keyset("ES256", time.time()))
+    source = ManifestSource(
+        tmp_path,
+        JwksCache(lambda uri, spec: None),
+        lambda spec: None,
+        signing_keys=generate_keyset("ES256", time.time()),
+    )
     source.start()
     try:
         snapshot = source.current()
@@ -46,8 +50,14 @@ def test_generated_config_serves_exchanges_from_every_pooled_request(tmp_path):
             assert jwt.get_unverified_header(r.json["access_token"])["alg"] == "ES256"
         wrong = config.idps[[i for i in range(4) if i not in config.apps[0].idps][0]]  # an IdP app 0 does not trust
         body = configgen.exchange_body(configgen.subject_token(wrong, "mallory"), config.apps[0].audience)
-        r = client.simulate_post("/oauth2/token", body=body, headers={
-            **FORM, "Authorization": configgen.basic_auth(config.apps[0].client_id, config.apps[0].client_secret)})
+        r = client.simulate_post(
+            "/oauth2/token",
+            body=body,
+            headers={
+                **FORM,
+                "Authorization": configgen.basic_auth(config.apps[0].client_id, config.apps[0].client_secret),
+            },
+        )
         assert r.status_code == 400 and r.json["error"] == "invalid_grant"
     finally:
         source.stop()
@@ -55,20 +65,26 @@ def test_generated_config_serves_exchanges_from_every_pooled_request(tmp_path):
 
 def test_floor_app_verifies_and_signs(tmp_path):
     idp = configgen.IdP("ns", "idp", "https://floor-idp.test", "k1", configgen.rsa_key())
-    client = falcon.testing.TestClient(floor_app.create_app(configgen.public_jwk(idp.key, idp.kid), idp.issuer,
-                                                            configgen.SUBJECT_AUDIENCE))
-    r = client.simulate_post("/oauth2/token", headers=FORM,
-                             body=configgen.exchange_body(configgen.subject_token(idp, "alice"), "api://x"))
+    client = falcon.testing.TestClient(
+        floor_app.create_app(configgen.public_jwk(idp.key, idp.kid), idp.issuer, configgen.SUBJECT_AUDIENCE)
+    )
+    r = client.simulate_post(
+        "/oauth2/token", headers=FORM, body=configgen.exchange_body(configgen.subject_token(idp, "alice"), "api://x")
+    )
     assert r.status_code == 200
     claims = jwt.decode(r.json["access_token"], options={"verify_signature": False})
     assert claims["sub"] == "alice" and claims["aud"] == "api://x"
-    r = client.simulate_post("/oauth2/token", headers=FORM, body=configgen.exchange_body(
-        configgen.subject_token(idp, "alice", audience="someone-else"), "api://x"))
+    r = client.simulate_post(
+        "/oauth2/token",
+        headers=FORM,
+        body=configgen.exchange_body(configgen.subject_token(idp, "alice", audience="someone-else"), "api://x"),
+    )
     assert r.status_code == 400
 
 
 def test_open_loop_generator_counts_keepalive_and_closed_responses():
     """A tiny server answering with Content-Length, alternately keeping and closing the connection."""
+
     async def scenario():
         served = 0
 
@@ -81,8 +97,10 @@ def test_open_loop_generator_counts_keepalive_and_closed_responses():
                 served += 1
                 close = served % 2 == 0
                 body = b'{"ok":true}'
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (
-                    len(body), b"Connection: close\r\n" if close else b"", body))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s"
+                    % (len(body), b"Connection: close\r\n" if close else b"", body)
+                )
                 await writer.drain()
                 if close:
                     writer.close()
@@ -110,8 +128,12 @@ def test_report_is_tables_of_the_committed_results(tmp_path):
     results = json.loads((BENCH / "results" / "results.json").read_text())
     text = report.write(results, tmp_path).read_text()
     assert prose(text) == [text.splitlines()[2], "![benchmark plot](bench.png)"], "one introduction, the plot"
-    for heading in ("## Results against the targets", "## Peak throughput (closed loop)", "## Scale",
-                    "## Ablation: the app's own cost per exchange, in process"):
+    for heading in (
+        "## Results against the targets",
+        "## Peak throughput (closed loop)",
+        "## Scale",
+        "## Ablation: the app's own cost per exchange, in process",
+    ):
         assert heading in text
     floor = results["peak"]["tokenbridge"]["median_rps"] / results["peak"]["floor"]["median_rps"]
     assert f"| Tokenbridge / floor, peak exchanges/s | {floor:.2f} " in text

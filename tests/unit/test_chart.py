@@ -5,6 +5,7 @@ probes, environment the components really parse, and least-privilege RBAC.
 helm comes from tests/cluster/build-helm.sh (built from its Go module, cached). The in-cluster half is
 tests/cluster/test_chart_in_cluster.py.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,11 +31,19 @@ FULL_VALUES = {
     "publicIssuer": ISSUER + "/",
     "image": {"repository": "registry.example.com/tokenbridge", "tag": "1.2.3", "pullPolicy": "Always"},
     "imagePullSecrets": [{"name": "regcred"}],
-    "signing": {"algorithm": "EdDSA", "rotationPeriod": "168h", "publishLead": "2h", "maxTokenLifetime": "12h",
-                "secretName": "tb-keys"},
+    "signing": {
+        "algorithm": "EdDSA",
+        "rotationPeriod": "168h",
+        "publishLead": "2h",
+        "maxTokenLifetime": "12h",
+        "secretName": "tb-keys",
+    },
     "fetch": {"allowedNetworks": ["10.0.0.1/32", "192.168.10.0/24"], "allowInsecureHTTP": True},
     "operator": {
-        "replicas": 2, "peering": "tokenbridge", "idpRefreshInterval": "10m", "appRecheckInterval": "2m",
+        "replicas": 2,
+        "peering": "tokenbridge",
+        "idpRefreshInterval": "10m",
+        "appRecheckInterval": "2m",
         "secretRotationGrace": "1h",
         "extraEnv": [{"name": "TOKENBRIDGE_RETRY_BACKOFF", "value": "10s"}],
         "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -42,27 +51,47 @@ FULL_VALUES = {
         "priorityClassName": "system-cluster-critical",
     },
     "server": {
-        "workers": 4, "workerClass": "gthread", "threads": 4, "jwksLifespan": "10m", "jwksMaxStaleness": "12h",
+        "workers": 4,
+        "workerClass": "gthread",
+        "threads": 4,
+        "jwksLifespan": "10m",
+        "jwksMaxStaleness": "12h",
         "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}, "limits": {"memory": "600Mi"}},
-        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-            "weight": 100, "podAffinityTerm": {
-                "topologyKey": "kubernetes.io/hostname",
-                "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "server"}}}}]}},
+        "affinity": {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "server"}},
+                        },
+                    }
+                ]
+            }
+        },
         "service": {"type": "ClusterIP", "port": 80, "annotations": {"example.com/a": "b"}},
-        "ingress": {"enabled": True, "className": "nginx", "annotations": {"nginx.ingress.kubernetes.io/x": "y"},
-                    "hosts": [{"host": "tokens.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
-                    "tls": [{"secretName": "tokens-tls", "hosts": ["tokens.example.com"]}]},
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "annotations": {"nginx.ingress.kubernetes.io/x": "y"},
+            "hosts": [{"host": "tokens.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+            "tls": [{"secretName": "tokens-tls", "hosts": ["tokens.example.com"]}],
+        },
         "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
-        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 60,
-                        "targetMemoryUtilizationPercentage": 80},
+        "autoscaling": {
+            "enabled": True,
+            "minReplicas": 2,
+            "maxReplicas": 6,
+            "targetCPUUtilizationPercentage": 60,
+            "targetMemoryUtilizationPercentage": 80,
+        },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
     },
     "networkPolicy": {
         "enabled": True,
-        "serverIngressFrom": [{"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": "ingress-nginx"}}}],
-        "operatorMetricsFrom": [{"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": "monitoring"}}}],
+        "serverIngressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+        "operatorMetricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
         "extraEgress": [{"to": [{"ipBlock": {"cidr": "192.168.10.0/24"}}], "ports": [{"port": 8443}]}],
     },
 }
@@ -115,8 +144,9 @@ def rules_for(docs: list[dict], sa: str, namespace: str | None = None) -> list[t
     """(role kind, role namespace, rule) for every rule bound to ServiceAccount ``sa``."""
     out = []
     for binding in of_kind(docs, "RoleBinding") + of_kind(docs, "ClusterRoleBinding"):
-        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa and s["namespace"] == NS
-                   for s in binding["subjects"]):
+        if not any(
+            s["kind"] == "ServiceAccount" and s["name"] == sa and s["namespace"] == NS for s in binding["subjects"]
+        ):
             continue
         ref = binding["roleRef"]
         role = one(docs, ref["kind"], ref["name"])
@@ -165,7 +195,9 @@ def test_chart_crds_are_byte_identical_copies_of_repo_crds():
     assert len(source) == 3
     assert copies.keys() == source.keys(), "run: .venv/bin/python charts/generate.py"
     for name, content in source.items():
-        assert copies[name] == content, f"charts/tokenbridge/crds/{name} differs; run .venv/bin/python charts/generate.py"
+        assert copies[name] == content, (
+            f"charts/tokenbridge/crds/{name} differs; run .venv/bin/python charts/generate.py"
+        )
 
 
 def test_helm_ships_the_crds(helm, tmp):
@@ -173,15 +205,19 @@ def test_helm_ships_the_crds(helm, tmp):
     proc = subprocess.run([helm, "show", "crds", str(CHART)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     names = sorted(d["metadata"]["name"] for d in yaml.safe_load_all(proc.stdout) if d)
-    assert names == ["clusteridentityproviders.tokenbridge.dev", "identityproviders.tokenbridge.dev",
-                     "oauthapplications.tokenbridge.dev"]
+    assert names == [
+        "clusteridentityproviders.tokenbridge.dev",
+        "identityproviders.tokenbridge.dev",
+        "oauthapplications.tokenbridge.dev",
+    ]
 
 
 def test_generated_files_are_up_to_date():
     generate = load_generator()
     assert generate.crd_drift() == []
-    assert (CHART / "values.schema.json").read_text(encoding="utf-8") == generate.render_schema(), \
+    assert (CHART / "values.schema.json").read_text(encoding="utf-8") == generate.render_schema(), (
         "values.schema.json is out of date: run .venv/bin/python charts/generate.py"
+    )
 
 
 def test_schema_closes_every_object():
@@ -240,18 +276,28 @@ def test_helm_lint_reports_missing_public_issuer(helm, tmp):
     assert "publicIssuer is required" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"publicIssuer": ISSUER, "bogus": 1}, "additional properties 'bogus' not allowed"),
-    ({"publicIssuer": ISSUER, "server": {"ingres": {"enabled": True}}}, "additional properties 'ingres' not allowed"),
-    ({"publicIssuer": ISSUER, "operator": {"resources": {"requests": {"gpu": 1}}}},
-     "additional properties 'gpu' not allowed"),
-    ({"publicIssuer": ISSUER, "server": {"affinity": {"podAntiAffinity": {"required": []}}}},
-     "additional properties 'required' not allowed"),
-    ({"publicIssuer": ISSUER, "rbac": {"scope": "everywhere"}}, "rbac/scope"),
-    ({"publicIssuer": ISSUER, "signing": {"algorithm": "HS256"}}, "signing/algorithm"),
-    ({"publicIssuer": ISSUER, "signing": {"rotationPeriod": "30 days"}}, "signing/rotationPeriod"),
-    ({"publicIssuer": "tokens.example.com"}, "publicIssuer"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"publicIssuer": ISSUER, "bogus": 1}, "additional properties 'bogus' not allowed"),
+        (
+            {"publicIssuer": ISSUER, "server": {"ingres": {"enabled": True}}},
+            "additional properties 'ingres' not allowed",
+        ),
+        (
+            {"publicIssuer": ISSUER, "operator": {"resources": {"requests": {"gpu": 1}}}},
+            "additional properties 'gpu' not allowed",
+        ),
+        (
+            {"publicIssuer": ISSUER, "server": {"affinity": {"podAntiAffinity": {"required": []}}}},
+            "additional properties 'required' not allowed",
+        ),
+        ({"publicIssuer": ISSUER, "rbac": {"scope": "everywhere"}}, "rbac/scope"),
+        ({"publicIssuer": ISSUER, "signing": {"algorithm": "HS256"}}, "signing/algorithm"),
+        ({"publicIssuer": ISSUER, "signing": {"rotationPeriod": "30 days"}}, "signing/rotationPeriod"),
+        ({"publicIssuer": "tokens.example.com"}, "publicIssuer"),
+    ],
+)
 def test_schema_refuses_bad_values(helm, tmp, values, message):
     for command in ("template", "lint"):
         proc = run_helm(helm, tmp, command, values)
@@ -259,13 +305,16 @@ def test_schema_refuses_bad_values(helm, tmp, values, message):
         assert message in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("values, message", [
-    ({}, "publicIssuer is required"),
-    ({"publicIssuer": ""}, "publicIssuer is required"),
-    ({"publicIssuer": ISSUER, "operator": {"replicas": 2}}, "operator.replicas > 1 needs operator.peering"),
-    ({"publicIssuer": ISSUER, "server": {"ingress": {"enabled": True}}}, "needs at least one entry"),
-    ({"publicIssuer": ISSUER, "server": {"serviceAccount": {"create": False}}}, "server.serviceAccount.name"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({}, "publicIssuer is required"),
+        ({"publicIssuer": ""}, "publicIssuer is required"),
+        ({"publicIssuer": ISSUER, "operator": {"replicas": 2}}, "operator.replicas > 1 needs operator.peering"),
+        ({"publicIssuer": ISSUER, "server": {"ingress": {"enabled": True}}}, "needs at least one entry"),
+        ({"publicIssuer": ISSUER, "server": {"serviceAccount": {"create": False}}}, "server.serviceAccount.name"),
+    ],
+)
 def test_template_fails_with_a_clear_message(helm, tmp, values, message):
     proc = run_helm(helm, tmp, "template", values)
     assert proc.returncode != 0
@@ -278,11 +327,23 @@ def kinds(docs):
 
 
 def test_default_render_kinds(default_docs):
-    assert kinds(default_docs) == sorted([
-        "ServiceAccount", "ServiceAccount", "Deployment", "Deployment", "Service",
-        "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "ClusterRoleBinding",
-        "Role", "RoleBinding",
-    ])
+    assert kinds(default_docs) == sorted(
+        [
+            "ServiceAccount",
+            "ServiceAccount",
+            "Deployment",
+            "Deployment",
+            "Service",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ]
+    )
     assert not any(d["kind"] == "CustomResourceDefinition" for d in default_docs)
     for doc in default_docs:
         if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
@@ -291,9 +352,20 @@ def test_default_render_kinds(default_docs):
 
 def test_full_render_kinds(full_docs):
     counts = {kind: kinds(full_docs).count(kind) for kind in set(kinds(full_docs))}
-    assert counts == {"ServiceAccount": 2, "Deployment": 2, "Service": 1, "ClusterRole": 3,
-                      "ClusterRoleBinding": 3, "Role": 1, "RoleBinding": 1, "Ingress": 1, "PodDisruptionBudget": 1,
-                      "HorizontalPodAutoscaler": 1, "NetworkPolicy": 2, "ServiceMonitor": 1}
+    assert counts == {
+        "ServiceAccount": 2,
+        "Deployment": 2,
+        "Service": 1,
+        "ClusterRole": 3,
+        "ClusterRoleBinding": 3,
+        "Role": 1,
+        "RoleBinding": 1,
+        "Ingress": 1,
+        "PodDisruptionBudget": 1,
+        "HorizontalPodAutoscaler": 1,
+        "NetworkPolicy": 2,
+        "ServiceMonitor": 1,
+    }
 
 
 def test_namespace_scope_kinds(namespace_docs, helm, tmp):
@@ -344,8 +416,9 @@ def test_server_probes_ports_and_service(default_docs):
     assert all(pod_labels[k] == v for k, v in service["spec"]["selector"].items())
     operator = one(default_docs, "Deployment", f"{PREFIX}-operator")
     operator_labels = operator["spec"]["template"]["metadata"]["labels"]
-    assert not all(operator_labels.get(k) == v for k, v in service["spec"]["selector"].items()), \
+    assert not all(operator_labels.get(k) == v for k, v in service["spec"]["selector"].items()), (
         "the Service must not select operator pods"
+    )
     for deployment in (server, operator):
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert all(deployment["spec"]["template"]["metadata"]["labels"][k] == v for k, v in selector.items())
@@ -401,8 +474,10 @@ def test_operator_arguments_parse(default_docs, namespace_docs):
         assert [a for a in argv if a.startswith(("--all-namespaces", "--namespace"))] == scope
         assert argv[argv.index("--liveness") + 1] == "http://0.0.0.0:8081/healthz"
         assert "--standalone" in argv
-        assert c["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"},
-                              {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+        assert c["ports"] == [
+            {"name": "health", "containerPort": 8081, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+        ]
         assert OperatorConfig.from_env(env_of(operator)).metrics_port == 9090
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
@@ -410,8 +485,10 @@ def test_operator_arguments_parse(default_docs, namespace_docs):
 def test_server_arguments_and_environment_parse(default_docs, full_docs):
     from tokenbridge_exchange.config import load
 
-    for docs, workers, worker_class, threads, secret in ((default_docs, 2, "gevent", 8, "tokenbridge-signing-keys"),
-                                                         (full_docs, 4, "gthread", 4, "tb-keys")):
+    for docs, workers, worker_class, threads, secret in (
+        (default_docs, 2, "gevent", 8, "tokenbridge-signing-keys"),
+        (full_docs, 4, "gthread", 4, "tb-keys"),
+    ):
         c = container(one(docs, "Deployment", f"{PREFIX}-server"))
         config = load(c["args"][1:], env_of(one(docs, "Deployment", f"{PREFIX}-server")))
         assert config.kubernetes is True and config.kubeconfig is None and config.manifests is None
@@ -420,11 +497,14 @@ def test_server_arguments_and_environment_parse(default_docs, full_docs):
         assert (config.workers, config.worker_class, config.threads) == (workers, worker_class, threads)
         assert (config.signing_secret_namespace, config.signing_secret_name) == (NS, secret)
         assert (config.watch_namespace, config.cluster_identity_providers) == ("", True)
-    config = load(container(one(full_docs, "Deployment", f"{PREFIX}-server"))["args"][1:],
-                  env_of(one(full_docs, "Deployment", f"{PREFIX}-server")))
+    config = load(
+        container(one(full_docs, "Deployment", f"{PREFIX}-server"))["args"][1:],
+        env_of(one(full_docs, "Deployment", f"{PREFIX}-server")),
+    )
     assert (config.jwks_lifespan, config.jwks_max_staleness) == (600, 12 * 3600)
     # the server's cap on issued tokens is the operator's retention of retired signing keys: one value
     from tokenbridge_operator.config import OperatorConfig
+
     operator = OperatorConfig.from_env(env_of(one(full_docs, "Deployment", f"{PREFIX}-operator")))
     assert config.max_token_lifetime == operator.max_token_lifetime == 12 * 3600
 
@@ -470,9 +550,12 @@ def test_server_rbac_is_read_only_and_one_secret(default_docs):
             for resource in rule.get("resources", rule.get("nonResourceURLs", [])):
                 by_resource.setdefault((group, resource), []).append((kind, ns, rule))
     assert set(by_resource) == {
-        ("tokenbridge.dev", "identityproviders"), ("tokenbridge.dev", "clusteridentityproviders"),
-        ("tokenbridge.dev", "oauthapplications"), ("", "secrets"),
-        ("<non-resource>", "/.well-known/openid-configuration"), ("<non-resource>", "/openid/v1/jwks"),
+        ("tokenbridge.dev", "identityproviders"),
+        ("tokenbridge.dev", "clusteridentityproviders"),
+        ("tokenbridge.dev", "oauthapplications"),
+        ("", "secrets"),
+        ("<non-resource>", "/.well-known/openid-configuration"),
+        ("<non-resource>", "/openid/v1/jwks"),
     }
     for (group, resource), grants in by_resource.items():
         for kind, ns, rule in grants:
@@ -514,7 +597,11 @@ def test_operator_rbac(default_docs):
     assert resource_rules(rules, "kopf.dev", "clusterkopfpeerings") == []  # standalone: no peering
     resources = {res for _, _, r in rules for res in r.get("resources", [])}
     assert resources <= kinds_ | {k + "/status" for k in kinds_} | {
-        "oauthapplications/finalizers", "secrets", "events", "customresourcedefinitions"}
+        "oauthapplications/finalizers",
+        "secrets",
+        "events",
+        "customresourcedefinitions",
+    }
 
 
 def test_operator_peering_rbac(full_docs, helm, tmp):
@@ -534,11 +621,14 @@ def test_namespace_scope_rbac(namespace_docs, helm, tmp):
             assert "clusteridentityproviders" not in rule.get("resources", [])
     docs = render(helm, tmp, {**NAMESPACE_VALUES, "rbac": {"scope": "namespace", "clusterIdentityProviders": True}})
     cluster_rules = [r for k, _, r in rules_for(docs, SERVER_SA) if k == "ClusterRole" and "resources" in r]
-    assert cluster_rules == [{"apiGroups": ["tokenbridge.dev"], "resources": ["clusteridentityproviders"],
-                              "verbs": ["get", "list", "watch"]}]
+    assert cluster_rules == [
+        {"apiGroups": ["tokenbridge.dev"], "resources": ["clusteridentityproviders"], "verbs": ["get", "list", "watch"]}
+    ]
     cluster_rules = [r for k, _, r in rules_for(docs, OPERATOR_SA) if k == "ClusterRole" and "resources" in r]
     assert {res for r in cluster_rules for res in r["resources"]} == {
-        "clusteridentityproviders", "clusteridentityproviders/status"}
+        "clusteridentityproviders",
+        "clusteridentityproviders/status",
+    }
 
 
 def test_rbac_can_be_left_to_the_user(helm, tmp):
@@ -555,8 +645,10 @@ def test_optional_kinds(full_docs):
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
-    assert {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in hpa["spec"]["metrics"]} \
-        == {"cpu": 60, "memory": 80}
+    assert {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in hpa["spec"]["metrics"]} == {
+        "cpu": 60,
+        "memory": 80,
+    }
     pdb = one(full_docs, "PodDisruptionBudget", name)
     assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == server["spec"]["selector"]["matchLabels"]
@@ -568,8 +660,9 @@ def test_optional_kinds(full_docs):
     assert rule["http"]["paths"][0]["backend"] == {"service": {"name": name, "port": {"name": "http"}}}
     monitor = one(full_docs, "ServiceMonitor", name)
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s",
-                                             "scrapeTimeout": "10s"}]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
     service = one(full_docs, "Service", name)
     assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     operator = one(full_docs, "Deployment", f"{PREFIX}-operator")
@@ -583,8 +676,9 @@ def test_optional_kinds(full_docs):
 def test_network_policies(full_docs):
     operator = one(full_docs, "NetworkPolicy", f"{PREFIX}-operator")
     assert operator["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert operator["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9090}],
-                                           "from": FULL_VALUES["networkPolicy"]["operatorMetricsFrom"]}]
+    assert operator["spec"]["ingress"] == [
+        {"ports": [{"protocol": "TCP", "port": 9090}], "from": FULL_VALUES["networkPolicy"]["operatorMetricsFrom"]}
+    ]
     assert operator["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
     server = one(full_docs, "NetworkPolicy", f"{PREFIX}-server")
     (ingress,) = server["spec"]["ingress"]
@@ -605,8 +699,9 @@ def test_operator_metrics_can_be_turned_off(helm, tmp):
 
 
 def test_optional_kinds_off_by_default(default_docs):
-    assert not {"Ingress", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy",
-                "ServiceMonitor"} & set(kinds(default_docs))
+    assert not {"Ingress", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"} & set(
+        kinds(default_docs)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ Dockerfile
@@ -627,6 +722,13 @@ def test_dockerfile():
     assert entrypoint == ["tokenbridge"] and cmd[0] == "serve"
     assert "pip install -c constraints.txt ." in text and "[dev]" not in text  # the tested versions, no dev extras
     ignore = (REPO / ".dockerignore").read_text()
-    for needed in ("pyproject.toml", "README.md", "LICENSE", "constraints.txt", "tokenbridge/", "operator/",
-                   "exchange_server/"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "constraints.txt",
+        "tokenbridge/",
+        "operator/",
+        "exchange_server/",
+    ):
         assert f"!{needed}" in ignore

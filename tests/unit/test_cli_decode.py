@@ -1,4 +1,5 @@
 """``tokenbridge decode``: header and claims, ISO times, the NOT VERIFIED banner, refusals of non-JWTs."""
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,9 @@ KEY = ec.generate_private_key(ec.SECP256R1())
 
 
 def token(**claims) -> str:
-    return jwt.encode({"iss": "https://idp.example.com", "sub": "alice", **claims}, KEY, algorithm="ES256",
-                      headers={"kid": "k1"})
+    return jwt.encode(
+        {"iss": "https://idp.example.com", "sub": "alice", **claims}, KEY, algorithm="ES256", headers={"kid": "k1"}
+    )
 
 
 def test_header_claims_and_iso_times(capsys):

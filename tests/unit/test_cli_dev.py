@@ -1,5 +1,6 @@
 """``tokenbridge dev``: the files it writes (and reuses), the tokens it mints, what it refuses, and that stopping
 it stops the server it started."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ import pytest
 import yaml
 
 from tokenbridge import api
-from tokenbridge_cli.commands import dev
 from tokenbridge.jwks import parse_jwks
+from tokenbridge_cli.commands import dev
 
 TB = str(Path(sys.executable).parent / "tokenbridge")
 
@@ -61,9 +62,31 @@ def test_prepare_reuses_the_directory_unless_reset(tmp_path):
 def test_dev_token_claims_ttl_and_extra_claims(tmp_path):
     dev.prepare(tmp_path)
     before = int(time.time())
-    proc = subprocess.run([TB, "dev", "token", "--dir", str(tmp_path), "--sub", "bob", "--aud", "a", "--aud", "b",
-                           "--ttl", "1h", "--claim", "email=bob@example.com", "--claim", 'groups=["admins"]',
-                           "--claim", "level=3"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            TB,
+            "dev",
+            "token",
+            "--dir",
+            str(tmp_path),
+            "--sub",
+            "bob",
+            "--aud",
+            "a",
+            "--aud",
+            "b",
+            "--ttl",
+            "1h",
+            "--claim",
+            "email=bob@example.com",
+            "--claim",
+            'groups=["admins"]',
+            "--claim",
+            "level=3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     token = proc.stdout.strip()
     assert "\n" not in token
@@ -72,8 +95,7 @@ def test_dev_token_claims_ttl_and_extra_claims(tmp_path):
     assert claims["email"] == "bob@example.com" and claims["groups"] == ["admins"] and claims["level"] == 3
     assert before <= claims["iat"] and claims["exp"] - claims["iat"] == 3600 and claims["jti"]
     assert jwt.get_unverified_header(token)["alg"] == "ES256"
-    default = jwt.decode(dev.mint(tmp_path, "x", [dev.SUBJECT_AUDIENCE], 600, {}),
-                         options={"verify_signature": False})
+    default = jwt.decode(dev.mint(tmp_path, "x", [dev.SUBJECT_AUDIENCE], 600, {}), options={"verify_signature": False})
     assert default["aud"] == dev.SUBJECT_AUDIENCE
 
 
@@ -98,8 +120,9 @@ def test_port_in_use_is_refused_before_anything_starts(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run([TB, "dev", "--port", str(port), "--dir", str(tmp_path)], capture_output=True,
-                              text=True, timeout=30)
+        proc = subprocess.run(
+            [TB, "dev", "--port", str(port), "--dir", str(tmp_path)], capture_output=True, text=True, timeout=30
+        )
     assert proc.returncode == 1
     assert "DEVELOPMENT ONLY" in proc.stderr and f"127.0.0.1:{port} is already in use" in proc.stderr
     assert f"--port {port + 1}" in proc.stderr
@@ -110,8 +133,12 @@ def start_dev(directory: Path) -> tuple[subprocess.Popen, int, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([TB, "dev", "--port", str(port), "--dir", str(directory)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [TB, "dev", "--port", str(port), "--dir", str(directory)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)

@@ -1,5 +1,6 @@
 """``tokenbridge discover`` against a real local HTTPS IdP: the operator's checks and quirks, its refusals with
 a hint, and what it prints."""
+
 from __future__ import annotations
 
 import json
@@ -21,19 +22,24 @@ def ca_file(tmp_path):
         path = tmp_path / "ca.pem"
         path.write_text(idp.ca_pem)
         return str(path)
+
     return write
 
 
-@pytest.mark.parametrize("kind, idp_type, issuer_suffix", [
-    ("oidc", "OIDC", ""),
-    ("okta", "Okta", "/oauth2/default"),
-    ("auth0", "Auth0", "/"),  # Auth0's trailing slash is kept
-    ("entra", "MicrosoftEntraID", "/{tenantid}/v2.0"),  # the multi-tenant template is kept literally
-])
+@pytest.mark.parametrize(
+    "kind, idp_type, issuer_suffix",
+    [
+        ("oidc", "OIDC", ""),
+        ("okta", "Okta", "/oauth2/default"),
+        ("auth0", "Auth0", "/"),  # Auth0's trailing slash is kept
+        ("entra", "MicrosoftEntraID", "/{tenantid}/v2.0"),  # the multi-tenant template is kept literally
+    ],
+)
 def test_discovers_what_the_operator_would(kind, idp_type, issuer_suffix, ca_file, capsys):
     with HttpsIdP(kind=kind) as idp:
-        code = discover.main([idp.well_known_url, "--type", idp_type, "--allow-private", "--ca-file", ca_file(idp),
-                              "--json"])
+        code = discover.main(
+            [idp.well_known_url, "--type", idp_type, "--allow-private", "--ca-file", ca_file(idp), "--json"]
+        )
         out = json.loads(capsys.readouterr().out)
         assert code == 0
         assert out["issuer"] == idp.base_url + issuer_suffix == idp.issuer
@@ -46,8 +52,11 @@ def test_discovers_what_the_operator_would(kind, idp_type, issuer_suffix, ca_fil
 def test_human_output_lists_keys_and_skipped_keys_with_reasons(ca_file, capsys):
     with HttpsIdP(kind="okta", alg="ES256") as idp:
         good = idp.jwks()["keys"][0]
-        idp.routes["/oauth2/default/v1/keys"] = (200, {"keys": [
-            good, {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}, {**good, "kid": "enc", "use": "enc"}]}, {})
+        idp.routes["/oauth2/default/v1/keys"] = (
+            200,
+            {"keys": [good, {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}, {**good, "kid": "enc", "use": "enc"}]},
+            {},
+        )
         assert discover.main([idp.well_known_url, "--allow-private", "--ca-file", ca_file(idp)]) == 0
         out = capsys.readouterr().out
     assert f"issuer:         {idp.issuer}\n" in out
@@ -84,15 +93,16 @@ def test_issuer_mismatch_is_the_operators_refusal(ca_file, capsys):
 def test_entra_issuer_needs_the_entra_type(ca_file, capsys):
     """The {tenantid} quirk is type-specific in the operator, so it is here: as OIDC the document is refused."""
     with HttpsIdP(kind="entra") as idp:
-        assert discover.main([idp.well_known_url, "--type", "OIDC", "--allow-private",
-                              "--ca-file", ca_file(idp)]) == 1
+        assert discover.main([idp.well_known_url, "--type", "OIDC", "--allow-private", "--ca-file", ca_file(idp)]) == 1
     assert "IssuerMismatch" in capsys.readouterr().err
 
 
 def test_no_usable_keys_names_each_skipped_key(ca_file, capsys):
     with HttpsIdP(alg="ES256") as idp:
-        assert discover.main([idp.well_known_url, "--allow-private", "--ca-file", ca_file(idp),
-                              "--algorithm", "RS256"]) == 1
+        assert (
+            discover.main([idp.well_known_url, "--allow-private", "--ca-file", ca_file(idp), "--algorithm", "RS256"])
+            == 1
+        )
     err = capsys.readouterr().err
     assert "NoUsableKeys (keys)" in err and "is not an allowed algorithm" in err
 

@@ -1,4 +1,5 @@
 """``tokenbridge --version``: the installed distribution's version, else a source tree's pyproject.toml's."""
+
 from __future__ import annotations
 
 import subprocess
@@ -24,8 +25,9 @@ def test_version_is_the_installed_distributions(capsys):
 
 
 def test_console_script_prints_the_version():
-    out = subprocess.run([str(Path(sys.executable).parent / "tokenbridge"), "--version"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "tokenbridge"), "--version"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"tokenbridge {PROJECT_VERSION}\n"
 
@@ -45,4 +47,3 @@ def test_not_installed_falls_back_to_pyproject_then_unknown(monkeypatch, tmp_pat
     assert cli.version() == "unknown"
     monkeypatch.setattr(cli, "PYPROJECT", str(tmp_path / "missing.toml"))
     assert cli.version() == "unknown"
-

@@ -1,19 +1,25 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tokenbridge.conditions import FALSE, TRUE, get_condition, rfc3339, set_condition
 
-T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
 
 
 def test_new_condition_gets_transition_time_and_generation():
     conditions = set_condition(None, "Ready", TRUE, "Ready", "all good", 3, T0)
-    assert conditions == [{
-        "type": "Ready", "status": "True", "reason": "Ready", "message": "all good",
-        "lastTransitionTime": "2026-01-02T03:04:05Z", "observedGeneration": 3,
-    }]
+    assert conditions == [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "Ready",
+            "message": "all good",
+            "lastTransitionTime": "2026-01-02T03:04:05Z",
+            "observedGeneration": 3,
+        }
+    ]
 
 
 def test_unchanged_status_keeps_transition_time_but_updates_reason_message_generation():

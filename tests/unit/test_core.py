@@ -1,4 +1,5 @@
 """Pure core pieces shared by operator and server: JWKS parsing, issuer matching, signing keys, secrets."""
+
 import base64
 import json
 
@@ -21,23 +22,27 @@ def jwk_of(private_key, **extra):
 
 @pytest.fixture(scope="module")
 def keys():
-    return {"ec": ec.generate_private_key(ec.SECP256R1()),
-            "rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
-            "ed": ed25519.Ed25519PrivateKey.generate()}
+    return {
+        "ec": ec.generate_private_key(ec.SECP256R1()),
+        "rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ed": ed25519.Ed25519PrivateKey.generate(),
+    }
 
 
 class TestParseJWKS:
     def test_usable_keys_verify_and_unusable_ones_are_explained(self, keys):
-        doc = {"keys": [
-            jwk_of(keys["ec"], kid="ec1"),                        # no alg: inferred ES256 from the curve
-            jwk_of(keys["rsa"], kid="rsa1", alg="RS256"),
-            jwk_of(keys["rsa"], kid="enc", use="enc"),
-            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
-            jwk_of(keys["ed"], kid="ed1"),                        # EdDSA not allowed below
-            jwk_of(keys["rsa"], kid="hs", alg="HS256"),            # symmetric alg on an RSA key
-            {"kty": "EC", "crv": "P-256", "kid": "broken", "x": "AA", "y": "AA"},
-            "not-an-object",
-        ]}
+        doc = {
+            "keys": [
+                jwk_of(keys["ec"], kid="ec1"),  # no alg: inferred ES256 from the curve
+                jwk_of(keys["rsa"], kid="rsa1", alg="RS256"),
+                jwk_of(keys["rsa"], kid="enc", use="enc"),
+                {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+                jwk_of(keys["ed"], kid="ed1"),  # EdDSA not allowed below
+                jwk_of(keys["rsa"], kid="hs", alg="HS256"),  # symmetric alg on an RSA key
+                {"kty": "EC", "crv": "P-256", "kid": "broken", "x": "AA", "y": "AA"},
+                "not-an-object",
+            ]
+        }
         ks = parse_jwks(doc, ["RS256", "ES256"])
         assert len(ks) == 2 and ks.algorithms == {"RS256", "ES256"}
         assert len(ks.skipped) == 6
@@ -59,17 +64,27 @@ class TestParseJWKS:
 
 class TestIssuers:
     def test_issuer_from_well_known(self):
-        assert issuer_from_well_known(
-            "https://dev-1.okta.com/oauth2/default/.well-known/openid-configuration") == "https://dev-1.okta.com/oauth2/default"
-        assert issuer_from_well_known("https://as.example/.well-known/oauth-authorization-server/t1") == "https://as.example/t1"
+        assert (
+            issuer_from_well_known("https://dev-1.okta.com/oauth2/default/.well-known/openid-configuration")
+            == "https://dev-1.okta.com/oauth2/default"
+        )
+        assert (
+            issuer_from_well_known("https://as.example/.well-known/oauth-authorization-server/t1")
+            == "https://as.example/t1"
+        )
         with pytest.raises(ValueError):
             issuer_from_well_known("https://example.com/metadata")
 
     def test_exact_and_template_lookup(self):
-        index = IssuerIndex([("https://login.microsoftonline.com/{tenantid}/v2.0", "entra"),
-                             ("https://tenant.auth0.com/", "auth0-a"), ("https://tenant.auth0.com/", "auth0-b")])
+        index = IssuerIndex(
+            [
+                ("https://login.microsoftonline.com/{tenantid}/v2.0", "entra"),
+                ("https://tenant.auth0.com/", "auth0-a"),
+                ("https://tenant.auth0.com/", "auth0-b"),
+            ]
+        )
         assert index.lookup("https://tenant.auth0.com/") == ("auth0-a", "auth0-b")
-        assert index.lookup("https://tenant.auth0.com") == ()          # no trailing-slash folding on tokens
+        assert index.lookup("https://tenant.auth0.com") == ()  # no trailing-slash folding on tokens
         tid = "9188040d-6c67-4c5b-b112-36a304b66dad"
         assert index.lookup(f"https://login.microsoftonline.com/{tid}/v2.0", tid) == ("entra",)
         assert index.lookup(f"https://login.microsoftonline.com/{tid}/v2.0", "other") == ()
@@ -85,10 +100,15 @@ class TestIssuers:
 class TestSigning:
     def test_kid_is_rfc7638_thumbprint(self):
         # RFC 7638 §3.1 example key and its thumbprint
-        jwk = {"kty": "RSA", "e": "AQAB", "n": (
-            "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMs"
-            "tn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbO"
-            "pbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw")}
+        jwk = {
+            "kty": "RSA",
+            "e": "AQAB",
+            "n": (
+                "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMs"
+                "tn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbO"
+                "pbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+            ),
+        }
         assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 
     @pytest.mark.parametrize("alg", ["ES256", "RS256", "EdDSA"])
@@ -109,10 +129,10 @@ class TestSigning:
         assert ensure_rotated(ks, now=89, **args) is ks
         ks2 = ensure_rotated(ks, now=90, **args)
         old, new = ks2.keys
-        assert {k.kid for k in ks2.published(90)} == {old.kid, new.kid}   # published before it signs
+        assert {k.kid for k in ks2.published(90)} == {old.kid, new.kid}  # published before it signs
         assert ks2.active(95) is old and ks2.active(100) is new
-        assert ensure_rotated(ks2, now=95, **args) is ks2                   # successor pending: nothing to do
-        assert {k.kid for k in ks2.published(149)} == {old.kid, new.kid}   # old tokens still verifiable
+        assert ensure_rotated(ks2, now=95, **args) is ks2  # successor pending: nothing to do
+        assert {k.kid for k in ks2.published(149)} == {old.kid, new.kid}  # old tokens still verifiable
         ks3 = ensure_rotated(ks2, now=151, **args)
         assert [k.kid for k in ks3.keys] == [new.kid]
 
@@ -121,7 +141,9 @@ class TestSigning:
         ks2 = ensure_rotated(ks, now=1, alg="RS256", rotation_period=1000, publish_lead=5, max_token_lifetime=5)
         assert [k.alg for k in ks2.keys] == ["ES256", "RS256"] and ks2.active(6).alg == "RS256"
 
-    @pytest.mark.parametrize("data", [{}, {"keys.json": "!!"}, {"keys.json": base64.b64encode(b'{"keys": []}').decode()}])
+    @pytest.mark.parametrize(
+        "data", [{}, {"keys.json": "!!"}, {"keys.json": base64.b64encode(b'{"keys": []}').decode()}]
+    )
     def test_bad_secret_data(self, data):
         with pytest.raises(ValueError):
             SigningKeySet.from_secret_data(data)

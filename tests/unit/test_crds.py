@@ -1,6 +1,7 @@
 """The CRDs and examples, checked without a cluster: structure, bounds, printer columns, and agreement with
 tokenbridge/api.py and docs/api.md (the cluster tests in tests/cluster/test_crds_in_cluster.py check what the API server
 makes of them)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -126,8 +127,18 @@ def test_schemas_are_structural():
     for kind, path, node in all_nodes():
         where = f"{kind} {path}"
         assert "type" in node, f"{where}: every node needs a type"
-        forbidden = {"$ref", "allOf", "oneOf", "anyOf", "not", "definitions", "dependencies", "patternProperties",
-                     "x-kubernetes-int-or-string", "x-kubernetes-embedded-resource"} & set(node)
+        forbidden = {
+            "$ref",
+            "allOf",
+            "oneOf",
+            "anyOf",
+            "not",
+            "definitions",
+            "dependencies",
+            "patternProperties",
+            "x-kubernetes-int-or-string",
+            "x-kubernetes-embedded-resource",
+        } & set(node)
         assert not forbidden, f"{where}: {forbidden}"
         preserve = node.get("x-kubernetes-preserve-unknown-fields")
         if preserve:
@@ -136,8 +147,9 @@ def test_schemas_are_structural():
         if node["type"] == "object":
             assert "properties" in node or "additionalProperties" in node, f"{where}: object without properties"
             if "additionalProperties" in node:
-                assert isinstance(node["additionalProperties"], dict) and "type" in node["additionalProperties"], \
+                assert isinstance(node["additionalProperties"], dict) and "type" in node["additionalProperties"], (
                     f"{where}: additionalProperties must be a typed schema"
+                )
                 assert "properties" not in node, f"{where}: properties and additionalProperties are exclusive"
         if node["type"] == "array":
             assert "type" in node.get("items", {}), f"{where}: array items need a type"
@@ -216,22 +228,67 @@ def test_conditions_have_the_cert_manager_shape(kind):
     assert props["status"]["enum"] == ["True", "False", "Unknown"]
     assert props["lastTransitionTime"]["format"] == "date-time"
     assert props["observedGeneration"]["type"] == "integer" and props["observedGeneration"]["format"] == "int64"
-    expected = ((api.COND_READY, api.COND_DISCOVERED, api.COND_KEYS_AVAILABLE) if kind in IDP_KINDS
-                else (api.COND_READY, api.COND_CREDENTIALS_READY, api.COND_REFERENCES_RESOLVED))
+    expected = (
+        (api.COND_READY, api.COND_DISCOVERED, api.COND_KEYS_AVAILABLE)
+        if kind in IDP_KINDS
+        else (api.COND_READY, api.COND_CREDENTIALS_READY, api.COND_REFERENCES_RESOLVED)
+    )
     for t in expected:
         assert t in cond["description"]
 
 
 # ------------------------------------------------------------------------------------------ contract
-IDP_SPEC_FIELDS = {"type", "description", "wellKnownURL", "issuer", "jwksURI", "tokenEndpoint", "jwks",
-                   "allowedAudiences", "allowedAlgorithms", "clockSkew", "maxTokenAge", "tls", "kubernetes",
-                   "allowInsecureHTTP", "claimMappings", "condition", "requireJTI", "preventReplay"}
-IDP_STATUS_FIELDS = {"issuer", "tokenEndpoint", "jwksURI", "discoveredAt", "keyCount", "stale",
-                     "observedGeneration", "conditions"}
-APP_SPEC_FIELDS = {"description", "grantTypes", "identityProviders", "audiences", "scopes", "accessTokenLifetime",
-                   "tokenEndpointAuthMethod", "credentials", "condition", "delegation"}
-APP_STATUS_FIELDS = {"clientID", "credentialsSecret", "clientSecretHash", "previousClientSecretHash",
-                     "previousClientSecretExpiresAt", "observedGeneration", "conditions"}
+IDP_SPEC_FIELDS = {
+    "type",
+    "description",
+    "wellKnownURL",
+    "issuer",
+    "jwksURI",
+    "tokenEndpoint",
+    "jwks",
+    "allowedAudiences",
+    "allowedAlgorithms",
+    "clockSkew",
+    "maxTokenAge",
+    "tls",
+    "kubernetes",
+    "allowInsecureHTTP",
+    "claimMappings",
+    "condition",
+    "requireJTI",
+    "preventReplay",
+}
+IDP_STATUS_FIELDS = {
+    "issuer",
+    "tokenEndpoint",
+    "jwksURI",
+    "discoveredAt",
+    "keyCount",
+    "stale",
+    "observedGeneration",
+    "conditions",
+}
+APP_SPEC_FIELDS = {
+    "description",
+    "grantTypes",
+    "identityProviders",
+    "audiences",
+    "scopes",
+    "accessTokenLifetime",
+    "tokenEndpointAuthMethod",
+    "credentials",
+    "condition",
+    "delegation",
+}
+APP_STATUS_FIELDS = {
+    "clientID",
+    "credentialsSecret",
+    "clientSecretHash",
+    "previousClientSecretHash",
+    "previousClientSecretExpiresAt",
+    "observedGeneration",
+    "conditions",
+}
 
 
 def test_field_names_are_those_of_docs_api_md():
@@ -304,8 +361,9 @@ def test_app_enums_and_defaults_equal_tokenbridge_api():
     for name in ("audiences", "scopes"):
         assert p[name]["x-kubernetes-list-type"] == "set"
     secret = p["credentials"]["properties"]["secretName"]
-    assert {"rule": "self == oldSelf", "message": "credentials.secretName is immutable"} in \
-        secret["x-kubernetes-validations"]
+    assert {"rule": "self == oldSelf", "message": "credentials.secretName is immutable"} in secret[
+        "x-kubernetes-validations"
+    ]
     client_id_rules = [r["rule"] for r in status(api.KIND_APP)["x-kubernetes-validations"]]
     assert any("oldSelf.clientID" in r for r in client_id_rules)
 
@@ -320,8 +378,11 @@ def test_durations_use_the_parser_pattern_and_defaults_parse():
 
 
 def test_policy_fields_are_described_and_bounded():
-    fields = [spec(k)["properties"][f] for k in IDP_KINDS
-              for f in ("claimMappings", "condition", "requireJTI", "preventReplay")]
+    fields = [
+        spec(k)["properties"][f]
+        for k in IDP_KINDS
+        for f in ("claimMappings", "condition", "requireJTI", "preventReplay")
+    ]
     fields += [spec(api.KIND_APP)["properties"][f] for f in ("condition", "delegation")]
     for node in fields:
         assert "reserved" not in node["description"].lower()
@@ -384,8 +445,9 @@ def test_every_cel_rule_is_exercised_by_an_invalid_example():
         for rule in node.get("x-kubernetes-validations", []):
             if "oldSelf" in rule["rule"]:
                 continue
-            assert any(rule["message"] in e for e in expected), \
+            assert any(rule["message"] in e for e in expected), (
                 f"{kind} {path}: no examples/invalid manifest expects {rule['message']!r}"
+            )
 
 
 def test_valid_examples_cover_every_kind_type_and_grant():
@@ -415,4 +477,5 @@ def test_valid_examples_satisfy_the_enums_and_patterns():
         for url_field in ("wellKnownURL", "issuer", "jwksURI", "tokenEndpoint"):
             if url_field in s:
                 assert s[url_field].startswith("https://") or (
-                    s.get("allowInsecureHTTP") and s[url_field].startswith("http://")), path.name
+                    s.get("allowInsecureHTTP") and s[url_field].startswith("http://")
+                ), path.name

@@ -1,5 +1,6 @@
 """Discovery against local HTTPS IdPs shaped like Okta, Entra ID (v1, v2 multi-tenant), Auth0 and a Kubernetes
 API server; issuer rules (OpenID Discovery §4.3 and the documented quirks) as a table."""
+
 import ipaddress
 import json
 import threading
@@ -9,7 +10,12 @@ import pytest
 
 from tests.support.idp import HttpsIdP
 from tokenbridge.discovery import (
-    DiscoveryError, KubeCredentials, discover, fetch_keys, implied_issuer, issuer_matches,
+    DiscoveryError,
+    KubeCredentials,
+    discover,
+    fetch_keys,
+    implied_issuer,
+    issuer_matches,
 )
 from tokenbridge.fetch import FetchPolicy
 
@@ -17,8 +23,13 @@ LOCAL = FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"), ipadd
 
 
 def spec_for(idp, type="OIDC", **extra):
-    return {"type": type, "wellKnownURL": idp.well_known_url, "tls": {"caBundle": idp.ca_pem},
-            "allowedAudiences": ["api://tb"], **extra}
+    return {
+        "type": type,
+        "wellKnownURL": idp.well_known_url,
+        "tls": {"caBundle": idp.ca_pem},
+        "allowedAudiences": ["api://tb"],
+        **extra,
+    }
 
 
 def error_of(spec, policy=LOCAL, **kwargs) -> DiscoveryError:
@@ -101,8 +112,9 @@ def test_ssrf_refusal_is_permanent(okta):
     error = error_of(spec_for(okta), FetchPolicy())
     assert error.reason == "BlockedAddress" and error.permanent
     assert okta.requests == []
-    error = error_of({"type": "OIDC", "wellKnownURL": "https://169.254.169.254/.well-known/openid-configuration"},
-                     FetchPolicy())
+    error = error_of(
+        {"type": "OIDC", "wellKnownURL": "https://169.254.169.254/.well-known/openid-configuration"}, FetchPolicy()
+    )
     assert error.reason == "BlockedAddress"
 
 
@@ -115,6 +127,7 @@ def test_blocked_jwks_uri_in_a_good_document(okta):
 @pytest.fixture
 def plain_http_idp():
     """A plain-http IdP (development opt-in)."""
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -153,16 +166,19 @@ def test_no_usable_keys_names_why(okta):
     assert "RS256" in error.message
 
 
-@pytest.mark.parametrize("jwks, reason", [({"nokeys": []}, "InvalidJWKS"), ({"keys": []}, "NoUsableKeys"),
-                                          (b"<html>", "InvalidJWKS")])
+@pytest.mark.parametrize(
+    "jwks, reason", [({"nokeys": []}, "InvalidJWKS"), ({"keys": []}, "NoUsableKeys"), (b"<html>", "InvalidJWKS")]
+)
 def test_bad_jwks(okta, jwks, reason):
     okta.routes[okta._path(okta.jwks_uri)] = (200, jwks, {})
     error = error_of(spec_for(okta))
     assert error.reason == reason and error.permanent
 
 
-@pytest.mark.parametrize("override", [{"issuer": None}, {"issuer": 42}, {"jwks_uri": 7}, {"jwks_uri": None},
-                                      {"token_endpoint": "javascript:alert(1)"}])
+@pytest.mark.parametrize(
+    "override",
+    [{"issuer": None}, {"issuer": 42}, {"jwks_uri": 7}, {"jwks_uri": None}, {"token_endpoint": "javascript:alert(1)"}],
+)
 def test_invalid_documents_are_permanent(okta, override):
     okta.document_overrides.update(override)
     error = error_of(spec_for(okta))
@@ -188,6 +204,7 @@ def test_fetch_keys_for_the_server_refresh(okta):
 
 
 # --- type: Kubernetes ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def apiserver(tmp_path):
@@ -234,13 +251,26 @@ def test_operator_credentials_missing_is_temporary(apiserver):
 
 def test_kube_credentials_from_a_kubeconfig(tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:6443",
-                                              "certificate-authority": str(tmp_path / "ca.crt")}}],
-        "users": [{"name": "u", "user": {"token": "abc"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-    }))
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [
+                    {
+                        "name": "k",
+                        "cluster": {
+                            "server": "https://127.0.0.1:6443",
+                            "certificate-authority": str(tmp_path / "ca.crt"),
+                        },
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": "abc"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+            }
+        )
+    )
     (tmp_path / "ca.crt").write_text("x")
     credentials = KubeCredentials.load(str(kubeconfig))
     assert credentials == KubeCredentials("https://127.0.0.1:6443", str(tmp_path / "ca.crt"), None, "abc")
@@ -252,32 +282,81 @@ def test_kube_credentials_from_a_kubeconfig(tmp_path):
 
 # --- issuer rules --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("type, url, issuer, ok", [
-    ("Okta", "https://org.okta.com/oauth2/default/.well-known/openid-configuration",
-     "https://org.okta.com/oauth2/default", True),
-    ("Okta", "https://org.okta.com/oauth2/aus1/.well-known/oauth-authorization-server",
-     "https://org.okta.com/oauth2/aus1", True),
-    ("Okta", "https://org.okta.com/oauth2/default/.well-known/openid-configuration", "https://org.okta.com", False),
-    ("Auth0", "https://t.eu.auth0.com/.well-known/openid-configuration", "https://t.eu.auth0.com/", True),
-    ("OIDC", "https://idp.example/.well-known/openid-configuration", "https://idp.example//", False),
-    ("OIDC", "https://idp.example/.well-known/oauth-authorization-server/tenant", "https://idp.example/tenant", True),
-    ("MicrosoftEntraID", "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
-     "https://login.microsoftonline.com/{tenantid}/v2.0", True),
-    ("MicrosoftEntraID", "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0/.well-known/openid-configuration",
-     "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0", True),
-    ("MicrosoftEntraID", "https://login.microsoftonline.com/common/.well-known/openid-configuration",
-     "https://sts.windows.net/{tenantid}/", True),
-    ("MicrosoftEntraID", "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/.well-known/openid-configuration",
-     "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/", True),
-    ("MicrosoftEntraID", "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
-     "https://evil.example/{tenantid}/v2.0", False),
-    ("MicrosoftEntraID", "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
-     "https://login.microsoftonline.com/a/b/v2.0", False),
-    ("MicrosoftEntraID", "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
-     "https://sts.windows.net/{tenantid}/", False),
-    ("OIDC", "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
-     "https://login.microsoftonline.com/{tenantid}/v2.0", False),
-])
+
+@pytest.mark.parametrize(
+    "type, url, issuer, ok",
+    [
+        (
+            "Okta",
+            "https://org.okta.com/oauth2/default/.well-known/openid-configuration",
+            "https://org.okta.com/oauth2/default",
+            True,
+        ),
+        (
+            "Okta",
+            "https://org.okta.com/oauth2/aus1/.well-known/oauth-authorization-server",
+            "https://org.okta.com/oauth2/aus1",
+            True,
+        ),
+        ("Okta", "https://org.okta.com/oauth2/default/.well-known/openid-configuration", "https://org.okta.com", False),
+        ("Auth0", "https://t.eu.auth0.com/.well-known/openid-configuration", "https://t.eu.auth0.com/", True),
+        ("OIDC", "https://idp.example/.well-known/openid-configuration", "https://idp.example//", False),
+        (
+            "OIDC",
+            "https://idp.example/.well-known/oauth-authorization-server/tenant",
+            "https://idp.example/tenant",
+            True,
+        ),
+        (
+            "MicrosoftEntraID",
+            "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
+            "https://login.microsoftonline.com/{tenantid}/v2.0",
+            True,
+        ),
+        (
+            "MicrosoftEntraID",
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0/.well-known/openid-configuration",
+            "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0",
+            True,
+        ),
+        (
+            "MicrosoftEntraID",
+            "https://login.microsoftonline.com/common/.well-known/openid-configuration",
+            "https://sts.windows.net/{tenantid}/",
+            True,
+        ),
+        (
+            "MicrosoftEntraID",
+            "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/.well-known/openid-configuration",
+            "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/",
+            True,
+        ),
+        (
+            "MicrosoftEntraID",
+            "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
+            "https://evil.example/{tenantid}/v2.0",
+            False,
+        ),
+        (
+            "MicrosoftEntraID",
+            "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
+            "https://login.microsoftonline.com/a/b/v2.0",
+            False,
+        ),
+        (
+            "MicrosoftEntraID",
+            "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
+            "https://sts.windows.net/{tenantid}/",
+            False,
+        ),
+        (
+            "OIDC",
+            "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
+            "https://login.microsoftonline.com/{tenantid}/v2.0",
+            False,
+        ),
+    ],
+)
 def test_issuer_rules(type, url, issuer, ok):
     assert issuer_matches(type, url, issuer) is ok
 

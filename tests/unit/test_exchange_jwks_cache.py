@@ -1,5 +1,6 @@
 """The per-IdP key cache: refresh after a lifespan, single-flight unknown-kid refresh with a cooldown, last good
 keys up to a maximum staleness, inline keys never fetched, entries kept across snapshot rebuilds."""
+
 from __future__ import annotations
 
 import threading
@@ -138,8 +139,12 @@ def test_snapshot_rebuilds_keep_the_cached_keys_and_drop_unused_ones(idp):
     app = app_object("web", "c", "s")
 
     def build(**spec):
-        return snapshot_of([idp_object("corp", idp.issuer, jwks_uri="https://idp.example.test/jwks", **spec)],
-                           apps=[app], cache=cache, clock=clock)
+        return snapshot_of(
+            [idp_object("corp", idp.issuer, jwks_uri="https://idp.example.test/jwks", **spec)],
+            apps=[app],
+            cache=cache,
+            clock=clock,
+        )
 
     first = build()
     keys = first.providers[("IdentityProvider", "team-a", "corp")].keys

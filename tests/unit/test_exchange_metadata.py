@@ -1,4 +1,5 @@
 """Discovery documents (RFC 8414), our JWKS, introspection (RFC 7662) and the health endpoints."""
+
 from __future__ import annotations
 
 from urllib.parse import urlencode
@@ -6,8 +7,16 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 
-from tests.support.exchange import (FORM, PUBLIC_ISSUER, FixedSource, app_object, basic, idp_object, make_client,
-                                    snapshot_of)
+from tests.support.exchange import (
+    FORM,
+    PUBLIC_ISSUER,
+    FixedSource,
+    app_object,
+    basic,
+    idp_object,
+    make_client,
+    snapshot_of,
+)
 from tests.support.idp import NOW
 from tokenbridge import api
 from tokenbridge.signing import ensure_rotated, generate_keyset
@@ -17,10 +26,20 @@ from tokenbridge.signing import ensure_rotated, generate_keyset
 def source(idp, clock):
     apps = [
         app_object("web", "web", "web-secret", audiences=["https://api.example.test"]),
-        app_object("api", "api", "api-secret", audiences=["https://api.example.test"],
-                   grantTypes=[api.GRANT_CLIENT_CREDENTIALS]),
-        app_object("other", "other", "other-secret", audiences=["https://other.example.test"],
-                   grantTypes=[api.GRANT_CLIENT_CREDENTIALS]),
+        app_object(
+            "api",
+            "api",
+            "api-secret",
+            audiences=["https://api.example.test"],
+            grantTypes=[api.GRANT_CLIENT_CREDENTIALS],
+        ),
+        app_object(
+            "other",
+            "other",
+            "other-secret",
+            audiences=["https://other.example.test"],
+            grantTypes=[api.GRANT_CLIENT_CREDENTIALS],
+        ),
     ]
     return FixedSource(snapshot_of([idp_object("corp", idp.issuer, jwks=idp.jwks())], apps=apps, clock=clock))
 
@@ -31,16 +50,20 @@ def client(source, clock):
 
 
 def issue(client, idp) -> str:
-    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": idp.token(),
-            "subject_token_type": api.TOKEN_TYPE_JWT}
+    form = {
+        "grant_type": api.GRANT_TOKEN_EXCHANGE,
+        "subject_token": idp.token(),
+        "subject_token_type": api.TOKEN_TYPE_JWT,
+    }
     result = client.simulate_post("/oauth2/token", body=urlencode(form), headers={**FORM, **basic("web", "web-secret")})
     assert result.status_code == 200, result.text
     return result.json["access_token"]
 
 
 def introspect(client, token, client_id, secret):
-    return client.simulate_post("/oauth2/introspect", body=urlencode({"token": token}),
-                                headers={**FORM, **basic(client_id, secret)})
+    return client.simulate_post(
+        "/oauth2/introspect", body=urlencode({"token": token}), headers={**FORM, **basic(client_id, secret)}
+    )
 
 
 @pytest.mark.parametrize("path", ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"])
@@ -56,11 +79,18 @@ def test_server_metadata(client, path):
 
 def test_jwks_publishes_the_active_and_the_pending_key(idp, clock):
     keyset = generate_keyset("ES256", NOW - 86400 * 30)
-    rotated = ensure_rotated(keyset, now=NOW, alg="ES256", rotation_period=86400 * 30, publish_lead=3600,
-                             max_token_lifetime=3600)
+    rotated = ensure_rotated(
+        keyset, now=NOW, alg="ES256", rotation_period=86400 * 30, publish_lead=3600, max_token_lifetime=3600
+    )
     assert len(rotated.keys) == 2
-    source = FixedSource(snapshot_of([idp_object("corp", idp.issuer, jwks=idp.jwks())],
-                                     apps=[app_object("web", "web", "web-secret")], signing_keys=rotated, clock=clock))
+    source = FixedSource(
+        snapshot_of(
+            [idp_object("corp", idp.issuer, jwks=idp.jwks())],
+            apps=[app_object("web", "web", "web-secret")],
+            signing_keys=rotated,
+            clock=clock,
+        )
+    )
     client = make_client(source, clock)
     result = client.simulate_get("/.well-known/jwks.json")
     assert result.headers["Content-Type"] == "application/jwk-set+json"
@@ -93,9 +123,12 @@ def test_introspection_of_junk_is_inactive(client, token):
 
 def test_introspection_of_an_expired_or_foreign_token_is_inactive(client, idp, clock):
     token = issue(client, idp)
-    foreign = jwt.encode(jwt.decode(token, options={"verify_signature": False}),
-                         generate_keyset("ES256", NOW).keys[0].private_key, algorithm="ES256",
-                         headers=jwt.get_unverified_header(token))
+    foreign = jwt.encode(
+        jwt.decode(token, options={"verify_signature": False}),
+        generate_keyset("ES256", NOW).keys[0].private_key,
+        algorithm="ES256",
+        headers=jwt.get_unverified_header(token),
+    )
     assert introspect(client, foreign, "web", "web-secret").json == {"active": False}
     clock.now += 3600
     assert introspect(client, token, "web", "web-secret").json == {"active": False}

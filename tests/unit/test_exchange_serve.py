@@ -1,4 +1,5 @@
 """``tokenbridge serve --manifests`` for real: gunicorn with two workers on a loopback port, over HTTP."""
+
 from __future__ import annotations
 
 import json
@@ -26,26 +27,56 @@ ONCE_ISSUER = "https://once.example.test"
 def server(tmp_path):
     idp = IdP()
     docs = [
-        {"apiVersion": api.API_VERSION, "kind": api.KIND_CLUSTER_IDP, "metadata": {"name": "corp"},
-         "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]}},
-        {"apiVersion": api.API_VERSION, "kind": api.KIND_CLUSTER_IDP, "metadata": {"name": "once"},
-         "spec": {"type": "OIDC", "issuer": ONCE_ISSUER, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"],
-                  "requireJTI": True, "preventReplay": True}},
-        {"apiVersion": api.API_VERSION, "kind": api.KIND_APP, "metadata": {"name": "web", "namespace": "default"},
-         "spec": {"grantTypes": [api.GRANT_TOKEN_EXCHANGE],
-                  "identityProviders": [{"kind": api.KIND_CLUSTER_IDP, "name": "corp"},
-                                        {"kind": api.KIND_CLUSTER_IDP, "name": "once"}],
-                  "audiences": ["https://api.example.test"], "credentials": {"secretName": "web-creds"}}},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-creds"},
-         "stringData": {"client_id": "web", "client_secret": "pw"}},
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND_CLUSTER_IDP,
+            "metadata": {"name": "corp"},
+            "spec": {"type": "OIDC", "issuer": idp.issuer, "jwks": idp.jwks(), "allowedAudiences": ["api://tb"]},
+        },
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND_CLUSTER_IDP,
+            "metadata": {"name": "once"},
+            "spec": {
+                "type": "OIDC",
+                "issuer": ONCE_ISSUER,
+                "jwks": idp.jwks(),
+                "allowedAudiences": ["api://tb"],
+                "requireJTI": True,
+                "preventReplay": True,
+            },
+        },
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND_APP,
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "grantTypes": [api.GRANT_TOKEN_EXCHANGE],
+                "identityProviders": [
+                    {"kind": api.KIND_CLUSTER_IDP, "name": "corp"},
+                    {"kind": api.KIND_CLUSTER_IDP, "name": "once"},
+                ],
+                "audiences": ["https://api.example.test"],
+                "credentials": {"secretName": "web-creds"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "web-creds"},
+            "stringData": {"client_id": "web", "client_secret": "pw"},
+        },
     ]
     (tmp_path / "manifests.yaml").write_text(yaml.safe_dump_all(docs))
     port = free_port()
     exe = Path(sys.executable).parent / "tokenbridge"
     log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen([str(exe), "serve", "--manifests", str(tmp_path), "--bind", f"127.0.0.1:{port}",
-                             "--workers", "2"], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TOKENBRIDGE_PUBLIC_ISSUER": ""})
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--manifests", str(tmp_path), "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TOKENBRIDGE_PUBLIC_ISSUER": ""},
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -94,17 +125,24 @@ def test_serve_manifests_with_two_workers(server):
     try:
         for http in connections.values():
             for _ in range(3):
-                result = http.post("/oauth2/token", auth=("web", "pw"), data={
-                    "grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": subject,
-                    "subject_token_type": api.TOKEN_TYPE_ID_TOKEN})
+                result = http.post(
+                    "/oauth2/token",
+                    auth=("web", "pw"),
+                    data={
+                        "grant_type": api.GRANT_TOKEN_EXCHANGE,
+                        "subject_token": subject,
+                        "subject_token_type": api.TOKEN_TYPE_ID_TOKEN,
+                    },
+                )
                 assert result.status_code == 200, result.text
                 token = result.json()["access_token"]
                 kid = jwt.get_unverified_header(token)["kid"]
                 kids.add(kid)
                 for other in connections.values():  # every worker publishes the key any worker signs with
                     key = jwt.PyJWKSet.from_dict(other.get("/.well-known/jwks.json").json())[kid]
-                    claims = jwt.decode(token, key, algorithms=["ES256"], audience="https://api.example.test",
-                                        issuer=base)
+                    claims = jwt.decode(
+                        token, key, algorithms=["ES256"], audience="https://api.example.test", issuer=base
+                    )
                     assert claims["sub"] == "alice" and claims["idp"] == "corp"
     finally:
         for http in connections.values():
@@ -115,10 +153,14 @@ def test_serve_manifests_with_two_workers(server):
     # whichever worker answers the scrape, it counts every worker's requests
     for _ in range(4):
         scrape = httpx.get(base + "/metrics", headers={"Connection": "close"}).text
-        assert 'tokenbridge_exchanges_total{application="",error="invalid_client",grant_type="other",idp="",' \
+        assert (
+            'tokenbridge_exchanges_total{application="",error="invalid_client",grant_type="other",idp="",'
             'outcome="refused"} 1.0' in scrape
-        assert (f'tokenbridge_exchanges_total{{application="default/web",error="",grant_type='
-                f'"{api.GRANT_TOKEN_EXCHANGE}",idp="corp",outcome="issued"}} 6.0') in scrape
+        )
+        assert (
+            f'tokenbridge_exchanges_total{{application="default/web",error="",grant_type='
+            f'"{api.GRANT_TOKEN_EXCHANGE}",idp="corp",outcome="issued"}} 6.0'
+        ) in scrape
         assert "tokenbridge_snapshot_generation 1.0" in scrape and "tokenbridge_snapshot_age_seconds " in scrape
 
 
@@ -126,8 +168,7 @@ def test_replay_is_refused_by_the_other_worker_and_audited(server):
     base, idp, log_path = server
     now = int(time.time())
     token = idp.token(iss=ONCE_ISSUER, aud="api://tb", iat=now, exp=now + 300, jti="jti-" + str(now))
-    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
-            "subject_token_type": api.TOKEN_TYPE_JWT}
+    form = {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": api.TOKEN_TYPE_JWT}
     first, second = worker_connections(base).values()
     try:
         assert first.post("/oauth2/token", auth=("web", "pw"), data=form).status_code == 200
@@ -158,18 +199,28 @@ def test_config_needs_a_source(capsys, tmp_path):
     with pytest.raises(SystemExit):
         server_config.load(["--manifests", str(tmp_path / "missing")], env={})
     assert "no such file" in capsys.readouterr().err
-    cfg = server_config.load(["--manifests", str(tmp_path), "--bind", "0.0.0.0:9000"],
-                             env={"TOKENBRIDGE_PUBLIC_ISSUER": "https://tb.example.test/"})
+    cfg = server_config.load(
+        ["--manifests", str(tmp_path), "--bind", "0.0.0.0:9000"],
+        env={"TOKENBRIDGE_PUBLIC_ISSUER": "https://tb.example.test/"},
+    )
     assert cfg.issuer == "https://tb.example.test" and cfg.token_endpoint == "https://tb.example.test/oauth2/token"
 
 
 def test_config_from_the_charts_environment(tmp_path):
-    cfg = server_config.load(["--kubernetes", "--workers", "3", "--threads", "4"], env={
-        "TOKENBRIDGE_PUBLIC_ISSUER": "https://tb.example.test", "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": "tb",
-        "TOKENBRIDGE_SIGNING_SECRET_NAME": "keys", "TOKENBRIDGE_SIGNING_ALGORITHM": "RS256",
-        "TOKENBRIDGE_WATCH_NAMESPACE": "team-a", "TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS": "false",
-        "TOKENBRIDGE_JWKS_LIFESPAN": "5m", "TOKENBRIDGE_JWKS_MAX_STALENESS": "24h",
-        "TOKENBRIDGE_JWKS_COOLDOWN": "30s"})
+    cfg = server_config.load(
+        ["--kubernetes", "--workers", "3", "--threads", "4"],
+        env={
+            "TOKENBRIDGE_PUBLIC_ISSUER": "https://tb.example.test",
+            "TOKENBRIDGE_SIGNING_SECRET_NAMESPACE": "tb",
+            "TOKENBRIDGE_SIGNING_SECRET_NAME": "keys",
+            "TOKENBRIDGE_SIGNING_ALGORITHM": "RS256",
+            "TOKENBRIDGE_WATCH_NAMESPACE": "team-a",
+            "TOKENBRIDGE_CLUSTER_IDENTITY_PROVIDERS": "false",
+            "TOKENBRIDGE_JWKS_LIFESPAN": "5m",
+            "TOKENBRIDGE_JWKS_MAX_STALENESS": "24h",
+            "TOKENBRIDGE_JWKS_COOLDOWN": "30s",
+        },
+    )
     assert cfg.kubernetes and cfg.workers == 3 and cfg.threads == 4
     assert (cfg.signing_secret_namespace, cfg.signing_secret_name, cfg.signing_algorithm) == ("tb", "keys", "RS256")
     assert cfg.watch_namespace == "team-a" and cfg.cluster_identity_providers is False

@@ -1,4 +1,5 @@
 """The token endpoint through falcon's TestClient: every grant and every refusal, tokens signed by test keys."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,19 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from jwcrypto import jwk as jwcrypto_jwk, jwt as jwcrypto_jwt
+from jwcrypto import jwk as jwcrypto_jwk
+from jwcrypto import jwt as jwcrypto_jwt
 
-from tests.support.exchange import (FORM, PUBLIC_ISSUER, FixedSource, app_object, basic, idp_object, make_client,
-                                    snapshot_of)
+from tests.support.exchange import (
+    FORM,
+    PUBLIC_ISSUER,
+    FixedSource,
+    app_object,
+    basic,
+    idp_object,
+    make_client,
+    snapshot_of,
+)
 from tests.support.idp import NOW, IdP, b64url
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
@@ -28,19 +38,38 @@ def source(idp, clock):
     entra = IdP("https://login.microsoftonline.com/{tenantid}/v2.0")
     idps = [
         idp_object("corp", idp.issuer, jwks=idp.jwks()),
-        idp_object("strict", "https://strict.example.test", jwks=idp.jwks(), allowedAlgorithms=["ES256"],
-                   maxTokenAge="5m", clockSkew="10s"),
+        idp_object(
+            "strict",
+            "https://strict.example.test",
+            jwks=idp.jwks(),
+            allowedAlgorithms=["ES256"],
+            maxTokenAge="5m",
+            clockSkew="10s",
+        ),
         idp_object("unlisted", other.issuer, jwks=other.jwks()),
     ]
     cluster = [idp_object("entra", entra.issuer, kind=api.KIND_CLUSTER_IDP, jwks=idp.jwks())]
     apps = [
-        app_object("web", CLIENT, SECRET, providers=[{"name": "corp"}, {"name": "strict"},
-                                                     {"kind": api.KIND_CLUSTER_IDP, "name": "entra"}],
-                   accessTokenLifetime="10m"),
-        app_object("post", POST_CLIENT, POST_SECRET, tokenEndpointAuthMethod="client_secret_post",
-                   grantTypes=[api.GRANT_CLIENT_CREDENTIALS], scopes=[], audiences=["https://api.example.test"],
-                   status={"previousClientSecretHash": hash_client_secret("old-secret"),
-                           "previousClientSecretExpiresAt": "2027-01-18T08:00:00Z"}),  # NOW + 3 days
+        app_object(
+            "web",
+            CLIENT,
+            SECRET,
+            providers=[{"name": "corp"}, {"name": "strict"}, {"kind": api.KIND_CLUSTER_IDP, "name": "entra"}],
+            accessTokenLifetime="10m",
+        ),
+        app_object(
+            "post",
+            POST_CLIENT,
+            POST_SECRET,
+            tokenEndpointAuthMethod="client_secret_post",
+            grantTypes=[api.GRANT_CLIENT_CREDENTIALS],
+            scopes=[],
+            audiences=["https://api.example.test"],
+            status={
+                "previousClientSecretHash": hash_client_secret("old-secret"),
+                "previousClientSecretExpiresAt": "2027-01-18T08:00:00Z",
+            },
+        ),  # NOW + 3 days
     ]
     return FixedSource(snapshot_of(idps, cluster, apps, clock=clock))
 
@@ -53,12 +82,17 @@ def client(source, clock):
 def exchange(client, token, headers=None, **params):
     form = {"grant_type": EXCHANGE, "subject_token": token, "subject_token_type": api.TOKEN_TYPE_JWT, **params}
     form = {k: v for k, v in form.items() if v is not None}
-    return client.simulate_post("/oauth2/token", params=None, body=_encode(form),
-                                headers={**FORM, **(basic(CLIENT, SECRET) if headers is None else headers)})
+    return client.simulate_post(
+        "/oauth2/token",
+        params=None,
+        body=_encode(form),
+        headers={**FORM, **(basic(CLIENT, SECRET) if headers is None else headers)},
+    )
 
 
 def _encode(form):
     from urllib.parse import urlencode
+
     return urlencode(form, doseq=True)
 
 
@@ -77,6 +111,7 @@ def published_key(client, kid):
 
 # --- successful grants ---------------------------------------------------------------------------------------
 
+
 def test_token_exchange_issues_a_signed_access_token(client, idp):
     result = exchange(client, idp.token(), audience="https://api.example.test", scope="read")
     assert result.status_code == 200, result.text
@@ -88,9 +123,13 @@ def test_token_exchange_issues_a_signed_access_token(client, idp):
     assert result.headers["Cache-Control"] == "no-store"
     header = jwt.get_unverified_header(body["access_token"])
     assert header["alg"] == "ES256" and header["typ"] == "at+jwt"
-    verified = jwcrypto_jwt.JWT(jwt=body["access_token"], key=published_key(client, header["kid"]),
-                                check_claims={"exp": None}, expected_type="JWS")
-    verified.leeway = 10 ** 10  # the test clock is fixed in the future
+    verified = jwcrypto_jwt.JWT(
+        jwt=body["access_token"],
+        key=published_key(client, header["kid"]),
+        check_claims={"exp": None},
+        expected_type="JWS",
+    )
+    verified.leeway = 10**10  # the test clock is fixed in the future
     claims = json.loads(verified.claims)
     assert claims["iss"] == PUBLIC_ISSUER
     assert claims["sub"] == "alice"
@@ -120,16 +159,41 @@ def test_issued_tokens_are_what_pyjwt_writes(alg):
     keys = generate_keyset(alg, NOW)
     key = keys.active(NOW)
     extra = {"act": {"sub": "svc", "iss": "https://idp.example"}, "groups": ["a", "é"], "n": 1.5}
-    token = access_tokens.issue(keys, issuer="https://tb.example", subject="alice", audiences=("a1", "a2"),
-                                client_id="c", scopes=("read", "write"), now=NOW, expires_at=NOW + 60,
-                                idp="ns/corp", jti="j" * 32, extra_claims=extra)
-    claims = {**extra, "iss": "https://tb.example", "sub": "alice", "aud": ["a1", "a2"], "client_id": "c",
-              "iat": int(NOW), "exp": int(NOW) + 60, "jti": "j" * 32, "scope": "read write", "idp": "ns/corp"}
+    token = access_tokens.issue(
+        keys,
+        issuer="https://tb.example",
+        subject="alice",
+        audiences=("a1", "a2"),
+        client_id="c",
+        scopes=("read", "write"),
+        now=NOW,
+        expires_at=NOW + 60,
+        idp="ns/corp",
+        jti="j" * 32,
+        extra_claims=extra,
+    )
+    claims = {
+        **extra,
+        "iss": "https://tb.example",
+        "sub": "alice",
+        "aud": ["a1", "a2"],
+        "client_id": "c",
+        "iat": int(NOW),
+        "exp": int(NOW) + 60,
+        "jti": "j" * 32,
+        "scope": "read write",
+        "idp": "ns/corp",
+    }
     if alg != "ES256":
         assert token == jwt.encode(claims, key.private_key, algorithm=alg, headers={"kid": key.kid, "typ": "at+jwt"})
     assert jwt.get_unverified_header(token) == {"alg": alg, "kid": key.kid, "typ": "at+jwt"}
-    decoded = jwt.decode(token, key.private_key.public_key(), algorithms=[alg], audience="a1",
-                         options={"verify_exp": False, "verify_iat": False})
+    decoded = jwt.decode(
+        token,
+        key.private_key.public_key(),
+        algorithms=[alg],
+        audience="a1",
+        options={"verify_exp": False, "verify_iat": False},
+    )
     assert decoded == claims and list(decoded) == list(claims)
 
 
@@ -141,8 +205,9 @@ def test_defaults_are_every_application_audience_and_scope(client, idp):
 
 
 def test_resource_and_audience_are_both_targets(client, idp):
-    body = exchange(client, idp.token(), audience="https://api.example.test",
-                    resource="https://other.example.test").json
+    body = exchange(
+        client, idp.token(), audience="https://api.example.test", resource="https://other.example.test"
+    ).json
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert claims["aud"] == ["https://api.example.test", "https://other.example.test"]
 
@@ -168,8 +233,9 @@ def test_aud_list_with_one_allowed_audience(client, idp):
 
 
 def test_header_key_references_are_ignored(client, idp):
-    token = idp.token(header={"jku": "https://evil.test/jwks", "x5u": "https://evil.test/cert",
-                               "jwk": {"kty": "EC"}, "x5c": ["AAAA"]})
+    token = idp.token(
+        header={"jku": "https://evil.test/jwks", "x5u": "https://evil.test/cert", "jwk": {"kty": "EC"}, "x5c": ["AAAA"]}
+    )
     assert exchange(client, token).status_code == 200
 
 
@@ -209,6 +275,7 @@ def test_entra_tenant_template_matches_the_tokens_own_tid(client, idp):
 
 # --- client authentication -----------------------------------------------------------------------------------
 
+
 def test_no_client_authentication(client, idp):
     result = exchange(client, idp.token(), headers={})
     assert_error(result, 401, "invalid_client", "client authentication is required")
@@ -241,10 +308,16 @@ def test_body_client_id_must_match_basic(client, idp):
 
 
 def test_registered_auth_method_is_enforced(client, idp):
-    assert_error(exchange(client, idp.token(), headers={}, client_id=CLIENT, client_secret=SECRET),
-                 401, "invalid_client", "registered for client_secret_basic")
+    assert_error(
+        exchange(client, idp.token(), headers={}, client_id=CLIENT, client_secret=SECRET),
+        401,
+        "invalid_client",
+        "registered for client_secret_basic",
+    )
     form = {"grant_type": "client_credentials"}
-    result = client.simulate_post("/oauth2/token", body=_encode(form), headers={**FORM, **basic(POST_CLIENT, POST_SECRET)})
+    result = client.simulate_post(
+        "/oauth2/token", body=_encode(form), headers={**FORM, **basic(POST_CLIENT, POST_SECRET)}
+    )
     assert_error(result, 401, "invalid_client", "registered for client_secret_post")
 
 
@@ -254,8 +327,13 @@ def test_malformed_authorization_header(client, idp, authorization):
 
 
 def test_basic_credentials_are_form_urlencoded(idp, clock):
-    source = FixedSource(snapshot_of([idp_object("corp", idp.issuer, jwks=idp.jwks())],
-                                     apps=[app_object("web", "id:with colon", "s p+ce")], clock=clock))
+    source = FixedSource(
+        snapshot_of(
+            [idp_object("corp", idp.issuer, jwks=idp.jwks())],
+            apps=[app_object("web", "id:with colon", "s p+ce")],
+            clock=clock,
+        )
+    )
     client = make_client(source, clock)
     headers = {"Authorization": "Basic " + __import__("base64").b64encode(b"id%3Awith+colon:s+p%2Bce").decode()}
     assert exchange(client, idp.token(), headers=headers).status_code == 200
@@ -263,26 +341,33 @@ def test_basic_credentials_are_form_urlencoded(idp, clock):
 
 # --- grant, target and scope ---------------------------------------------------------------------------------
 
+
 def test_missing_grant_type(client):
     result = client.simulate_post("/oauth2/token", body="", headers={**FORM, **basic(CLIENT, SECRET)})
     assert_error(result, 400, "invalid_request", "grant_type")
 
 
 def test_unsupported_grant_type(client):
-    result = client.simulate_post("/oauth2/token", body="grant_type=password", headers={**FORM, **basic(CLIENT, SECRET)})
+    result = client.simulate_post(
+        "/oauth2/token", body="grant_type=password", headers={**FORM, **basic(CLIENT, SECRET)}
+    )
     assert_error(result, 400, "unsupported_grant_type")
 
 
 def test_grant_not_listed_in_the_application(client, idp):
-    form = {"grant_type": EXCHANGE, "subject_token": idp.token(), "subject_token_type": api.TOKEN_TYPE_JWT,
-            "client_id": POST_CLIENT, "client_secret": POST_SECRET}
+    form = {
+        "grant_type": EXCHANGE,
+        "subject_token": idp.token(),
+        "subject_token_type": api.TOKEN_TYPE_JWT,
+        "client_id": POST_CLIENT,
+        "client_secret": POST_SECRET,
+    }
     assert_error(client.simulate_post("/oauth2/token", body=_encode(form), headers=FORM), 400, "unauthorized_client")
 
 
 @pytest.mark.parametrize("param", ["audience", "resource"])
 def test_target_outside_the_application(client, idp, param):
-    assert_error(exchange(client, idp.token(), **{param: "https://elsewhere.test"}), 400, "invalid_target",
-                 "elsewhere")
+    assert_error(exchange(client, idp.token(), **{param: "https://elsewhere.test"}), 400, "invalid_target", "elsewhere")
 
 
 def test_scope_outside_the_application(client, idp):
@@ -290,43 +375,67 @@ def test_scope_outside_the_application(client, idp):
 
 
 def test_application_without_audiences_cannot_get_a_token(idp, clock):
-    source = FixedSource(snapshot_of([idp_object("corp", idp.issuer, jwks=idp.jwks())],
-                                     apps=[app_object("web", CLIENT, SECRET, audiences=[])], clock=clock))
+    source = FixedSource(
+        snapshot_of(
+            [idp_object("corp", idp.issuer, jwks=idp.jwks())],
+            apps=[app_object("web", CLIENT, SECRET, audiences=[])],
+            clock=clock,
+        )
+    )
     assert_error(exchange(make_client(source, clock), idp.token()), 400, "invalid_target", "no audiences")
 
 
 # --- request shape -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("missing", ["subject_token", "subject_token_type"])
 def test_missing_exchange_parameters(client, idp, missing):
-    assert_error(exchange(client, idp.token(), **{missing: None}) if missing == "subject_token_type"
-                 else exchange(client, None), 400, "invalid_request", missing)
+    assert_error(
+        exchange(client, idp.token(), **{missing: None}) if missing == "subject_token_type" else exchange(client, None),
+        400,
+        "invalid_request",
+        missing,
+    )
 
 
 def test_missing_assertion(client):
-    result = client.simulate_post("/oauth2/token", body=f"grant_type={api.GRANT_JWT_BEARER}",
-                                  headers={**FORM, **basic(CLIENT, SECRET)})
+    result = client.simulate_post(
+        "/oauth2/token", body=f"grant_type={api.GRANT_JWT_BEARER}", headers={**FORM, **basic(CLIENT, SECRET)}
+    )
     assert_error(result, 400, "invalid_request", "assertion")
 
 
 def test_unsupported_subject_token_type(client, idp):
-    assert_error(exchange(client, idp.token(), subject_token_type="urn:ietf:params:oauth:token-type:saml2"),
-                 400, "invalid_request", "subject_token_type")
+    assert_error(
+        exchange(client, idp.token(), subject_token_type="urn:ietf:params:oauth:token-type:saml2"),
+        400,
+        "invalid_request",
+        "subject_token_type",
+    )
 
 
 def test_unsupported_requested_token_type(client, idp):
-    assert_error(exchange(client, idp.token(), requested_token_type="urn:ietf:params:oauth:token-type:refresh_token"),
-                 400, "invalid_request", "requested_token_type")
+    assert_error(
+        exchange(client, idp.token(), requested_token_type="urn:ietf:params:oauth:token-type:refresh_token"),
+        400,
+        "invalid_request",
+        "requested_token_type",
+    )
 
 
 def test_actor_token_is_refused(client, idp):
-    assert_error(exchange(client, idp.token(), actor_token=idp.token(), actor_token_type=api.TOKEN_TYPE_JWT),
-                 400, "invalid_request", "actor_token")
+    assert_error(
+        exchange(client, idp.token(), actor_token=idp.token(), actor_token_type=api.TOKEN_TYPE_JWT),
+        400,
+        "invalid_request",
+        "actor_token",
+    )
 
 
 def test_repeated_parameter(client, idp):
-    body = _encode({"grant_type": [EXCHANGE, EXCHANGE], "subject_token": idp.token(),
-                    "subject_token_type": api.TOKEN_TYPE_JWT})
+    body = _encode(
+        {"grant_type": [EXCHANGE, EXCHANGE], "subject_token": idp.token(), "subject_token_type": api.TOKEN_TYPE_JWT}
+    )
     result = client.simulate_post("/oauth2/token", body=body, headers={**FORM, **basic(CLIENT, SECRET)})
     assert_error(result, 400, "invalid_request", "repeated")
 
@@ -366,8 +475,10 @@ def test_unexpected_exception_is_a_json_server_error(caplog):
             raise RuntimeError("boom")
 
     import falcon.testing
+
     from tokenbridge_exchange.app import create_app
     from tokenbridge_exchange.config import ServerConfig
+
     client = falcon.testing.TestClient(create_app(ServerConfig(issuer=PUBLIC_ISSUER), Broken()))
     result = client.simulate_post("/oauth2/token", body="", headers=FORM)
     assert_error(result, 500, "server_error", "internal error")
@@ -377,18 +488,22 @@ def test_unexpected_exception_is_a_json_server_error(caplog):
 
 # --- subject token validation --------------------------------------------------------------------------------
 
+
 def test_subject_token_too_large_is_refused_before_decoding(client, idp):
     assert_error(exchange(client, "x" * (16 * 1024 + 1)), 400, "invalid_grant", "larger than 16384")
 
 
-@pytest.mark.parametrize("token, text", [
-    ("not-a-jwt", "not a JWT"),
-    ("a.b.c.d.e", "not a JWT"),
-    ("!!.e30.c2ln", "not base64url"),
-    (b64url("not json") + ".e30.c2ln", "header is not JSON"),
-    (b64url("[1]") + ".e30.c2ln", "header is not a JSON object"),
-    (b64url('{"alg":"RS256"}') + "." + b64url("nope") + ".c2ln", "payload is not JSON"),
-])
+@pytest.mark.parametrize(
+    "token, text",
+    [
+        ("not-a-jwt", "not a JWT"),
+        ("a.b.c.d.e", "not a JWT"),
+        ("!!.e30.c2ln", "not base64url"),
+        (b64url("not json") + ".e30.c2ln", "header is not JSON"),
+        (b64url("[1]") + ".e30.c2ln", "header is not a JSON object"),
+        (b64url('{"alg":"RS256"}') + "." + b64url("nope") + ".c2ln", "payload is not JSON"),
+    ],
+)
 def test_malformed_subject_token(client, token, text):
     assert_error(exchange(client, token), 400, "invalid_grant", text)
 
@@ -399,19 +514,27 @@ def test_alg_none_is_refused(client, idp):
 
 
 def test_hmac_with_the_public_key_as_secret_is_refused(client, idp):
-    public_pem = idp.keys[idp.kid].public_key().public_bytes(serialization.Encoding.PEM,
-                                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = (
+        idp.keys[idp.kid]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     header = b64url(json.dumps({"alg": "HS256", "kid": idp.kid}))
     payload = b64url(json.dumps(idp.claims()))
     import hashlib
     import hmac
+
     signature = b64url(hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest())
     assert_error(exchange(client, f"{header}.{payload}.{signature}"), 400, "invalid_grant", "alg 'HS256'")
 
 
 def test_alg_outside_the_idps_allowed_set(client, idp):
-    assert_error(exchange(client, idp.token(iss="https://strict.example.test")), 400, "invalid_grant",
-                 "alg 'RS256' is not allowed by identity provider team-a/strict")
+    assert_error(
+        exchange(client, idp.token(iss="https://strict.example.test")),
+        400,
+        "invalid_grant",
+        "alg 'RS256' is not allowed by identity provider team-a/strict",
+    )
 
 
 def test_crit_header_is_refused(client, idp):
@@ -420,9 +543,12 @@ def test_crit_header_is_refused(client, idp):
 
 def test_embedded_jwk_cannot_supply_the_key(client, idp):
     attacker = ec.generate_private_key(ec.SECP256R1())
-    token = jwt.encode(idp.claims(), attacker, algorithm="ES256",
-                       headers={"kid": idp.kid, "jwk": json.loads(jwt.get_algorithm_by_name("ES256").to_jwk(
-                           attacker.public_key()))})
+    token = jwt.encode(
+        idp.claims(),
+        attacker,
+        algorithm="ES256",
+        headers={"kid": idp.kid, "jwk": json.loads(jwt.get_algorithm_by_name("ES256").to_jwk(attacker.public_key()))},
+    )
     assert_error(exchange(client, token), 400, "invalid_grant", "no ES256 key with kid")
     other = IdP(idp.issuer)
     forged = other.token(header={"kid": idp.kid, "jwk": other.jwks()["keys"][0]})
@@ -430,8 +556,12 @@ def test_embedded_jwk_cannot_supply_the_key(client, idp):
 
 
 def test_unknown_kid(client, idp):
-    assert_error(exchange(client, idp.token(header={"kid": "rotated-away"})), 400, "invalid_grant",
-                 "no RS256 key with kid 'rotated-away'")
+    assert_error(
+        exchange(client, idp.token(header={"kid": "rotated-away"})),
+        400,
+        "invalid_grant",
+        "no RS256 key with kid 'rotated-away'",
+    )
 
 
 def test_token_without_kid_is_tried_against_every_key(client, idp):
@@ -445,21 +575,24 @@ def test_tampered_payload(client, idp):
     assert_error(exchange(client, f"{header}.{payload}.{signature}"), 400, "invalid_grant", "signature")
 
 
-@pytest.mark.parametrize("claims, text", [
-    ({"iss": None}, "no iss claim"),
-    ({"iss": "https://unknown.example.test"}, "not an identity provider of this client"),
-    ({"iss": "https://other-idp.example.test"}, "not an identity provider of this client"),
-    ({"iss": "https://idp.example.test/"}, "not an identity provider"),  # exact comparison
-    ({"aud": "api://someone-else"}, "contains none of the audiences"),
-    ({"aud": ["a", "b"]}, "contains none of the audiences"),
-    ({"exp": None}, "no exp claim"),
-    ({"exp": "tomorrow"}, "exp claim is not a number"),
-    ({"exp": int(NOW) - 61}, "expired"),
-    ({"exp": int(NOW) - 30}, "expires now"),  # within the skew: valid, but nothing left to issue
-    ({"nbf": int(NOW) + 120}, "not valid yet"),
-    ({"iat": int(NOW) + 120}, "issued in the future"),
-    ({"sub": None}, "no sub claim"),
-])
+@pytest.mark.parametrize(
+    "claims, text",
+    [
+        ({"iss": None}, "no iss claim"),
+        ({"iss": "https://unknown.example.test"}, "not an identity provider of this client"),
+        ({"iss": "https://other-idp.example.test"}, "not an identity provider of this client"),
+        ({"iss": "https://idp.example.test/"}, "not an identity provider"),  # exact comparison
+        ({"aud": "api://someone-else"}, "contains none of the audiences"),
+        ({"aud": ["a", "b"]}, "contains none of the audiences"),
+        ({"exp": None}, "no exp claim"),
+        ({"exp": "tomorrow"}, "exp claim is not a number"),
+        ({"exp": int(NOW) - 61}, "expired"),
+        ({"exp": int(NOW) - 30}, "expires now"),  # within the skew: valid, but nothing left to issue
+        ({"nbf": int(NOW) + 120}, "not valid yet"),
+        ({"iat": int(NOW) + 120}, "issued in the future"),
+        ({"sub": None}, "no sub claim"),
+    ],
+)
 def test_claim_validation(client, idp, claims, text):
     assert_error(exchange(client, idp.token(**claims)), 400, "invalid_grant", text)
 
@@ -470,10 +603,22 @@ def test_nbf_and_iat_within_clock_skew_are_accepted(client, idp):
 
 def test_max_token_age(idp, clock):
     strict = IdP("https://strict.example.test", alg="ES256")
-    source = FixedSource(snapshot_of(
-        [idp_object("strict", strict.issuer, jwks=strict.jwks(), allowedAlgorithms=["ES256"], maxTokenAge="5m",
-                    clockSkew="10s")],
-        apps=[app_object("web", CLIENT, SECRET, providers=[{"name": "strict"}])], clock=clock))
+    source = FixedSource(
+        snapshot_of(
+            [
+                idp_object(
+                    "strict",
+                    strict.issuer,
+                    jwks=strict.jwks(),
+                    allowedAlgorithms=["ES256"],
+                    maxTokenAge="5m",
+                    clockSkew="10s",
+                )
+            ],
+            apps=[app_object("web", CLIENT, SECRET, providers=[{"name": "strict"}])],
+            clock=clock,
+        )
+    )
     client = make_client(source, clock)
     assert exchange(client, strict.token(iat=int(NOW) - 305)).status_code == 200
     assert_error(exchange(client, strict.token(iat=int(NOW) - 320)), 400, "invalid_grant", "older than the maxTokenAge")
@@ -488,9 +633,13 @@ def test_jwt_bearer_assertion_is_validated_the_same_way(client, idp):
 
 def test_idps_sharing_an_issuer_are_each_tried(idp, clock):
     second = IdP(idp.issuer)
-    source = FixedSource(snapshot_of(
-        [idp_object("a", idp.issuer, jwks=idp.jwks()), idp_object("b", idp.issuer, jwks=second.jwks())],
-        apps=[app_object("web", CLIENT, SECRET, providers=[{"name": "a"}, {"name": "b"}])], clock=clock))
+    source = FixedSource(
+        snapshot_of(
+            [idp_object("a", idp.issuer, jwks=idp.jwks()), idp_object("b", idp.issuer, jwks=second.jwks())],
+            apps=[app_object("web", CLIENT, SECRET, providers=[{"name": "a"}, {"name": "b"}])],
+            clock=clock,
+        )
+    )
     result = exchange(make_client(source, clock), second.token())
     assert result.status_code == 200, result.text
     assert jwt.decode(result.json["access_token"], options={"verify_signature": False})["idp"] == "team-a/b"
@@ -498,9 +647,13 @@ def test_idps_sharing_an_issuer_are_each_tried(idp, clock):
 
 def test_hmac_stays_refused_even_when_an_idp_lists_it(idp, clock):
     """Manifests are not checked by the CRD schema: an IdP listing HS256 still never accepts it."""
-    source = FixedSource(snapshot_of([idp_object("corp", idp.issuer, jwks=idp.jwks(),
-                                                 allowedAlgorithms=["HS256", "none", "RS256"])],
-                                     apps=[app_object("web", CLIENT, SECRET)], clock=clock))
+    source = FixedSource(
+        snapshot_of(
+            [idp_object("corp", idp.issuer, jwks=idp.jwks(), allowedAlgorithms=["HS256", "none", "RS256"])],
+            apps=[app_object("web", CLIENT, SECRET)],
+            clock=clock,
+        )
+    )
     client = make_client(source, clock)
     token = jwt.encode(idp.claims(), "k" * 32, algorithm="HS256", headers={"kid": idp.kid})
     assert_error(exchange(client, token), 400, "invalid_grant", "alg 'HS256' is not allowed")

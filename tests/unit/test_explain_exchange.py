@@ -1,5 +1,6 @@
 """Explain: ``POST /oauth2/explain`` and ``tokenbridge explain`` report each step of the token endpoint's decision,
 issue nothing, consume no jti, and never echo the token or the client secret."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,16 @@ import uuid
 import pytest
 import yaml
 
-from tests.support.exchange import (Clock, FixedSource, app_object, expect_error, idp_object, make_client, post_form,
-                                    snapshot_of)
+from tests.support.exchange import (
+    Clock,
+    FixedSource,
+    app_object,
+    expect_error,
+    idp_object,
+    make_client,
+    post_form,
+    snapshot_of,
+)
 from tests.support.idp import IdP
 from tokenbridge import api
 from tokenbridge_cli.commands import explain as explain_cli
@@ -22,16 +31,31 @@ CONDITION = "assertion.sub.endsWith(':alice')"
 @pytest.fixture
 def client(idp, tmp_path):
     clock = Clock()
-    idps = [idp_object("corp", idp.issuer, jwks=idp.jwks(), condition=CONDITION, preventReplay=True,
-                       claimMappings={"groups": "assertion.groups", "sub": "'corp:' + assertion.sub"})]
+    idps = [
+        idp_object(
+            "corp",
+            idp.issuer,
+            jwks=idp.jwks(),
+            condition=CONDITION,
+            preventReplay=True,
+            claimMappings={"groups": "assertion.groups", "sub": "'corp:' + assertion.sub"},
+        )
+    ]
     apps = [app_object("web", CLIENT, SECRET)]
-    return make_client(FixedSource(snapshot_of(idps, apps=apps, clock=clock)), clock,
-                       replay_cache_path=str(tmp_path / "replay.sqlite3"))
+    return make_client(
+        FixedSource(snapshot_of(idps, apps=apps, clock=clock)),
+        clock,
+        replay_cache_path=str(tmp_path / "replay.sqlite3"),
+    )
 
 
 def form(token, **extra):
-    return {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
-            "subject_token_type": api.TOKEN_TYPE_JWT, **extra}
+    return {
+        "grant_type": api.GRANT_TOKEN_EXCHANGE,
+        "subject_token": token,
+        "subject_token_type": api.TOKEN_TYPE_JWT,
+        **extra,
+    }
 
 
 def steps(report):
@@ -53,8 +77,20 @@ def test_an_accepted_token_step_by_step(client, idp):
     got = steps(report)
     assert [s["result"] for s in report["steps"]] == ["pass"] * len(report["steps"])
     assert list(got)[:5] == ["client", "grant_type", "audience", "scope", "subject_token_type"]
-    for name in ("format", "issuer", "alg", "signature", "aud", "exp", "nbf", "iat", "maxTokenAge", "sub", "jti",
-                 "condition"):
+    for name in (
+        "format",
+        "issuer",
+        "alg",
+        "signature",
+        "aud",
+        "exp",
+        "nbf",
+        "iat",
+        "maxTokenAge",
+        "sub",
+        "jti",
+        "condition",
+    ):
         assert f"subject_token.{name}" in got, name
     assert "identity provider team-a/corp" in got["subject_token.issuer"][1]
     assert got["client"][1].startswith("authenticated as application team-a/web")
@@ -75,8 +111,11 @@ def test_a_refused_token_names_the_failed_step(client, idp):
     report = post_form(client, "/oauth2/explain", form(token), AUTH).json
     assert report["decision"] == "refused" and report["error"] == "invalid_grant"
     last = report["steps"][-1]
-    assert last == {"step": "subject_token.condition", "result": "fail",
-                    "detail": "the condition of identity provider team-a/corp refused the request"}
+    assert last == {
+        "step": "subject_token.condition",
+        "result": "fail",
+        "detail": "the condition of identity provider team-a/corp refused the request",
+    }
     assert "token" not in report
     assert_nothing_secret(json.dumps(report), token)
     assert "mallory" not in json.dumps(report)
@@ -87,7 +126,9 @@ def test_a_bad_signature_fails_at_the_signature_step(client, idp):
     report = post_form(client, "/oauth2/explain", form(forged), AUTH).json
     assert steps(report)["subject_token.alg"][0] == "pass"
     assert steps(report)["subject_token.signature"] == (
-        "fail", "the signature does not verify with the keys of identity provider team-a/corp")
+        "fail",
+        "the signature does not verify with the keys of identity provider team-a/corp",
+    )
 
 
 def test_explain_needs_client_authentication(client, idp):
@@ -103,11 +144,14 @@ def test_request_errors_are_steps_too(client, idp):
 
 # --- the CLI ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def manifests(tmp_path, idp):
-    docs = [idp_object("corp", idp.issuer, jwks=idp.jwks(), condition=CONDITION, preventReplay=True),
-            idp_object("broken", "https://broken.example.test", jwks=idp.jwks(), condition="assertion.sub +"),
-            {k: v for k, v in app_object("web", "unused", "unused").items() if k != "status"}]
+    docs = [
+        idp_object("corp", idp.issuer, jwks=idp.jwks(), condition=CONDITION, preventReplay=True),
+        idp_object("broken", "https://broken.example.test", jwks=idp.jwks(), condition="assertion.sub +"),
+        {k: v for k, v in app_object("web", "unused", "unused").items() if k != "status"},
+    ]
     path = tmp_path / "manifests.yaml"
     path.write_text(yaml.safe_dump_all(docs))
     return str(path)
@@ -115,9 +159,24 @@ def manifests(tmp_path, idp):
 
 def test_cli_accepts_with_exit_0(manifests, idp, capsys):
     import time  # the CLI runs on the real clock
+
     token = idp.token(sub="x:alice", iat=int(time.time()), exp=int(time.time()) + 300, jti="j1")
-    code = explain_cli.main(["--manifests", manifests, "--app", "web", "--namespace", "team-a", "--token", token,
-                             "--audience", "https://api.example.test", "--scope", "read"])
+    code = explain_cli.main(
+        [
+            "--manifests",
+            manifests,
+            "--app",
+            "web",
+            "--namespace",
+            "team-a",
+            "--token",
+            token,
+            "--audience",
+            "https://api.example.test",
+            "--scope",
+            "read",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, out + err
     assert "application team-a/web" in out
@@ -130,6 +189,7 @@ def test_cli_accepts_with_exit_0(manifests, idp, capsys):
 
 def test_cli_refuses_with_exit_1_as_json(manifests, idp, capsys):
     import time
+
     token = idp.token(sub="x:bob", iat=int(time.time()), exp=int(time.time()) + 300)
     code = explain_cli.main(["--manifests", manifests, "--app", "web", "-n", "team-a", "--token", token, "--json"])
     out, _ = capsys.readouterr()

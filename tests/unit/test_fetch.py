@@ -1,4 +1,5 @@
 """The SSRF-guarded fetcher against a real local HTTPS server (trustme certificates), no mocks of httpx."""
+
 import ipaddress
 import socket
 
@@ -18,11 +19,15 @@ def reason_of(url, policy=LOCAL, **kwargs):
 
 
 def test_policy_from_env():
-    policy = FetchPolicy.from_env({"TOKENBRIDGE_ALLOWED_NETWORKS": "127.0.0.0/8, ::1/128,10.1.2.3/16",
-                                   "TOKENBRIDGE_ALLOW_INSECURE_HTTP": "true"})
+    policy = FetchPolicy.from_env(
+        {"TOKENBRIDGE_ALLOWED_NETWORKS": "127.0.0.0/8, ::1/128,10.1.2.3/16", "TOKENBRIDGE_ALLOW_INSECURE_HTTP": "true"}
+    )
     assert policy.allow_http is True
-    assert policy.allowed_networks == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"),
-                                       ipaddress.ip_network("10.1.0.0/16"))
+    assert policy.allowed_networks == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("10.1.0.0/16"),
+    )
     assert FetchPolicy.from_env({}) == FetchPolicy()
     assert FetchPolicy().timeout <= 5
     with pytest.raises(ValueError):
@@ -31,12 +36,33 @@ def test_policy_from_env():
         FetchPolicy.from_env({"TOKENBRIDGE_ALLOW_INSECURE_HTTP": "maybe"})
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "169.254.1.1", "100.64.0.1",
-    "0.0.0.0", "224.0.0.1", "240.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254",
-    "::ffff:127.0.0.1", "::ffff:169.254.169.254", "ff02::1", "2002:7f00:1::", "64:ff9b::a00:1",
-    "64:ff9b::a9fe:a9fe",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "169.254.1.1",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "fd00:ec2::254",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "ff02::1",
+        "2002:7f00:1::",
+        "64:ff9b::a00:1",
+        "64:ff9b::a9fe:a9fe",
+    ],
+)
 def test_non_public_addresses_are_blocked(address):
     assert blocked_because(ipaddress.ip_address(address))
 
@@ -86,8 +112,16 @@ def test_plain_http_needs_the_policy_opt_in(okta):
     assert reason_of(f"http://localhost:{okta.port}/x") == "InsecureURL"
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/x", "https:///nohost", "https://user:pw@example.com/x",
-                                 "https://example.com:99999/", "/relative"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/x",
+        "https:///nohost",
+        "https://user:pw@example.com/x",
+        "https://example.com:99999/",
+        "/relative",
+    ],
+)
 def test_malformed_urls_are_refused(url):
     assert reason_of(url) == "InvalidURL"
 
@@ -123,10 +157,14 @@ def test_connection_is_pinned_to_the_checked_address(monkeypatch):
 
 
 def test_a_name_resolving_to_a_private_address_is_refused(monkeypatch):
-    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: [
-        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port)),
-        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port)),
-    ])
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, port, *a, **k: [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port)),
+        ],
+    )
     with pytest.raises(FetchError) as info:
         fetch_json("https://internal.example/.well-known/openid-configuration", FetchPolicy())
     assert info.value.reason == "BlockedAddress" and "10.0.0.7" in info.value.message

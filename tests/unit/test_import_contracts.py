@@ -4,6 +4,7 @@ The contracts are ``[tool.importlinter]`` in pyproject.toml; this runs ``lint-im
 ``make test`` enforces them, not only ``make lint``) and on copies with one forbidden import added, so a contract
 that stopped checking anything (a renamed package, a typo in a layer) fails here too.
 """
+
 import os
 import shutil
 import subprocess
@@ -28,8 +29,9 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # the tree at root first on the path, ahead of the editable install's finder for the repository
     env["PYTHONPATH"] = os.pathsep.join(str(root / r) for r in SOURCE_ROOTS)
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_repository_keeps_every_import_contract():
@@ -39,13 +41,16 @@ def test_the_repository_keeps_every_import_contract():
     assert "2 kept, 0 broken" in out.stdout, out.stdout
 
 
-@pytest.mark.parametrize("importer, imported", [
-    ("tokenbridge", "tokenbridge_exchange"),  # the core above a component
-    ("tokenbridge", "tokenbridge_cli"),  # the core above the command line
-    ("tokenbridge_exchange", "tokenbridge_operator"),  # one component importing the other
-    ("tokenbridge_operator", "tokenbridge_exchange"),
-    ("tokenbridge_operator", "tokenbridge_cli"),  # a component above the command line
-])
+@pytest.mark.parametrize(
+    "importer, imported",
+    [
+        ("tokenbridge", "tokenbridge_exchange"),  # the core above a component
+        ("tokenbridge", "tokenbridge_cli"),  # the core above the command line
+        ("tokenbridge_exchange", "tokenbridge_operator"),  # one component importing the other
+        ("tokenbridge_operator", "tokenbridge_exchange"),
+        ("tokenbridge_operator", "tokenbridge_cli"),  # a component above the command line
+    ],
+)
 def test_a_forbidden_import_breaks_a_contract(tmp_path, importer, imported):
     shutil.copy2(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     for folder in PACKAGES.values():

@@ -1,4 +1,5 @@
 """The source-root layout must never shadow the standard library, and the console script must be installed."""
+
 import shutil
 import subprocess
 import sys
@@ -11,8 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("cwd", [REPO, REPO / "operator", REPO / "exchange_server"])
 def test_stdlib_operator_is_not_shadowed(cwd):
-    code = ("import operator, json, tokenbridge, tokenbridge_cli, tokenbridge_operator, tokenbridge_exchange; "
-            "assert operator.itemgetter(1)([0, 7]) == 7; print(operator.__file__)")
+    code = (
+        "import operator, json, tokenbridge, tokenbridge_cli, tokenbridge_operator, tokenbridge_exchange; "
+        "assert operator.itemgetter(1)([0, 7]) == 7; print(operator.__file__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert not out.stdout.strip().startswith(str(REPO)), f"'operator' resolved inside the repo: {out.stdout}"
@@ -34,7 +37,8 @@ def test_console_script_lists_subcommands():
 
 
 def test_python_dash_m_runs_the_same_command(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tokenbridge_cli", "--help"], cwd=tmp_path, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tokenbridge_cli", "--help"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: tokenbridge ") and "serve" in out.stdout and "operator" in out.stdout

@@ -1,5 +1,6 @@
 """``/metrics`` after known traffic: exchanges by outcome/grant/IdP/application/error, latency, replay rejections,
 JWKS fetches and unknown-kid refreshes, cache and snapshot age, snapshot generation (parsed from the text format)."""
+
 from __future__ import annotations
 
 import uuid
@@ -21,8 +22,11 @@ AUTH = (CLIENT, SECRET)
 def scrape(client) -> dict[tuple[str, tuple], float]:
     result = client.simulate_get("/metrics")
     assert result.status_code == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(result.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(result.text)
+        for s in family.samples
+    }
 
 
 def value(samples, name, **labels) -> float:
@@ -43,8 +47,10 @@ def world(tmp_path):
 
     telemetry = Telemetry()
     cache = JwksCache(fetch, clock=clock, cooldown=10, telemetry=telemetry)
-    idps = [idp_object("remote", remote.issuer, jwks_uri="https://remote.example.test/jwks"),
-            idp_object("local", local.issuer, jwks=local.jwks(), requireJTI=True, preventReplay=True)]
+    idps = [
+        idp_object("remote", remote.issuer, jwks_uri="https://remote.example.test/jwks"),
+        idp_object("local", local.issuer, jwks=local.jwks(), requireJTI=True, preventReplay=True),
+    ]
     apps = [app_object("web", CLIENT, SECRET, providers=[{"name": "remote"}, {"name": "local"}])]
     snap = snapshot_of(idps, apps=apps, clock=clock, cache=cache)
     client = make_client(FixedSource(snap), clock, telemetry, replay_cache_path=str(tmp_path / "replay.sqlite3"))
@@ -52,8 +58,17 @@ def world(tmp_path):
 
 
 def exchange(client, token, auth=AUTH, **params):
-    return post_form(client, "/oauth2/token", {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
-                                               "subject_token_type": api.TOKEN_TYPE_JWT, **params}, auth)
+    return post_form(
+        client,
+        "/oauth2/token",
+        {
+            "grant_type": api.GRANT_TOKEN_EXCHANGE,
+            "subject_token": token,
+            "subject_token_type": api.TOKEN_TYPE_JWT,
+            **params,
+        },
+        auth,
+    )
 
 
 def test_metric_values_after_known_traffic(world):
@@ -77,14 +92,23 @@ def test_metric_values_after_known_traffic(world):
     x, tx = "tokenbridge_exchanges_total", api.GRANT_TOKEN_EXCHANGE
     assert value(m, x, grant_type=tx, outcome="issued", idp="team-a/remote", application="team-a/web", error="") == 2
     assert value(m, x, grant_type=tx, outcome="issued", idp="team-a/local", application="team-a/web", error="") == 1
-    assert value(m, x, grant_type=tx, outcome="refused", idp="team-a/local", application="team-a/web",
-                 error="invalid_grant") == 1  # the replay (the IdP was known by then)
-    assert value(m, x, grant_type=tx, outcome="refused", idp="", application="team-a/web",
-                 error="invalid_grant") == 3  # no jti, and the two unknown kids
+    assert (
+        value(
+            m, x, grant_type=tx, outcome="refused", idp="team-a/local", application="team-a/web", error="invalid_grant"
+        )
+        == 1
+    )  # the replay (the IdP was known by then)
+    assert (
+        value(m, x, grant_type=tx, outcome="refused", idp="", application="team-a/web", error="invalid_grant") == 3
+    )  # no jti, and the two unknown kids
     assert value(m, x, grant_type=tx, outcome="refused", idp="", application="team-a/web", error="invalid_scope") == 1
     assert value(m, x, grant_type="other", outcome="refused", idp="", application="", error="invalid_client") == 1
-    assert value(m, x, grant_type=api.GRANT_CLIENT_CREDENTIALS, outcome="issued", idp="", application="team-a/web",
-                 error="") == 1
+    assert (
+        value(
+            m, x, grant_type=api.GRANT_CLIENT_CREDENTIALS, outcome="issued", idp="", application="team-a/web", error=""
+        )
+        == 1
+    )
     assert value(m, "tokenbridge_token_request_seconds_count", grant_type=tx) == 8
     assert "tokenbridge_token_requests_total" not in {name for name, _ in m}  # the same as exchanges_total
     assert value(m, "tokenbridge_replay_rejections_total", idp="team-a/local") == 1
@@ -105,6 +129,14 @@ def test_metric_values_after_known_traffic(world):
 
 def test_explain_requests_are_not_counted_as_exchanges(world):
     client, _, remote, _, _, _ = world
-    post_form(client, "/oauth2/explain", {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": remote.token(),
-                                          "subject_token_type": api.TOKEN_TYPE_JWT}, AUTH)
+    post_form(
+        client,
+        "/oauth2/explain",
+        {
+            "grant_type": api.GRANT_TOKEN_EXCHANGE,
+            "subject_token": remote.token(),
+            "subject_token_type": api.TOKEN_TYPE_JWT,
+        },
+        AUTH,
+    )
     assert not [k for k in scrape(client) if k[0] == "tokenbridge_exchanges_total"]

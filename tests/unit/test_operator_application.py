@@ -1,17 +1,23 @@
 """OAuthApplication credentials and references, decided without a cluster (Secrets as plain dicts)."""
+
 import base64
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge_operator.handlers.application import (
-    ANNOTATION_ROTATED_FOR, ReadinessBoard, check_references, client_id_conflict, list_client_id_holders,
-    plan_credentials, reconcile,
+    ANNOTATION_ROTATED_FOR,
+    ReadinessBoard,
+    check_references,
+    client_id_conflict,
+    list_client_id_holders,
+    plan_credentials,
+    reconcile,
     reference_keys,
 )
 
-T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 UID = "0b7e-uid"
 ENDPOINT = "https://tokens.example/oauth2/token"
 READY_IDP = {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]}}
@@ -19,10 +25,11 @@ DOWN_IDP = {"status": {"conditions": [{"type": "Ready", "status": "False", "reas
 
 
 def app(annotations=None, status=None, idps=()):
-    return {"metadata": {"name": "web", "namespace": "team", "uid": UID, "generation": 3,
-                         "annotations": annotations or {}},
-            "spec": {"credentials": {"secretName": "web-creds"}, "identityProviders": list(idps)},
-            "status": status or {}}
+    return {
+        "metadata": {"name": "web", "namespace": "team", "uid": UID, "generation": 3, "annotations": annotations or {}},
+        "spec": {"credentials": {"secretName": "web-creds"}, "identityProviders": list(idps)},
+        "status": status or {},
+    }
 
 
 def decode(secret):
@@ -47,9 +54,17 @@ class FakeSecrets:
 
 
 def run(application, secrets, lookup=lambda key: READY_IDP, now=T0, cluster=True, holders=None):
-    return reconcile(application, read_secret=secrets.read, write_secret=secrets.write, lookup_idp=lookup,
-                     cluster_identity_providers=cluster, token_endpoint=ENDPOINT, grace=3600, now=now,
-                     client_id_holders=holders)
+    return reconcile(
+        application,
+        read_secret=secrets.read,
+        write_secret=secrets.write,
+        lookup_idp=lookup,
+        cluster_identity_providers=cluster,
+        token_endpoint=ENDPOINT,
+        grace=3600,
+        now=now,
+        client_id_holders=holders,
+    )
 
 
 def nobody_else(client_id):
@@ -63,9 +78,16 @@ def test_first_run_creates_an_owned_secret_and_publishes_only_the_hash():
     values = decode(secret)
     assert values["client_id"].startswith("tb-") and values["token_endpoint"] == ENDPOINT
     assert len(base64.urlsafe_b64decode(values["client_secret"] + "=")) == 32  # 256 bits
-    assert secret["metadata"]["ownerReferences"] == [{
-        "apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication", "name": "web", "uid": UID,
-        "controller": True, "blockOwnerDeletion": True}]
+    assert secret["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "tokenbridge.dev/v1alpha1",
+            "kind": "OAuthApplication",
+            "name": "web",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     status = outcome.status
     assert status["clientID"] == values["client_id"] and status["credentialsSecret"] == "web-creds"
     assert status["clientSecretHash"] == hash_client_secret(values["client_secret"])
@@ -80,7 +102,8 @@ def test_rerun_changes_nothing():
     again = run(app(status=first.status), secrets, now=T0 + timedelta(hours=1))
     assert secrets.writes == 1 and again.events == []
     assert {k: again.status[k] for k in ("clientID", "clientSecretHash")} == {
-        k: first.status[k] for k in ("clientID", "clientSecretHash")}
+        k: first.status[k] for k in ("clientID", "clientSecretHash")
+    }
 
 
 def test_lost_status_is_rebuilt_from_the_owned_secret():
@@ -118,13 +141,13 @@ def test_rotation_once_per_annotation_value_with_grace():
     assert rotated.next_check == T0 + timedelta(hours=1)
     assert "CredentialsRotated" in [e[1] for e in rotated.events]
     # the same value again: no second rotation; within the grace window the previous hash stays
-    same = run(app({"tokenbridge.dev/rotate-secret": "2026-11-26"}, rotated.status), secrets,
-               now=T0 + timedelta(minutes=30))
+    same = run(
+        app({"tokenbridge.dev/rotate-secret": "2026-11-26"}, rotated.status), secrets, now=T0 + timedelta(minutes=30)
+    )
     assert decode(secrets.items[("team", "web-creds")])["client_secret"] == new
     assert same.status["previousClientSecretHash"] == hash_client_secret(old)
     # after the window it is dropped (None deletes the field in the merge patch)
-    later = run(app({"tokenbridge.dev/rotate-secret": "2026-11-26"}, same.status), secrets,
-                now=T0 + timedelta(hours=1))
+    later = run(app({"tokenbridge.dev/rotate-secret": "2026-11-26"}, same.status), secrets, now=T0 + timedelta(hours=1))
     assert later.status["previousClientSecretHash"] is None and later.status["previousClientSecretExpiresAt"] is None
     assert "RotationGraceEnded" in [e[1] for e in later.events] and later.next_check is None
 
@@ -138,8 +161,10 @@ def test_rotate_annotation_present_at_creation_does_not_rotate_later():
 
 def test_foreign_secret_is_left_alone():
     secrets = FakeSecrets()
-    secrets.items[("team", "web-creds")] = {"metadata": {"name": "web-creds", "namespace": "team"},
-                                            "data": {"client_secret": base64.b64encode(b"mine").decode()}}
+    secrets.items[("team", "web-creds")] = {
+        "metadata": {"name": "web-creds", "namespace": "team"},
+        "data": {"client_secret": base64.b64encode(b"mine").decode()},
+    }
     outcome = run(app(), secrets)
     assert secrets.writes == 0 and "clientID" not in outcome.status and not outcome.ready
     ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
@@ -149,10 +174,17 @@ def test_foreign_secret_is_left_alone():
 def test_token_endpoint_change_updates_the_secret_not_the_credentials():
     secrets = FakeSecrets()
     first = run(app(), secrets)
-    outcome = reconcile(app(status=first.status), read_secret=secrets.read, write_secret=secrets.write,
-                        lookup_idp=lambda key: None, cluster_identity_providers=True,
-                        token_endpoint="https://new.example/oauth2/token", grace=60, now=T0,
-                        client_id_holders=None)
+    outcome = reconcile(
+        app(status=first.status),
+        read_secret=secrets.read,
+        write_secret=secrets.write,
+        lookup_idp=lambda key: None,
+        cluster_identity_providers=True,
+        token_endpoint="https://new.example/oauth2/token",
+        grace=60,
+        now=T0,
+        client_id_holders=None,
+    )
     values = decode(secrets.items[("team", "web-creds")])
     assert values["token_endpoint"] == "https://new.example/oauth2/token"
     assert outcome.status["clientSecretHash"] == first.status["clientSecretHash"]
@@ -160,9 +192,12 @@ def test_token_endpoint_change_updates_the_secret_not_the_credentials():
 
 def test_references():
     found = {("IdentityProvider", "team", "okta"): READY_IDP, ("ClusterIdentityProvider", "", "entra"): DOWN_IDP}
-    refs = [{"kind": "IdentityProvider", "name": "okta"}, {"name": "missing"},
-            {"kind": "ClusterIdentityProvider", "name": "entra"},
-            {"kind": "IdentityProvider", "name": "okta", "namespace": "elsewhere"}]
+    refs = [
+        {"kind": "IdentityProvider", "name": "okta"},
+        {"name": "missing"},
+        {"kind": "ClusterIdentityProvider", "name": "entra"},
+        {"kind": "IdentityProvider", "name": "okta", "namespace": "elsewhere"},
+    ]
     status, reason, message = check_references("team", refs, found.get)
     assert (status, reason) == ("False", "IdentityProviderNotFound")
     assert "IdentityProvider team/missing not found" in message
@@ -171,13 +206,15 @@ def test_references():
     assert check_references("team", refs[:1], found.get)[:2] == ("True", "ReferencesResolved")
     assert check_references("team", [], found.get)[:2] == ("True", "NoIdentityProviders")
     assert check_references("team", refs[2:3], found.get, cluster_identity_providers=False)[1] == (
-        "ClusterIdentityProvidersUnavailable")
+        "ClusterIdentityProvidersUnavailable"
+    )
 
 
 def test_unready_reference_makes_the_application_not_ready_but_keeps_credentials():
     secrets = FakeSecrets()
-    outcome = run(app(idps=[{"kind": "ClusterIdentityProvider", "name": "entra"}]), secrets,
-                  lookup=lambda key: DOWN_IDP)
+    outcome = run(
+        app(idps=[{"kind": "ClusterIdentityProvider", "name": "entra"}]), secrets, lookup=lambda key: DOWN_IDP
+    )
     conditions = {c["type"]: c for c in outcome.status["conditions"]}
     assert conditions["CredentialsReady"]["status"] == "True"
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "IdentityProviderNotReady")
@@ -204,13 +241,19 @@ def test_readiness_board():
 
 @pytest.mark.parametrize("expires", ["", "not-a-time"])
 def test_unreadable_grace_expiry_ends_the_grace(expires):
-    plan = plan_credentials(app(), {"previousClientSecretHash": "sha256:" + "0" * 64,
-                                    "previousClientSecretExpiresAt": expires}, None,
-                            token_endpoint=None, grace=60, now=T0)
+    plan = plan_credentials(
+        app(),
+        {"previousClientSecretHash": "sha256:" + "0" * 64, "previousClientSecretExpiresAt": expires},
+        None,
+        token_endpoint=None,
+        grace=60,
+        now=T0,
+    )
     assert plan.status["previousClientSecretHash"] is None
 
 
 # --- CEL condition -----------------------------------------------------------------------------------------------
+
 
 def with_condition(condition, **kwargs):
     application = app(**kwargs)
@@ -218,10 +261,13 @@ def with_condition(condition, **kwargs):
     return application
 
 
-@pytest.mark.parametrize("condition, problem", [
-    ("request.client_id", "must evaluate to a bool"),
-    ("request.audience.exists(a, a ==", "is not valid CEL: syntax error"),
-])
+@pytest.mark.parametrize(
+    "condition, problem",
+    [
+        ("request.client_id", "must evaluate to a bool"),
+        ("request.audience.exists(a, a ==", "is not valid CEL: syntax error"),
+    ],
+)
 def test_invalid_condition_is_reported_before_anything_else(condition, problem):
     secrets = FakeSecrets()
     looked_up = []
@@ -261,6 +307,7 @@ def test_a_valid_condition_changes_nothing():
 
 # --- a client id in the Secret that another application already has ---------------------------------------------
 
+
 def other_app(client_id, namespace="victims", name="web", uid="victim-uid"):
     return {"metadata": {"name": name, "namespace": namespace, "uid": uid}, "status": {"clientID": client_id}}
 
@@ -269,11 +316,25 @@ def squatting_secret(secrets, client_id, secret="known-to-the-squatter"):
     """What a user who may create Secrets can pre-create: the victim's (public) client id, an ownerReference to
     their own application (its uid is public too), before the operator ever reconciles that application."""
     secrets.items[("team", "web-creds")] = {
-        "metadata": {"name": "web-creds", "namespace": "team", "ownerReferences": [
-            {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication", "name": "web", "uid": UID,
-             "controller": True, "blockOwnerDeletion": True}]},
-        "data": {"client_id": base64.b64encode(client_id.encode()).decode(),
-                 "client_secret": base64.b64encode(secret.encode()).decode()}}
+        "metadata": {
+            "name": "web-creds",
+            "namespace": "team",
+            "ownerReferences": [
+                {
+                    "apiVersion": "tokenbridge.dev/v1alpha1",
+                    "kind": "OAuthApplication",
+                    "name": "web",
+                    "uid": UID,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "data": {
+            "client_id": base64.b64encode(client_id.encode()).decode(),
+            "client_secret": base64.b64encode(secret.encode()).decode(),
+        },
+    }
 
 
 def test_a_client_id_another_application_has_is_not_taken_over():
@@ -296,6 +357,7 @@ def test_a_client_id_another_application_has_is_not_taken_over():
 def test_a_client_id_that_cannot_be_checked_is_not_taken_over(holders):
     """Failing closed: without a listing of every namespace's applications (no client, RBAC of a namespace-scoped
     install), the Secret's client id is not adopted; the application gets its own."""
+
     class Forbidden(Exception):
         status, reason = 403, "Forbidden"
 
@@ -336,8 +398,10 @@ def test_the_conflict_decision():
     me = app()
     assert client_id_conflict(me, "tb-x", nobody_else) is None
     assert client_id_conflict(me, "tb-x", lambda c: [me]) is None  # itself
-    assert client_id_conflict(me, "tb-x", lambda c: [me, other_app(c), other_app(c, "b", "z", "u2")]) == \
-        "OAuthApplication b/z, victims/web already has it"
+    assert (
+        client_id_conflict(me, "tb-x", lambda c: [me, other_app(c), other_app(c, "b", "z", "u2")])
+        == "OAuthApplication b/z, victims/web already has it"
+    )
     assert "no OAuthApplication listing is available" in client_id_conflict(me, "tb-x", None)  # fails closed
 
 
@@ -352,9 +416,17 @@ def test_the_applications_are_listed_with_the_operator_client():
 
     kube = FakeSecrets()
     squatting_secret(kube, "tb-victim")
-    outcome = reconcile(app(), read_secret=kube.read, write_secret=kube.write, lookup_idp=lambda key: READY_IDP,
-                        cluster_identity_providers=True, token_endpoint=ENDPOINT, grace=60, now=T0,
-                        client_id_holders=list_client_id_holders(Custom(), 7.0))
+    outcome = reconcile(
+        app(),
+        read_secret=kube.read,
+        write_secret=kube.write,
+        lookup_idp=lambda key: READY_IDP,
+        cluster_identity_providers=True,
+        token_endpoint=ENDPOINT,
+        grace=60,
+        now=T0,
+        client_id_holders=list_client_id_holders(Custom(), 7.0),
+    )
     assert calls == [("tokenbridge.dev", "v1alpha1", "oauthapplications", 7.0)]
     assert outcome.status["clientID"] != "tb-victim"
     assert "victims/web" in next(e[2] for e in outcome.events if e[1] == "ClientIDConflict")

@@ -1,17 +1,22 @@
 """The IdentityProvider reconciler without a cluster: real discovery against a local HTTPS IdP, status and Events."""
+
 import ipaddress
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tokenbridge.discovery import DiscoveryError
 from tokenbridge.fetch import FetchPolicy
 from tokenbridge_operator.handlers.identity_provider import (
-    desired_status, is_ready, needs_operator_credentials, reconcile, transition_events,
+    desired_status,
+    is_ready,
+    needs_operator_credentials,
+    reconcile,
+    transition_events,
 )
 
 LOCAL = FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
-T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def clock(*moments):
@@ -24,13 +29,17 @@ def cond(status, type_):
 
 
 def spec_of(idp, **extra):
-    return {"type": "Okta", "wellKnownURL": idp.well_known_url, "tls": {"caBundle": idp.ca_pem},
-            "allowedAudiences": ["a"], **extra}
+    return {
+        "type": "Okta",
+        "wellKnownURL": idp.well_known_url,
+        "tls": {"caBundle": idp.ca_pem},
+        "allowedAudiences": ["a"],
+        **extra,
+    }
 
 
 def run(spec, status=None, generation=1, now=T0, kind="IdentityProvider"):
-    return reconcile(spec, status, generation, kind=kind, policy=LOCAL, load_credentials=lambda: None,
-                     now=clock(now))
+    return reconcile(spec, status, generation, kind=kind, policy=LOCAL, load_credentials=lambda: None, now=clock(now))
 
 
 def test_success_sets_effective_values_conditions_and_one_event(okta):
@@ -61,7 +70,8 @@ def test_refresh_keeps_transition_times_and_posts_no_event(okta):
     second = run(spec_of(okta), first, now=T0 + timedelta(minutes=5))
     assert second.events == []
     assert [c["lastTransitionTime"] for c in second.status["conditions"]] == [
-        c["lastTransitionTime"] for c in first["conditions"]]
+        c["lastTransitionTime"] for c in first["conditions"]
+    ]
     assert second.status["discoveredAt"] >= first["discoveredAt"]  # when discovery itself succeeded
 
 
@@ -119,8 +129,9 @@ def test_generation_is_observed(okta):
 def test_operator_credentials_are_loaded_only_for_kubernetes():
     loads = []
     spec = {"type": "Kubernetes", "wellKnownURL": "https://k8s.example/.well-known/openid-configuration"}
-    reconcile(spec, None, 1, kind="IdentityProvider", policy=LOCAL, load_credentials=lambda: loads.append(1),
-              now=clock(T0))
+    reconcile(
+        spec, None, 1, kind="IdentityProvider", policy=LOCAL, load_credentials=lambda: loads.append(1), now=clock(T0)
+    )
     assert loads == [1]
     assert needs_operator_credentials(spec)
     assert not needs_operator_credentials({**spec, "kubernetes": {"useOperatorCredentials": False}})
@@ -138,13 +149,17 @@ def test_transition_events_compare_status_and_reason():
 
 # --- CEL expressions --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["IdentityProvider", "ClusterIdentityProvider"])
-@pytest.mark.parametrize("policy, field, problem", [
-    ({"condition": "assertion.sub +"}, "spec.condition", "is not valid CEL: syntax error"),
-    ({"condition": "assertion.email"}, "spec.condition", "must evaluate to a bool"),
-    ({"claimMappings": {"iss": "'x'"}}, "spec.claimMappings['iss']", "set by Tokenbridge itself"),
-    ({"claimMappings": {"team": "assertion.groups[0] + 1"}}, "spec.claimMappings['team']", "cannot be evaluated"),
-])
+@pytest.mark.parametrize(
+    "policy, field, problem",
+    [
+        ({"condition": "assertion.sub +"}, "spec.condition", "is not valid CEL: syntax error"),
+        ({"condition": "assertion.email"}, "spec.condition", "must evaluate to a bool"),
+        ({"claimMappings": {"iss": "'x'"}}, "spec.claimMappings['iss']", "set by Tokenbridge itself"),
+        ({"claimMappings": {"team": "assertion.groups[0] + 1"}}, "spec.claimMappings['team']", "cannot be evaluated"),
+    ],
+)
 def test_invalid_expression_is_reported_without_discovery(okta, kind, policy, field, problem):
     okta.requests.clear()
     outcome = run(spec_of(okta, **policy), generation=4, kind=kind)
@@ -158,8 +173,9 @@ def test_invalid_expression_is_reported_without_discovery(okta, kind, policy, fi
     assert outcome.events == [("Warning", "InvalidExpression", ready["message"])]
 
 
-@pytest.mark.parametrize("condition", ["assertion.name == 'hunter2' + ", "int(assertion.name) == 1",
-                                       "assertion.name + 1 == 2"])
+@pytest.mark.parametrize(
+    "condition", ["assertion.name == 'hunter2' + ", "int(assertion.name) == 1", "assertion.name + 1 == 2"]
+)
 def test_invalid_expression_echoes_neither_the_expression_nor_claim_values(okta, condition):
     outcome = run(spec_of(okta, condition=condition))
     assert outcome.invalid_expression and "hunter2" not in repr(outcome)
@@ -172,20 +188,31 @@ def test_invalid_expression_keeps_the_last_discovery_marked_stale_then_a_fix_is_
     assert set(bad.status) == {"stale", "observedGeneration", "conditions"} and bad.status["stale"] is True
     assert cond(bad.status, "Discovered") == cond(good, "Discovered")  # not re-checked: still generation 1
     assert [e[:2] for e in bad.events] == [("Warning", "InvalidExpression")]
-    again = run(spec_of(okta, condition="assertion.sub +"), {**good, **bad.status}, generation=2,
-                now=T0 + timedelta(minutes=2))
+    again = run(
+        spec_of(okta, condition="assertion.sub +"), {**good, **bad.status}, generation=2, now=T0 + timedelta(minutes=2)
+    )
     assert again.events == []  # a refresh of the same problem: no second Event
-    fixed = run(spec_of(okta, condition="assertion.sub != ''"), {**good, **bad.status}, generation=3,
-                now=T0 + timedelta(minutes=3))
+    fixed = run(
+        spec_of(okta, condition="assertion.sub != ''"),
+        {**good, **bad.status},
+        generation=3,
+        now=T0 + timedelta(minutes=3),
+    )
     assert fixed.ready and fixed.invalid_expression is None and fixed.status["stale"] is False
     assert cond(fixed.status, "Ready")["reason"] == "Ready" and [e[:2] for e in fixed.events] == [("Normal", "Ready")]
 
 
 def test_valid_expressions_change_nothing(okta):
     plain = run(spec_of(okta))
-    with_policy = run(spec_of(okta, condition="assertion.sub != '' && request.namespace == 'team'",
-                              claimMappings={"sub": "'okta:' + assertion.sub", "groups": "assertion.groups"}))
+    with_policy = run(
+        spec_of(
+            okta,
+            condition="assertion.sub != '' && request.namespace == 'team'",
+            claimMappings={"sub": "'okta:' + assertion.sub", "groups": "assertion.groups"},
+        )
+    )
     assert with_policy.ready and with_policy.invalid_expression is None
     assert with_policy.events == plain.events
     assert {k: v for k, v in with_policy.status.items() if k != "discoveredAt"} == {
-        k: v for k, v in plain.status.items() if k != "discoveredAt"}
+        k: v for k, v in plain.status.items() if k != "discoveredAt"
+    }

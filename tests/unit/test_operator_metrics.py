@@ -1,6 +1,7 @@
 """Operator metrics as the kopf wiring records them: reconciles by kind and result, discovery failures, keys per
 IdP, signing key age, and the /metrics endpoint. Calls ``main``'s reconcile helpers directly with in-memory
 Secrets; only ``kopf.event`` (which needs a running operator) is replaced by a recorder."""
+
 import asyncio
 import ipaddress
 import math
@@ -17,8 +18,11 @@ from tokenbridge_operator import main, metrics
 from tokenbridge_operator.config import OperatorConfig
 from tokenbridge_operator.handlers.application import ReadinessBoard
 
-CONFIG = OperatorConfig(fetch_policy=FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
-                        signing_secret_namespace="tb", signing_secret_name="keys")
+CONFIG = OperatorConfig(
+    fetch_policy=FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
+    signing_secret_namespace="tb",
+    signing_secret_name="keys",
+)
 
 
 def value(metric, **labels):
@@ -71,9 +75,12 @@ def idp_body(name, spec, kind="IdentityProvider"):
 
 
 def app_body(name, **spec):
-    return {"apiVersion": "tokenbridge.dev/v1alpha1", "kind": "OAuthApplication",
-            "metadata": {"name": name, "namespace": "team", "uid": f"uid-{name}", "generation": 1},
-            "spec": {"credentials": {"secretName": f"{name}-creds"}, **spec}}
+    return {
+        "apiVersion": "tokenbridge.dev/v1alpha1",
+        "kind": "OAuthApplication",
+        "metadata": {"name": name, "namespace": "team", "uid": f"uid-{name}", "generation": 1},
+        "spec": {"credentials": {"secretName": f"{name}-creds"}, **spec},
+    }
 
 
 def test_identity_provider_results_are_counted_by_kind(okta, posted):
@@ -83,18 +90,25 @@ def test_identity_provider_results_are_counted_by_kind(okta, posted):
     main._reconcile_idp(idp_body("static", spec, "ClusterIdentityProvider"), kopf.Patch(), memo(), 0)
     assert reconciliations("ClusterIdentityProvider", "success") == before["success"] + 1
     assert reconciliations("IdentityProvider", "success") == other_kind
-    assert value("tokenbridge_operator_identity_provider_keys", kind="ClusterIdentityProvider", namespace="",
-                 name="static") == 1
+    assert (
+        value(
+            "tokenbridge_operator_identity_provider_keys", kind="ClusterIdentityProvider", namespace="", name="static"
+        )
+        == 1
+    )
 
     patch = kopf.Patch()
     with pytest.raises(kopf.PermanentError, match="InvalidExpression: spec.condition"):
-        main._reconcile_idp(idp_body("bad", {**spec, "condition": "assertion.sub +"}, "ClusterIdentityProvider"),
-                            patch, memo(), 0)
+        main._reconcile_idp(
+            idp_body("bad", {**spec, "condition": "assertion.sub +"}, "ClusterIdentityProvider"), patch, memo(), 0
+        )
     assert reconciliations("ClusterIdentityProvider", "permanent_error") == before["permanent_error"] + 1
     ready = next(c for c in patch.status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "InvalidExpression")
     assert [(name, e["type"], e["reason"]) for name, e in posted] == [
-        ("static", "Normal", "Ready"), ("bad", "Warning", "InvalidExpression")]
+        ("static", "Normal", "Ready"),
+        ("bad", "Warning", "InvalidExpression"),
+    ]
 
 
 def test_discovery_failures_are_counted_by_reason(okta, posted):
@@ -105,14 +119,23 @@ def test_discovery_failures_are_counted_by_reason(okta, posted):
     okta.fail(None)
     try:
         with pytest.raises(kopf.TemporaryError):
-            main._reconcile_idp(idp_body("down", {"type": "Okta", "wellKnownURL": okta.well_known_url,
-                                                  "tls": {"caBundle": okta.ca_pem}}), kopf.Patch(), memo(), 0)
+            main._reconcile_idp(
+                idp_body(
+                    "down", {"type": "Okta", "wellKnownURL": okta.well_known_url, "tls": {"caBundle": okta.ca_pem}}
+                ),
+                kopf.Patch(),
+                memo(),
+                0,
+            )
     finally:
         okta.recover()
     with pytest.raises(kopf.PermanentError, match="BlockedAddress"):
-        main._reconcile_idp(idp_body("private", {"type": "OIDC",
-                                                 "wellKnownURL": "https://10.0.0.1/.well-known/openid-configuration"}),
-                            kopf.Patch(), memo(), 0)
+        main._reconcile_idp(
+            idp_body("private", {"type": "OIDC", "wellKnownURL": "https://10.0.0.1/.well-known/openid-configuration"}),
+            kopf.Patch(),
+            memo(),
+            0,
+        )
     assert value("tokenbridge_operator_discovery_failures_total", reason="DiscoveryUnavailable") == unavailable + 1
     assert value("tokenbridge_operator_discovery_failures_total", reason="BlockedAddress") == blocked + 1
     assert reconciliations("IdentityProvider", "temporary_error") == temporary + 1
@@ -120,15 +143,32 @@ def test_discovery_failures_are_counted_by_reason(okta, posted):
 
 
 def test_an_invalid_expression_is_not_a_discovery_failure(okta, posted):
-    total = sum(s.value for f in REGISTRY.collect() if f.name == "tokenbridge_operator_discovery_failures"
-                for s in f.samples if s.name.endswith("_total"))
+    total = sum(
+        s.value
+        for f in REGISTRY.collect()
+        if f.name == "tokenbridge_operator_discovery_failures"
+        for s in f.samples
+        if s.name.endswith("_total")
+    )
     okta.requests.clear()
     with pytest.raises(kopf.PermanentError):
-        main._reconcile_idp(idp_body("bad", {"type": "Okta", "wellKnownURL": okta.well_known_url,
-                                             "claimMappings": {"exp": "1"}}), kopf.Patch(), memo(), 0)
+        main._reconcile_idp(
+            idp_body("bad", {"type": "Okta", "wellKnownURL": okta.well_known_url, "claimMappings": {"exp": "1"}}),
+            kopf.Patch(),
+            memo(),
+            0,
+        )
     assert okta.requests == []
-    assert sum(s.value for f in REGISTRY.collect() if f.name == "tokenbridge_operator_discovery_failures"
-               for s in f.samples if s.name.endswith("_total")) == total
+    assert (
+        sum(
+            s.value
+            for f in REGISTRY.collect()
+            if f.name == "tokenbridge_operator_discovery_failures"
+            for s in f.samples
+            if s.name.endswith("_total")
+        )
+        == total
+    )
 
 
 def test_deleting_an_identity_provider_drops_its_key_gauge(okta, posted):
@@ -150,12 +190,25 @@ def test_application_results_are_counted(posted):
         main._reconcile_app(app_body("typo", condition="request.client_id"), kopf.Patch(), memo(kube), 0)
     assert list(kube.secrets) == [("team", "web-creds")]
     with pytest.raises(kopf.TemporaryError, match="Kubernetes API error 503"):
-        main._reconcile_app(app_body("api-down"), kopf.Patch(),
-                            memo(FakeKube(fail_with=ApiException(status=503, reason="Unavailable"))), 0)
+        main._reconcile_app(
+            app_body("api-down"),
+            kopf.Patch(),
+            memo(FakeKube(fail_with=ApiException(status=503, reason="Unavailable"))),
+            0,
+        )
     assert {r: reconciliations("OAuthApplication", r) - before[r] for r in before} == {
-        "success": 1, "temporary_error": 1, "permanent_error": 1}
-    assert ("typo", {"type": "Warning", "reason": "InvalidExpression",
-                     "message": "spec.condition: must evaluate to a bool, not StringType (fix the spec)"}) in posted
+        "success": 1,
+        "temporary_error": 1,
+        "permanent_error": 1,
+    }
+    assert (
+        "typo",
+        {
+            "type": "Warning",
+            "reason": "InvalidExpression",
+            "message": "spec.condition: must evaluate to a bool, not StringType (fix the spec)",
+        },
+    ) in posted
 
 
 def test_signing_key_age_is_measured_at_scrape_time():
@@ -172,8 +225,12 @@ def test_signing_key_age_is_measured_at_scrape_time():
 def test_every_kind_and_result_is_exported_from_the_start():
     for kind in ("IdentityProvider", "ClusterIdentityProvider", "OAuthApplication"):
         for result in ("success", "temporary_error", "permanent_error"):
-            assert REGISTRY.get_sample_value("tokenbridge_operator_reconciliations_total",
-                                             {"kind": kind, "result": result}) is not None
+            assert (
+                REGISTRY.get_sample_value(
+                    "tokenbridge_operator_reconciliations_total", {"kind": kind, "result": result}
+                )
+                is not None
+            )
 
 
 def test_endpoint_serves_the_metrics_and_stops():

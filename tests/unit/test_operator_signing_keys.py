@@ -1,10 +1,16 @@
 """The signing-key Secret reconciler: created once, rotated publish-then-sign, unchanged when nothing is due."""
+
 from tokenbridge.signing import SigningKeySet
 from tokenbridge_operator.config import OperatorConfig
 from tokenbridge_operator.handlers.signing_keys import reconcile
 
-CONFIG = OperatorConfig(signing_rotation_period=100, signing_publish_lead=10, max_token_lifetime=50,
-                        signing_secret_namespace="tb", signing_secret_name="keys")
+CONFIG = OperatorConfig(
+    signing_rotation_period=100,
+    signing_publish_lead=10,
+    max_token_lifetime=50,
+    signing_secret_namespace="tb",
+    signing_secret_name="keys",
+)
 
 
 class Store:
@@ -49,8 +55,10 @@ def test_created_once_then_rotated_with_the_old_key_still_published():
 
 def test_unreadable_secret_is_replaced():
     store = Store()
-    store.secret = {"metadata": {"name": "keys", "namespace": "tb", "resourceVersion": "7"},
-                    "data": {"keys.json": "bm90IGpzb24="}}
+    store.secret = {
+        "metadata": {"name": "keys", "namespace": "tb", "resourceVersion": "7"},
+        "data": {"keys.json": "bm90IGpzb24="},
+    }
     result = reconcile(CONFIG, read_secret=store.read, write_secret=store.write, now=5.0)
     assert result.changed and store.writes == [False]
     assert SigningKeySet.from_secret_data(store.secret["data"]).active(5.0)

@@ -1,12 +1,23 @@
 """CEL policy in the request path: IdP and application conditions, claim mappings, policies that do not compile
 (the resource is not served), and the lifetime cap — through the token endpoint (falcon TestClient)."""
+
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from tests.support.exchange import (Clock, FixedSource, app_object, claims_of, expect_error, idp_object, make_client,
-                                    no_fetch, post_form, snapshot_of)
+from tests.support.exchange import (
+    Clock,
+    FixedSource,
+    app_object,
+    claims_of,
+    expect_error,
+    idp_object,
+    make_client,
+    no_fetch,
+    post_form,
+    snapshot_of,
+)
 from tests.support.idp import NOW, IdP
 from tokenbridge import api
 from tokenbridge_exchange import snapshot as snapshot_module
@@ -18,25 +29,42 @@ AUTH = (CLIENT, SECRET)
 
 
 def exchange(client, token, **params):
-    return post_form(client, "/oauth2/token", {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
-                                               "subject_token_type": api.TOKEN_TYPE_JWT, **params}, AUTH)
+    return post_form(
+        client,
+        "/oauth2/token",
+        {
+            "grant_type": api.GRANT_TOKEN_EXCHANGE,
+            "subject_token": token,
+            "subject_token_type": api.TOKEN_TYPE_JWT,
+            **params,
+        },
+        AUTH,
+    )
 
 
 def setup(idp_spec=None, app_spec=None, *, idp=None, clock=None, **config):
     idp = idp or IdP()
     clock = clock or Clock()
-    snap = snapshot_of([idp_object("corp", idp.issuer, jwks=idp.jwks(), **(idp_spec or {}))],
-                       apps=[app_object("web", CLIENT, SECRET, **(app_spec or {}))], clock=clock)
+    snap = snapshot_of(
+        [idp_object("corp", idp.issuer, jwks=idp.jwks(), **(idp_spec or {}))],
+        apps=[app_object("web", CLIENT, SECRET, **(app_spec or {}))],
+        clock=clock,
+    )
     return make_client(FixedSource(snap), clock, **config), idp, snap
 
 
 # --- conditions ------------------------------------------------------------------------------------------------
 
+
 def test_idp_condition_admits_and_refuses_naming_the_idp_not_the_token():
     client, idp, _ = setup({"condition": "assertion.sub.endsWith(':alice')"})
     assert exchange(client, idp.token(sub="system:serviceaccount:ns:alice")).status_code == 200
-    body = expect_error(exchange(client, idp.token(sub="system:serviceaccount:ns:mallory-secret")), 400,
-                        "invalid_grant", "the condition of identity provider team-a/corp refused the request")
+    body = expect_error(
+        exchange(client, idp.token(sub="system:serviceaccount:ns:mallory-secret")),
+        400,
+        "invalid_grant",
+        "the condition of identity provider team-a/corp refused the request",
+    )
     assert "mallory" not in body["error_description"]
 
 
@@ -45,22 +73,29 @@ def test_condition_on_a_nested_claim_with_a_dotted_name():
     client, idp, _ = setup({"condition": cond})
     sa = lambda name: {"namespace": "ns", "serviceaccount": {"name": name, "uid": "u"}}  # noqa: E731
     assert exchange(client, idp.token(**{"kubernetes.io": sa("alice")})).status_code == 200
-    expect_error(exchange(client, idp.token(**{"kubernetes.io": sa("bob")})), 400, "invalid_grant",
-                 "condition of identity provider team-a/corp")
+    expect_error(
+        exchange(client, idp.token(**{"kubernetes.io": sa("bob")})),
+        400,
+        "invalid_grant",
+        "condition of identity provider team-a/corp",
+    )
     # the claim missing entirely: refused, not a 500
     expect_error(exchange(client, idp.token()), 400, "invalid_grant", "a claim it reads is missing")
 
 
-@pytest.mark.parametrize("condition, params, ok", [
-    ("'https://api.example.test' in request.audience", {"audience": "https://api.example.test"}, True),
-    ("'https://api.example.test' in request.audience", {"audience": "https://other.example.test"}, False),
-    ("request.scope.all(s, s != 'write')", {"scope": "read"}, True),
-    ("request.scope.all(s, s != 'write')", {"scope": "read write"}, False),
-    ("request.scope.all(s, s != 'write')", {}, False),  # no scope requested: every scope of the app
-    ("request.namespace == 'team-a' && request.client_id == 'tb-client'", {}, True),
-    ("request.namespace == 'prod'", {}, False),
-    (f"request.grant_type == '{api.GRANT_TOKEN_EXCHANGE}'", {}, True),
-])
+@pytest.mark.parametrize(
+    "condition, params, ok",
+    [
+        ("'https://api.example.test' in request.audience", {"audience": "https://api.example.test"}, True),
+        ("'https://api.example.test' in request.audience", {"audience": "https://other.example.test"}, False),
+        ("request.scope.all(s, s != 'write')", {"scope": "read"}, True),
+        ("request.scope.all(s, s != 'write')", {"scope": "read write"}, False),
+        ("request.scope.all(s, s != 'write')", {}, False),  # no scope requested: every scope of the app
+        ("request.namespace == 'team-a' && request.client_id == 'tb-client'", {}, True),
+        ("request.namespace == 'prod'", {}, False),
+        (f"request.grant_type == '{api.GRANT_TOKEN_EXCHANGE}'", {}, True),
+    ],
+)
 def test_application_condition_sees_the_request(condition, params, ok):
     client, idp, _ = setup(app_spec={"condition": condition})
     result = exchange(client, idp.token(), **params)
@@ -71,11 +106,11 @@ def test_application_condition_sees_the_request(condition, params, ok):
 
 
 def test_both_conditions_must_hold_idp_first():
-    client, idp, _ = setup({"condition": "assertion.sub == 'alice'"},
-                           {"condition": "'admins' in assertion.groups"})
+    client, idp, _ = setup({"condition": "assertion.sub == 'alice'"}, {"condition": "'admins' in assertion.groups"})
     assert exchange(client, idp.token(groups=["admins"])).status_code == 200
-    expect_error(exchange(client, idp.token(sub="bob", groups=["admins"])), 400, "invalid_grant",
-                 "identity provider team-a/corp")
+    expect_error(
+        exchange(client, idp.token(sub="bob", groups=["admins"])), 400, "invalid_grant", "identity provider team-a/corp"
+    )
     expect_error(exchange(client, idp.token(groups=["dev"])), 400, "invalid_grant", "application team-a/web")
 
 
@@ -83,8 +118,12 @@ def test_application_condition_gates_client_credentials_with_an_empty_assertion(
     client, _, _ = setup(app_spec={"condition": "request.scope == ['read']"})
     form = {"grant_type": api.GRANT_CLIENT_CREDENTIALS, "scope": "read"}
     assert post_form(client, "/oauth2/token", form, AUTH).status_code == 200
-    expect_error(post_form(client, "/oauth2/token", {**form, "scope": "write"}, AUTH), 400, "invalid_grant",
-                 "application team-a/web")
+    expect_error(
+        post_form(client, "/oauth2/token", {**form, "scope": "write"}, AUTH),
+        400,
+        "invalid_grant",
+        "application team-a/web",
+    )
     client, _, _ = setup(app_spec={"condition": "assertion.sub == 'x'"})
     expect_error(post_form(client, "/oauth2/token", form, AUTH), 400, "invalid_grant", "application team-a/web")
 
@@ -97,10 +136,18 @@ def test_jwt_bearer_assertions_meet_the_idp_condition():
 
 # --- claim mappings --------------------------------------------------------------------------------------------
 
+
 def test_claim_mappings_set_sub_and_extra_claims_in_the_issued_token():
-    client, idp, _ = setup({"claimMappings": {"sub": "'corp:' + assertion.sub", "groups": "assertion.groups",
-                                              "corp_mail": "assertion.email.endsWith('@example.com')",
-                                              "admin": "'admins' in assertion.groups"}})
+    client, idp, _ = setup(
+        {
+            "claimMappings": {
+                "sub": "'corp:' + assertion.sub",
+                "groups": "assertion.groups",
+                "corp_mail": "assertion.email.endsWith('@example.com')",
+                "admin": "'admins' in assertion.groups",
+            }
+        }
+    )
     claims = claims_of(exchange(client, idp.token(groups=["admins", "dev"], email="alice@example.com")))
     assert claims["sub"] == "corp:alice"
     assert claims["groups"] == ["admins", "dev"] and claims["admin"] is True
@@ -109,15 +156,20 @@ def test_claim_mappings_set_sub_and_extra_claims_in_the_issued_token():
 
 
 def test_conditions_read_the_subject_token_not_the_mapped_claims():
-    client, idp, _ = setup({"claimMappings": {"sub": "'corp:' + assertion.sub"},
-                            "condition": "assertion.sub == 'alice'"})
+    client, idp, _ = setup(
+        {"claimMappings": {"sub": "'corp:' + assertion.sub"}, "condition": "assertion.sub == 'alice'"}
+    )
     assert claims_of(exchange(client, idp.token()))["sub"] == "corp:alice"
 
 
 def test_a_mapping_that_cannot_be_computed_refuses_without_echoing_the_token():
     client, idp, _ = setup({"claimMappings": {"mail": "assertion.email"}})
-    body = expect_error(exchange(client, idp.token()), 400, "invalid_grant",
-                        "claim mapping 'mail' of identity provider team-a/corp cannot be computed")
+    body = expect_error(
+        exchange(client, idp.token()),
+        400,
+        "invalid_grant",
+        "claim mapping 'mail' of identity provider team-a/corp cannot be computed",
+    )
     assert "alice" not in body["error_description"]
 
 
@@ -128,12 +180,16 @@ def test_mapped_sub_must_be_a_non_empty_string():
 
 # --- policies that do not compile: the resource is not served -----------------------------------------------
 
-@pytest.mark.parametrize("spec, reason", [
-    ({"condition": "assertion.sub +"}, "spec.condition: is not valid CEL"),
-    ({"condition": "assertion.sub"}, "must evaluate to a bool"),
-    ({"claimMappings": {"iss": "'https://evil.example'"}}, "cannot be mapped"),
-    ({"claimMappings": {"groups": "assertion.groups +"}}, "not valid CEL"),
-])
+
+@pytest.mark.parametrize(
+    "spec, reason",
+    [
+        ({"condition": "assertion.sub +"}, "spec.condition: is not valid CEL"),
+        ({"condition": "assertion.sub"}, "must evaluate to a bool"),
+        ({"claimMappings": {"iss": "'https://evil.example'"}}, "cannot be mapped"),
+        ({"claimMappings": {"groups": "assertion.groups +"}}, "not valid CEL"),
+    ],
+)
 def test_an_idp_whose_policy_does_not_compile_is_not_served(spec, reason):
     client, idp, snap = setup(spec)
     assert not snap.providers
@@ -189,11 +245,13 @@ def test_no_policy_means_no_cel_on_the_request_path(monkeypatch):
     client, idp, snap = setup()
     assert snap.providers[("IdentityProvider", "team-a", "corp")].policy.empty
     import tokenbridge.policy as policy
+
     monkeypatch.setattr(policy, "_activation", lambda *a: pytest.fail("CEL evaluated without a policy"))
     assert exchange(client, idp.token()).status_code == 200
 
 
 # --- lifetime cap ---------------------------------------------------------------------------------------------
+
 
 def test_issued_lifetime_is_capped_by_the_server_maximum():
     client, idp, _ = setup(app_spec={"accessTokenLifetime": "48h"}, max_token_lifetime=3600.0)
@@ -208,6 +266,7 @@ def test_issued_lifetime_is_capped_by_the_server_maximum():
 
 def test_max_token_lifetime_comes_from_the_operators_variable(tmp_path):
     from tokenbridge_exchange import config
+
     cfg = config.load(["--manifests", str(tmp_path)], env={"TOKENBRIDGE_MAX_TOKEN_LIFETIME": "2h"})
     assert cfg.max_token_lifetime == 7200
     assert config.load(["--manifests", str(tmp_path)], env={}).max_token_lifetime == 86400

@@ -1,4 +1,5 @@
 """docs/reference.md is exactly what docs/generate_reference.py makes of crds/, and it documents every field."""
+
 from __future__ import annotations
 
 import copy

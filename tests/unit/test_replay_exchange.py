@@ -1,4 +1,5 @@
 """requireJTI and preventReplay: a token's (iss, jti) is accepted once, across every worker sharing the cache."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -7,8 +8,15 @@ import uuid
 
 import pytest
 
-from tests.support.exchange import (FixedSource, app_object, expect_error, idp_object, make_client, post_form,
-                                    snapshot_of)
+from tests.support.exchange import (
+    FixedSource,
+    app_object,
+    expect_error,
+    idp_object,
+    make_client,
+    post_form,
+    snapshot_of,
+)
 from tests.support.idp import NOW
 from tokenbridge import api
 from tokenbridge_exchange.replay import CacheFull, ReplayCache, Replayed
@@ -19,8 +27,10 @@ AUTH = (CLIENT, SECRET)
 
 @pytest.fixture
 def source(idp, clock):
-    idps = [idp_object("corp", idp.issuer, jwks=idp.jwks(), requireJTI=True, preventReplay=True),
-            idp_object("loose", "https://loose.example.test", jwks=idp.jwks())]
+    idps = [
+        idp_object("corp", idp.issuer, jwks=idp.jwks(), requireJTI=True, preventReplay=True),
+        idp_object("loose", "https://loose.example.test", jwks=idp.jwks()),
+    ]
     apps = [app_object("web", CLIENT, SECRET, delegation=True, providers=[{"name": "corp"}, {"name": "loose"}])]
     return FixedSource(snapshot_of(idps, apps=apps, clock=clock))
 
@@ -31,8 +41,17 @@ def cache_path(tmp_path):
 
 
 def exchange(client, token, **params):
-    return post_form(client, "/oauth2/token", {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
-                                               "subject_token_type": api.TOKEN_TYPE_JWT, **params}, AUTH)
+    return post_form(
+        client,
+        "/oauth2/token",
+        {
+            "grant_type": api.GRANT_TOKEN_EXCHANGE,
+            "subject_token": token,
+            "subject_token_type": api.TOKEN_TYPE_JWT,
+            **params,
+        },
+        AUTH,
+    )
 
 
 def jti() -> str:
@@ -41,8 +60,12 @@ def jti() -> str:
 
 def test_require_jti(source, clock, idp, cache_path):
     client = make_client(source, clock, replay_cache_path=cache_path)
-    expect_error(exchange(client, idp.token()), 400, "invalid_grant",
-                 "identity provider team-a/corp requires a jti claim and the token has none")
+    expect_error(
+        exchange(client, idp.token()),
+        400,
+        "invalid_grant",
+        "identity provider team-a/corp requires a jti claim and the token has none",
+    )
     expect_error(exchange(client, idp.token(jti=42)), 400, "invalid_grant", "not a non-empty string")
     assert exchange(client, idp.token(jti=jti())).status_code == 200
 
@@ -97,8 +120,7 @@ def test_a_full_cache_fails_closed(source, clock, idp, tmp_path):
         cache.consume([("i", "c", NOW + 100)])
     clock.now = NOW + 101  # both expired: purged on the next use
     cache.consume([("i", "c", NOW + 200)])
-    client = make_client(source, clock, replay_cache_path=str(tmp_path / "full2.sqlite3"),
-                         replay_cache_max_entries=1)
+    client = make_client(source, clock, replay_cache_path=str(tmp_path / "full2.sqlite3"), replay_cache_max_entries=1)
     clock.now = NOW
     assert exchange(client, idp.token(jti=jti())).status_code == 200
     expect_error(exchange(client, idp.token(jti=jti())), 503, "temporarily_unavailable", "replay cache")
@@ -128,8 +150,7 @@ def test_two_processes_race_for_one_jti(cache_path):
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
     keys = [("https://idp", f"jti-{i}", 4e9) for i in range(20)]
-    procs = [ctx.Process(target=lambda: [_consume_in_child(cache_path, k, results) for k in keys])
-             for _ in range(2)]
+    procs = [ctx.Process(target=lambda: [_consume_in_child(cache_path, k, results) for k in keys]) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:

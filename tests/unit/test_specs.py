@@ -1,5 +1,6 @@
 """tokenbridge.specs: what the code reads from a spec's JSON (the schema rendered from the same models is checked
 in test_crds.py)."""
+
 import pytest
 
 from tokenbridge import api
@@ -21,17 +22,21 @@ def test_operator_credentials_only_for_kubernetes_unless_turned_off():
     assert IdentityProviderSpec.from_dict({"type": "Kubernetes"}).uses_operator_credentials
     assert IdentityProviderSpec.from_dict({"type": "Kubernetes", "kubernetes": {}}).uses_operator_credentials
     assert not IdentityProviderSpec.from_dict(
-        {"type": "Kubernetes", "kubernetes": {"useOperatorCredentials": False}}).uses_operator_credentials
+        {"type": "Kubernetes", "kubernetes": {"useOperatorCredentials": False}}
+    ).uses_operator_credentials
     assert not IdentityProviderSpec.from_dict({"type": "OIDC"}).uses_operator_credentials
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"allowedAudiences": "api"}, "spec.allowedAudiences must be a list, not 'api'"),  # not the characters a, p, i
-    ({"requireJTI": "false"}, "spec.requireJTI must be true or false, not 'false'"),
-    ({"issuer": 42}, "spec.issuer must be a string, not 42"),
-    ({"tls": "pem"}, "spec.tls must be an object"),
-    ({"tls": {"caBundle": ["x"]}}, "spec.tls.caBundle must be a string"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"allowedAudiences": "api"}, "spec.allowedAudiences must be a list, not 'api'"),  # not the characters a, p, i
+        ({"requireJTI": "false"}, "spec.requireJTI must be true or false, not 'false'"),
+        ({"issuer": 42}, "spec.issuer must be a string, not 42"),
+        ({"tls": "pem"}, "spec.tls must be an object"),
+        ({"tls": {"caBundle": ["x"]}}, "spec.tls.caBundle must be a string"),
+    ],
+)
 def test_json_of_the_wrong_type_names_the_field(spec, message):
     with pytest.raises(SpecError, match="^" + message.replace("[", r"\[").replace("(", r"\(")):
         IdentityProviderSpec.from_dict(spec)
@@ -61,9 +66,20 @@ def test_a_standalone_manifest_of_the_wrong_json_type_is_left_out_naming_the_fie
     from tokenbridge_exchange.jwks_cache import JwksCache
     from tokenbridge_exchange.snapshot import build_snapshot
 
-    idp = {"metadata": {"namespace": "team", "name": "corp"},
-           "spec": {"type": "OIDC", "issuer": "https://idp.example", "jwksURI": "https://idp.example/jwks",
-                    "allowedAudiences": "api"}}
-    snapshot = build_snapshot(identity_providers=[idp], cluster_identity_providers=[], applications=[],
-                              signing_keys=None, cache=JwksCache(lambda uri, spec: None))
+    idp = {
+        "metadata": {"namespace": "team", "name": "corp"},
+        "spec": {
+            "type": "OIDC",
+            "issuer": "https://idp.example",
+            "jwksURI": "https://idp.example/jwks",
+            "allowedAudiences": "api",
+        },
+    }
+    snapshot = build_snapshot(
+        identity_providers=[idp],
+        cluster_identity_providers=[],
+        applications=[],
+        signing_keys=None,
+        cache=JwksCache(lambda uri, spec: None),
+    )
     assert snapshot.skipped == ("IdentityProvider team/corp: spec.allowedAudiences must be a list, not 'api'",)

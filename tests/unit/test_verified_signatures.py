@@ -1,14 +1,24 @@
 """A subject token presented again skips its signature's public-key operation, and nothing else."""
+
 from __future__ import annotations
 
 import pytest
 
-from tests.support.exchange import (Clock, FixedSource, app_object, expect_error, idp_object, make_client, post_form,
-                                    snapshot_of)
+from tests.support.exchange import (
+    Clock,
+    FixedSource,
+    app_object,
+    expect_error,
+    idp_object,
+    make_client,
+    post_form,
+    snapshot_of,
+)
 from tests.support.idp import NOW, IdP
 from tokenbridge import api
 from tokenbridge.jwks import VerificationKey
-from tokenbridge_exchange import assertions, config as server_config
+from tokenbridge_exchange import assertions
+from tokenbridge_exchange import config as server_config
 
 CLIENT, SECRET = "tb-client", "s3cret-s3cret"
 
@@ -38,15 +48,23 @@ def world():
     source = FixedSource()
 
     def configure(idp_for_snapshot=idp):
-        source.snapshot = snapshot_of([idp_object("corp", idp_for_snapshot.issuer, jwks=idp_for_snapshot.jwks())],
-                                      apps=[app_object("web", CLIENT, SECRET)], clock=clock)
+        source.snapshot = snapshot_of(
+            [idp_object("corp", idp_for_snapshot.issuer, jwks=idp_for_snapshot.jwks())],
+            apps=[app_object("web", CLIENT, SECRET)],
+            clock=clock,
+        )
+
     configure()
     return clock, idp, source, configure
 
 
 def exchange(client, token):
-    return post_form(client, "/oauth2/token", {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token,
-                                               "subject_token_type": api.TOKEN_TYPE_JWT}, (CLIENT, SECRET))
+    return post_form(
+        client,
+        "/oauth2/token",
+        {"grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": api.TOKEN_TYPE_JWT},
+        (CLIENT, SECRET),
+    )
 
 
 def test_a_token_presented_again_is_not_verified_again(world, rs256):
@@ -94,8 +112,9 @@ def test_failed_signatures_are_never_remembered(world, rs256):
     other_payload = idp.token(sub="mallory").split(".")[1]
     assert exchange(client, f"{header}.{payload}.{signature}").status_code == 200
     # a remembered signature with another payload is not a hit: verified, and refused
-    expect_error(exchange(client, f"{header}.{other_payload}.{signature}"), 400, "invalid_grant",
-                 "signature does not verify")
+    expect_error(
+        exchange(client, f"{header}.{other_payload}.{signature}"), 400, "invalid_grant", "signature does not verify"
+    )
     assert rs256.calls == 5
 
 

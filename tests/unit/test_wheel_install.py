@@ -4,6 +4,7 @@ token exchange with the default worker class. The dev extras once hid that gunic
 ``packaging`` (gunicorn lists it only under its ``gevent`` extra): ``tokenbridge serve`` exited at once.
 
 pip resolves from its cache or the package index, as ``pip install`` of the wheel would."""
+
 from __future__ import annotations
 
 import os
@@ -79,21 +80,27 @@ def test_wheel_metadata_is_pep_639(wheel):
     urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL"))
     assert set(urls) == {"Homepage", "Documentation", "Source", "Issues"}
     assert all(u.startswith("https://") for u in urls.values())
-    assert not [c for c in metadata.get_all("Classifier") if c.startswith("License ::")], \
+    assert not [c for c in metadata.get_all("Classifier") if c.startswith("License ::")], (
         "PEP 639: no license classifiers next to License-Expression"
+    )
     requires = metadata.get_all("Requires-Dist")
     assert any(r.startswith("gunicorn[gevent]") for r in requires), requires
 
 
 def test_installed_wheel_serves_a_token_exchange_with_the_default_worker_class(venv, tmp_path):
     bin_dir = venv / "bin"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TOKENBRIDGE_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TOKENBRIDGE_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")
+    }
     env["TOKENBRIDGE_PUBLIC_ISSUER"] = ""
     # the installed code, not the repository's; and no dev extras came along
-    code = ("import importlib.util, sys, tokenbridge_cli.cli, tokenbridge_exchange.serve, tokenbridge_operator.main; "
-            "assert tokenbridge_cli.cli.__file__.startswith(sys.prefix), tokenbridge_cli.cli.__file__; "
-            "assert importlib.util.find_spec('pytest') is None, 'dev extras installed'")
+    code = (
+        "import importlib.util, sys, tokenbridge_cli.cli, tokenbridge_exchange.serve, tokenbridge_operator.main; "
+        "assert tokenbridge_cli.cli.__file__.startswith(sys.prefix), tokenbridge_cli.cli.__file__; "
+        "assert importlib.util.find_spec('pytest') is None, 'dev extras installed'"
+    )
     run([str(bin_dir / "python"), "-c", code], cwd=tmp_path, env=env, timeout=60)
 
     idp = IdP()
@@ -104,9 +111,23 @@ def test_installed_wheel_serves_a_token_exchange_with_the_default_worker_class(v
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:  # no --worker-class: the default is what ships
-        proc = subprocess.Popen([str(bin_dir / "tokenbridge"), "serve", "--manifests", str(manifests),
-                                 "--bind", f"127.0.0.1:{port}", "--workers", "1"], cwd=tmp_path, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(bin_dir / "tokenbridge"),
+                "serve",
+                "--manifests",
+                str(manifests),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -120,16 +141,21 @@ def test_installed_wheel_serves_a_token_exchange_with_the_default_worker_class(v
             time.sleep(0.1)
         assert "Using worker: gevent" in log_path.read_text()
         now = int(time.time())
-        issued = httpx.post(base + "/oauth2/token", headers=basic("client-0", "pw"), data={
-            "grant_type": api.GRANT_TOKEN_EXCHANGE, "subject_token_type": api.TOKEN_TYPE_JWT,
-            "subject_token": idp.token(aud="api://tb", iat=now, exp=now + 300),
-            "audience": "https://api.example.test"})
+        issued = httpx.post(
+            base + "/oauth2/token",
+            headers=basic("client-0", "pw"),
+            data={
+                "grant_type": api.GRANT_TOKEN_EXCHANGE,
+                "subject_token_type": api.TOKEN_TYPE_JWT,
+                "subject_token": idp.token(aud="api://tb", iat=now, exp=now + 300),
+                "audience": "https://api.example.test",
+            },
+        )
         assert issued.status_code == 200, issued.text
         token = issued.json()["access_token"]
         header = jwt.get_unverified_header(token)
         key = jwt.PyJWKSet.from_dict(httpx.get(base + "/.well-known/jwks.json").json())[header["kid"]]
-        claims = jwt.decode(token, key, algorithms=[header["alg"]], audience="https://api.example.test",
-                            issuer=base)
+        claims = jwt.decode(token, key, algorithms=[header["alg"]], audience="https://api.example.test", issuer=base)
         assert claims["sub"] == "alice" and claims["client_id"] == "client-0" and claims["idp"] == "apps/corp"
     finally:
         stop_group(proc)
