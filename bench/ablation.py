@@ -14,6 +14,7 @@ Each variant runs in a fresh interpreter (prometheus_client reads PROMETHEUS_MUL
   floor             bench/floor_app.py's app
 Requests go straight into the WSGI callable (no HTTP, no gunicorn), so the differences are the app's own.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,11 +32,24 @@ VARIANTS = ("full", "verify-every-token", "no-audit", "metrics-in-memory", "no-m
 
 
 def _environ(auth: str, body: bytes) -> dict:
-    env = {"REQUEST_METHOD": "POST", "PATH_INFO": "/oauth2/token", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
-           "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
-           "CONTENT_TYPE": "application/x-www-form-urlencoded", "CONTENT_LENGTH": str(len(body)),
-           "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
-           "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False}
+    env = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/oauth2/token",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8080",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
     if auth:
         env["HTTP_AUTHORIZATION"] = auth
     return env
@@ -45,40 +59,49 @@ def child(variant: str, manifests: str, pool_file: str, floor_json: str, floor_p
     sys.path.insert(0, str(BENCH))
     if variant == "floor":
         import floor_app
+
         spec = json.loads(Path(floor_json).read_text())
         app = floor_app.create_app(spec["jwk"], spec["issuer"], spec["audience"])
         pool_path = floor_pool
     else:
         from tokenbridge.signing import generate_keyset
         from tokenbridge_exchange import app as app_module
+        from tokenbridge_exchange.audit import StreamAudit
         from tokenbridge_exchange.config import ServerConfig
         from tokenbridge_exchange.jwks_cache import JwksCache
         from tokenbridge_exchange.sources.manifests import ManifestSource
-
-        from tokenbridge_exchange.audit import StreamAudit
 
         audit = StreamAudit(open(os.path.join(tempfile.mkdtemp(), "audit.jsonl"), "w"))
         audit.start()
         if variant == "no-audit":
             audit.enabled = False
         if variant == "no-middleware":
+
             class NoMiddleware:
                 def __init__(self, metrics, audit):
                     pass
 
                 def process_request(self, req, resp):
                     pass
+
             app_module.MetricsMiddleware = NoMiddleware
-        source = ManifestSource(manifests, JwksCache(lambda uri, spec: None), lambda spec: None,
-                                signing_keys=generate_keyset("ES256", time.time()))
+        source = ManifestSource(
+            manifests,
+            JwksCache(lambda uri, spec: None),
+            lambda spec: None,
+            signing_keys=generate_keyset("ES256", time.time()),
+        )
         source.start()
-        config = ServerConfig(issuer="http://bench.local",
-                              replay_cache_path=os.path.join(tempfile.mkdtemp(), "replay.sqlite3"),
-                              verified_signatures=0 if variant == "verify-every-token" else 4096)
+        config = ServerConfig(
+            issuer="http://bench.local",
+            replay_cache_path=os.path.join(tempfile.mkdtemp(), "replay.sqlite3"),
+            verified_signatures=0 if variant == "verify-every-token" else 4096,
+        )
         app = app_module.create_app(config, source, audit=audit)
         pool_path = pool_file
-    pool = [(a, b.encode()) for a, b in (line.split("\t", 1) for line in Path(pool_path).read_text().splitlines()
-                                         if line)]
+    pool = [
+        (a, b.encode()) for a, b in (line.split("\t", 1) for line in Path(pool_path).read_text().splitlines() if line)
+    ]
     statuses: dict[str, int] = {}
 
     def start_response(status, headers, exc_info=None):
@@ -92,9 +115,13 @@ def child(variant: str, manifests: str, pool_file: str, floor_json: str, floor_p
         for _ in app(env, start_response):
             pass
         times.append(time.perf_counter() - t0)
-    times = sorted(times[requests // 5:])  # the first fifth warms up
-    return {"variant": variant, "mean_us": statistics.fmean(times) * 1e6, "p50_us": statistics.median(times) * 1e6,
-            "statuses": statuses}
+    times = sorted(times[requests // 5 :])  # the first fifth warms up
+    return {
+        "variant": variant,
+        "mean_us": statistics.fmean(times) * 1e6,
+        "p50_us": statistics.median(times) * 1e6,
+        "statuses": statuses,
+    }
 
 
 def run(manifests: Path, pool: Path, floor_json: Path, floor_pool: Path, requests: int = 3000) -> dict:
@@ -104,9 +131,23 @@ def run(manifests: Path, pool: Path, floor_json: Path, floor_pool: Path, request
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         if variant != "metrics-in-memory" and variant != "floor":
             env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tokenbridge-ablation-metrics-")
-        proc = subprocess.run([sys.executable, __file__, "--child", variant, str(manifests), str(pool),
-                               str(floor_json), str(floor_pool), str(requests)], capture_output=True, text=True,
-                              env=env, timeout=180)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                str(manifests),
+                str(pool),
+                str(floor_json),
+                str(floor_pool),
+                str(requests),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
         if proc.returncode != 0:
             out[variant] = {"error": proc.stderr[-1500:]}
             continue
@@ -124,5 +165,5 @@ if __name__ == "__main__":
         if "--requests" in args:
             i = args.index("--requests")
             n = int(args[i + 1])
-            del args[i:i + 2]
+            del args[i : i + 2]
         print(json.dumps(run(*map(Path, args[:4]), requests=n), indent=1))

@@ -12,6 +12,7 @@ the fork) is enough here.
 
 ``floor.json`` holds ``{"issuer": ..., "audience": ..., "jwk": <public RSA JWK>}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,19 +37,34 @@ class FloorToken:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         form = parse_qs(req.bounded_stream.read().decode())
         try:
-            claims = jwt.decode(form["subject_token"][0], self._verify_key, algorithms=["RS256"],
-                                audience=self._aud, issuer=self._iss)
+            claims = jwt.decode(
+                form["subject_token"][0], self._verify_key, algorithms=["RS256"], audience=self._aud, issuer=self._iss
+            )
         except (KeyError, jwt.PyJWTError) as exc:
             resp.status = falcon.HTTP_400
             resp.media = {"error": "invalid_grant", "error_description": str(exc)}
             return
         now = int(time.time())
         audience = form.get("audience", ["api://default"])[0]
-        token = jwt.encode({"iss": ISSUER, "sub": claims["sub"], "aud": audience, "iat": now, "exp": now + 900,
-                            "jti": uuid.uuid4().hex}, self._signing_key, algorithm="ES256",
-                           headers={"kid": self._kid, "typ": "at+jwt"})
-        resp.media = {"access_token": token, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
-                      "token_type": "Bearer", "expires_in": 900}
+        token = jwt.encode(
+            {
+                "iss": ISSUER,
+                "sub": claims["sub"],
+                "aud": audience,
+                "iat": now,
+                "exp": now + 900,
+                "jti": uuid.uuid4().hex,
+            },
+            self._signing_key,
+            algorithm="ES256",
+            headers={"kid": self._kid, "typ": "at+jwt"},
+        )
+        resp.media = {
+            "access_token": token,
+            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "token_type": "Bearer",
+            "expires_in": 900,
+        }
 
 
 class Ready:
@@ -85,8 +101,9 @@ def main(argv: list[str]) -> int:
         def load(self) -> falcon.App:
             return create_app(spec["jwk"], spec["issuer"], spec["audience"], signing_key)
 
-    config = ServerConfig(issuer=ISSUER, bind=args.bind, workers=args.workers, threads=args.threads,
-                          worker_class=args.worker_class)
+    config = ServerConfig(
+        issuer=ISSUER, bind=args.bind, workers=args.workers, threads=args.threads, worker_class=args.worker_class
+    )
     FloorServer(config, None, None, telemetry=Telemetry()).run()  # nothing emits: the floor has no source
     return 0
 

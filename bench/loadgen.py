@@ -11,6 +11,7 @@ a server that closes the connection (gunicorn's sync worker) is reconnected.
 
     python bench/loadgen.py --url http://127.0.0.1:8080/oauth2/token --pool pool.tsv --rate 800 --duration 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ def build_requests(pool: list[tuple[str, str]], host: str, path: str) -> list[by
     out = []
     for auth, body in pool:
         raw = body.encode()
-        head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                f"Content-Length: {len(raw)}\r\n")
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(raw)}\r\n"
+        )
         if auth:
             head += f"Authorization: {auth}\r\n"
         out.append(head.encode() + b"\r\n" + raw)
@@ -36,7 +39,7 @@ def build_requests(pool: list[tuple[str, str]], host: str, path: str) -> list[by
 
 
 class Conn(asyncio.Protocol):
-    def __init__(self, gen: "OpenLoop"):
+    def __init__(self, gen: OpenLoop):
         self.gen = gen
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
@@ -63,7 +66,7 @@ class Conn(asyncio.Protocol):
                 i = head.find(b"content-length:")
                 if i >= 0:
                     j = head.find(b"\r\n", i)
-                    length = int(head[i + 15:j if j >= 0 else len(head)])
+                    length = int(head[i + 15 : j if j >= 0 else len(head)])
                 else:
                     length = 0
                 self.need = end + 4 + length
@@ -71,7 +74,7 @@ class Conn(asyncio.Protocol):
                 self.close_after = b"connection: close" in head
             if len(self.buf) < self.need:
                 return
-            del self.buf[:self.need]
+            del self.buf[: self.need]
             self.need = None
             scheduled, sent = self.inflight
             self.inflight = None
@@ -87,8 +90,9 @@ class Conn(asyncio.Protocol):
 
 
 class OpenLoop:
-    def __init__(self, host: str, port: int, requests: list[bytes], rate: float, duration: float,
-                 connections: int, warmup: float):
+    def __init__(
+        self, host: str, port: int, requests: list[bytes], rate: float, duration: float, connections: int, warmup: float
+    ):
         self.host, self.port, self.requests = host, port, requests
         self.rate, self.duration, self.connections, self.warmup = rate, duration, connections, warmup
         self.idle_conns: collections.deque[Conn] = collections.deque()
@@ -207,16 +211,29 @@ class OpenLoop:
             return values[min(len(values) - 1, int(p / 100 * len(values)))] * 1000
 
         ok = self.statuses.get(200, 0)
-        return {"rate": self.rate, "duration": self.duration, "completed": len(lat), "ok": ok,
-                "non200": sum(v for k, v in self.statuses.items() if k != 200), "errors": self.errors,
-                "missing": missing, "scheduled": self.in_window, "achieved_rate": len(lat) / self.duration,
-                "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99), "max_ms": pct(lat, 100),
-                "service_p50_ms": pct(svc, 50), "service_p99_ms": pct(svc, 99),
-                "generator_max_lag_ms": lag_max * 1000}
+        return {
+            "rate": self.rate,
+            "duration": self.duration,
+            "completed": len(lat),
+            "ok": ok,
+            "non200": sum(v for k, v in self.statuses.items() if k != 200),
+            "errors": self.errors,
+            "missing": missing,
+            "scheduled": self.in_window,
+            "achieved_rate": len(lat) / self.duration,
+            "p50_ms": pct(lat, 50),
+            "p90_ms": pct(lat, 90),
+            "p99_ms": pct(lat, 99),
+            "max_ms": pct(lat, 100),
+            "service_p50_ms": pct(svc, 50),
+            "service_p99_ms": pct(svc, 99),
+            "generator_max_lag_ms": lag_max * 1000,
+        }
 
 
-def run_open_loop(url: str, pool: list[tuple[str, str]], rate: float, duration: float, *, connections: int = 64,
-                  warmup: float = 1.0) -> dict:
+def run_open_loop(
+    url: str, pool: list[tuple[str, str]], rate: float, duration: float, *, connections: int = 64, warmup: float = 1.0
+) -> dict:
     parts = urlsplit(url)
     requests = build_requests(pool, parts.netloc, parts.path or "/")
     gen = OpenLoop(parts.hostname, parts.port or 80, requests, rate, duration, connections, warmup)
@@ -233,8 +250,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--connections", type=int, default=64)
     args = p.parse_args(argv)
     pool = [tuple(line.split("\t", 1)) for line in Path(args.pool).read_text().splitlines() if line]
-    print(json.dumps(run_open_loop(args.url, pool, args.rate, args.duration, connections=args.connections,
-                                   warmup=args.warmup)))
+    print(
+        json.dumps(
+            run_open_loop(args.url, pool, args.rate, args.duration, connections=args.connections, warmup=args.warmup)
+        )
+    )
     return 0
 
 
