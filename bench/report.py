@@ -502,6 +502,12 @@ def write(results: dict, out_dir: Path) -> Path:
                 else scale_module.markdown(scale)
             ),
         ]
+    calls = out_dir / "library_calls.json"
+    if calls.exists():  # bench/library_calls.py: the library calls' cost beside their floors, before and after
+        import library_calls
+
+        section = library_calls.markdown(json.loads(calls.read_text())).split("\n", 1)[1]
+        L += ["## Library calls beside their floors", *section.splitlines()]
     build = results.get("peer_build", {})
     env = (targets.get("hydra", {}).get("notes", {}).get("env")) or {}
     L += [

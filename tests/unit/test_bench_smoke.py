@@ -148,3 +148,19 @@ def test_library_calls_report_is_one_table_per_subject(tmp_path):
     assert prose(text) == [text.splitlines()[2]]
     rows = [line for line in text.splitlines() if line.startswith("| ES256: ")]
     assert len(rows) == 3 and all(line.count(" µs") == 1 + bool(results["previous"]) for line in rows)
+
+
+def test_the_report_shows_the_library_calls_beside_their_floors(tmp_path):
+    results = json.loads((BENCH / "results" / "results.json").read_text())
+    calls = json.loads((BENCH / "results" / "library_calls.json").read_text())
+    (tmp_path / "library_calls.json").write_text(json.dumps(calls))
+    text = report.write(results, tmp_path).read_text()
+    section = text.split("## Library calls beside their floors\n", 1)[1]
+    for row in (
+        "| YAML floor: libyaml's events alone",
+        "| JSON: `json.load` |",
+        "| ES256: `jwt.encode` per token |",
+        "| ES256: floor, `key.sign` per token |",
+    ):
+        assert row in section
+    assert len(prose(text)) == 3  # the report's introduction, the plot, the library calls' set-up
