@@ -13,7 +13,8 @@ import pytest
 from jwcrypto import jwk
 from jwcrypto import jwt as jose_jwt
 
-from tests.support.deployment import deployed, http_ok, wait_for
+from tests.support.deployment import deployed, http_ok
+from tests.support.waiting import seconds_until, wait_for
 from tokenbridge import api
 
 pytestmark = pytest.mark.cluster
@@ -135,7 +136,7 @@ def test_changes_take_effect_within_two_seconds(stack):
         "-p",
         json.dumps({"spec": {"audiences": [API]}}),
     )
-    took = wait_for(
+    took = seconds_until(
         lambda: stack.exchange(creds, subject, audience=other).status_code == 400, 2.0, "the removed audience refused"
     )
     assert stack.exchange(creds, subject, audience=other).json()["error"] == "invalid_target", took

@@ -24,6 +24,7 @@ from jwcrypto import jwk
 from jwcrypto import jwt as jose_jwt
 
 from tests.support.processes import free_port
+from tests.support.waiting import wait_for
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import generate_keyset
@@ -41,15 +42,6 @@ def apply(cp, doc: dict) -> None:
 def patch_status(cp, kind: str, name: str, status: dict, namespace: str | None = None) -> None:
     ns = ["-n", namespace] if namespace else []
     cp.kubectl("patch", kind, name, *ns, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
-
-
-def wait_for(predicate, timeout: float, what: str) -> float:
-    """Seconds until ``predicate()`` held; fails after ``timeout``."""
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, f"{what} not seen within {timeout}s"
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.idp import HttpsIdP, IdP
 from tests.support.processes import free_port, stop_group
+from tests.support.waiting import seconds_until, wait_for
 from tokenbridge import api
 from tokenbridge.client_secrets import hash_client_secret
 
@@ -52,14 +53,6 @@ RATE = 25.0  # exchanges per second of the background load
 
 
 # ----- processes ------------------------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, f"{what} not seen within {timeout}s"
-        time.sleep(interval)
-    return time.monotonic() - start
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -386,7 +379,7 @@ def test_api_server_down_for_60s_fails_no_exchange_and_config_resumes(control_pl
         def other_refused_by_all() -> bool:
             return all(s.exchange(creds, subject, audience=OTHER).status_code == 400 for _ in range(4))
 
-        took = wait_for(other_refused_by_all, 15, "the removed audience refused after the restart", interval=0.2)
+        took = seconds_until(other_refused_by_all, 15, "the removed audience refused after the restart", interval=0.2)
         assert s.exchange(creds, subject, audience=OTHER).json()["error"] == "invalid_target"
         # the operator survived the outage and reconciles again: a new application gets credentials
         assert s.operator.poll() is None, s.log("operator")

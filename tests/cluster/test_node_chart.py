@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import jwt
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from tests.support.node import Node, built_image, can_run
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 
@@ -66,16 +66,6 @@ def kubectl_json(cp, *args: str):
 
 def apply(cp, *docs: dict) -> None:
     cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)}))
-
-
-def wait_for(predicate, timeout: float, what: str, diagnose=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"{what} not within {timeout}s\n{diagnose()}")
 
 
 def condition(obj: dict, kind: str) -> str | None:
@@ -148,7 +138,8 @@ def release(node, control_plane, helm, tmp_path_factory):
         ),
         120,
         "the application Ready",
-        lambda: cp.kubectl("get", "idp,oauthapp", "-n", APP_NS, "-o", "yaml", check=False).stdout + diagnose(),
+        interval=1.0,
+        diagnose=lambda: cp.kubectl("get", "idp,oauthapp", "-n", APP_NS, "-o", "yaml", check=False).stdout + diagnose(),
     )
     service = kubectl_json(cp, "get", "service", f"{RELEASE}-tokenbridge-server", "-n", NAMESPACE)
     yield service["spec"]["clusterIP"], str(service["spec"]["ports"][0]["port"]), reference, diagnose
@@ -200,7 +191,7 @@ def run_workload(cp, release, name: str) -> dict:
         phase = kubectl_json(cp, "get", "pod", name, "-n", APP_NS).get("status", {}).get("phase")
         return phase if phase in ("Succeeded", "Failed") else None
 
-    phase = wait_for(finished, 120, f"pod {name} finished", diagnose)
+    phase = wait_for(finished, 120, f"pod {name} finished", interval=1.0, diagnose=diagnose)
     logs = cp.kubectl("logs", name, "-n", APP_NS).stdout
     assert phase == "Succeeded", f"{phase}: {logs}\n{diagnose()}"
     return json.loads(logs.strip().splitlines()[-1])
@@ -256,7 +247,7 @@ def test_deleting_the_server_pod_loses_no_configuration(control_plane, release):
             and not p["metadata"].get("deletionTimestamp")
         ]
 
-    wait_for(replaced, 180, "a new Ready server pod", release[3])
+    wait_for(replaced, 180, "a new Ready server pod", interval=1.0, diagnose=release[3])
     after = verify(run_workload(cp, release, "worker-after"))
     # The same client and the same signing key: the new pod read everything back from the API server.
     assert after["claims"]["client_id"] == before["claims"]["client_id"]

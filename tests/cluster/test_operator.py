@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.idp import HttpsIdP
 from tests.support.processes import free_port
+from tests.support.waiting import wait_for
 from tokenbridge.client_secrets import hash_client_secret
 from tokenbridge.signing import SigningKeySet
 from tokenbridge_operator.main import serve_cluster_identity_providers
@@ -109,17 +110,6 @@ def get(cluster, kind, name, namespace=None):
     return json.loads(proc.stdout) if proc.returncode == 0 else None
 
 
-def wait_for(what, check, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
-
-
 def condition(obj, type_):
     for c in ((obj or {}).get("status") or {}).get("conditions") or []:
         if c["type"] == type_:
@@ -135,7 +125,7 @@ def wait_ready(cluster, kind, name, namespace=None, status="True", reason=None, 
             return obj
         return None
 
-    return wait_for(f"{kind} {name} Ready={status} {reason or ''}", check, timeout)
+    return wait_for(check, timeout, f"{kind} {name} Ready={status} {reason or ''}", interval=0.3)
 
 
 def events(cluster, name, namespace):
@@ -203,7 +193,12 @@ def test_provider_shapes_are_discovered(cluster, namespace, kind, type_):
     assert all(c["observedGeneration"] == obj["metadata"]["generation"] for c in status["conditions"])
     if kind.startswith("entra"):
         assert "{tenantid}" in status["issuer"]
-    wait_for("a Ready event", lambda: ("Normal", "Ready") in [e[:2] for e in events(cluster, "corp", namespace)])
+    wait_for(
+        lambda: ("Normal", "Ready") in [e[:2] for e in events(cluster, "corp", namespace)],
+        30.0,
+        "a Ready event",
+        interval=0.3,
+    )
 
 
 def test_kubernetes_serviceaccount_issuer(cluster, monkeypatch):
@@ -260,12 +255,14 @@ def test_outage_marks_stale_then_recovers(cluster, namespace):
         up = wait_ready(cluster, "identityprovider", "flaky", namespace)["status"]
         assert up["stale"] is False and up["discoveredAt"] >= good["discoveredAt"]
         seen = wait_for(
-            "outage and recovery events",
             lambda: (
                 lambda e: (
                     e if {("Warning", "DiscoveryUnavailable"), ("Normal", "Ready")} <= {x[:2] for x in e} else None
                 )
             )(events(cluster, "flaky", namespace)),
+            30.0,
+            "outage and recovery events",
+            interval=0.3,
         )
     assert all("Bearer" not in message for _, _, message in seen)
 
@@ -307,8 +304,10 @@ def test_invalid_document_fails_until_the_spec_changes(cluster, namespace):
         obj = wait_ready(cluster, "identityprovider", "mismatch", namespace, "False", "IssuerMismatch")
         assert "somebody-else.example" in condition(obj, "Ready")["message"]
         wait_for(
-            "an IssuerMismatch warning event",
             lambda: ("Warning", "IssuerMismatch") in [e[:2] for e in events(cluster, "mismatch", namespace)],
+            30.0,
+            "an IssuerMismatch warning event",
+            interval=0.3,
         )
         apply(
             cluster, idp("mismatch", namespace, server, "Okta", issuer="https://somebody-else.example/oauth2/default")
@@ -350,8 +349,10 @@ def test_credentials_created_once_and_stable_across_restarts(cluster, namespace)
     with operator():
         apply(cluster, app("svc", namespace, "svc-credentials", description="an unrelated edit"))
         wait_for(
-            "the edit to be handled",
             lambda: get(cluster, "oauthapplication", "svc", namespace)["status"].get("observedGeneration") == 2,
+            30.0,
+            "the edit to be handled",
+            interval=0.3,
         )
         time.sleep(3)  # a few timer ticks
     assert secret_values(cluster, "svc-credentials", namespace) == first
@@ -368,10 +369,12 @@ def test_rotation_keeps_the_previous_secret_for_the_grace_period(cluster, namesp
         old = secret_values(cluster, "rot-credentials", namespace)
         cluster.kubectl("annotate", "oauthapplication", "rot", "-n", namespace, "tokenbridge.dev/rotate-secret=1")
         during = wait_for(
-            "rotation",
             lambda: (lambda s: s if s.get("previousClientSecretHash") else None)(
                 get(cluster, "oauthapplication", "rot", namespace)["status"]
             ),
+            30.0,
+            "rotation",
+            interval=0.3,
         )
         new = secret_values(cluster, "rot-credentials", namespace)
         assert new["client_id"] == old["client_id"] and new["client_secret"] != old["client_secret"]
@@ -381,11 +384,12 @@ def test_rotation_keeps_the_previous_secret_for_the_grace_period(cluster, namesp
         expires = datetime.fromisoformat(during["previousClientSecretExpiresAt"].replace("Z", "+00:00"))
         assert 0 < (expires - datetime.now(UTC)).total_seconds() <= 7
         after = wait_for(
-            "the grace window to end",
             lambda: (lambda s: s if "previousClientSecretHash" not in s else None)(
                 get(cluster, "oauthapplication", "rot", namespace)["status"]
             ),
-            timeout=20,
+            20,
+            "the grace window to end",
+            interval=0.3,
         )
         assert "previousClientSecretExpiresAt" not in after
         assert after["clientSecretHash"] == during["clientSecretHash"]
@@ -412,9 +416,10 @@ def test_secret_is_garbage_collected_with_the_application(cluster, namespace):
         wait_ready(cluster, "oauthapplication", "gone", namespace)
         cluster.kubectl("delete", "oauthapplication", "gone", "-n", namespace)
     wait_for(
-        "garbage collection of the Secret",
         lambda: get(cluster, "secret", "gone-credentials", namespace) is None,
-        timeout=60,
+        60,
+        "garbage collection of the Secret",
+        interval=0.3,
     )
 
 
@@ -529,12 +534,13 @@ def test_signing_keys_rotate_and_old_keys_stay_published(cluster):
         return SigningKeySet.from_secret_data(obj["data"]) if obj else None
 
     with operator():
-        first = wait_for("the signing key Secret", keyset)
+        first = wait_for(keyset, 30.0, "the signing key Secret", interval=0.3)
         first_kid = first.active(time.time()).kid
         rotated = wait_for(
-            "a rotation",
             lambda: (lambda ks: ks if ks and ks.active(time.time()).kid != first_kid else None)(keyset()),
-            timeout=30,
+            30,
+            "a rotation",
+            interval=0.3,
         )
     now = time.time()
     published = [k["kid"] for k in rotated.jwks(now)["keys"]]
@@ -555,8 +561,10 @@ def test_invalid_identity_provider_expression_until_the_spec_is_fixed(cluster, n
         assert message.startswith("spec.condition: ") and "syntax error" in message
         assert obj["status"]["observedGeneration"] == 1 and condition(obj, "Ready")["observedGeneration"] == 1
         wait_for(
-            "an InvalidExpression warning event",
             lambda: ("Warning", "InvalidExpression") in [e[:2] for e in events(cluster, "cel", namespace)],
+            30.0,
+            "an InvalidExpression warning event",
+            interval=0.3,
         )
         time.sleep(4)  # a refresh interval (3s): still not discovered, still one Event
         assert server.requests == [], "a spec with an invalid expression is not discovered"
@@ -575,7 +583,12 @@ def test_invalid_identity_provider_expression_until_the_spec_is_fixed(cluster, n
         )
         obj = wait_ready(cluster, "identityprovider", "cel", namespace)
         assert obj["status"]["observedGeneration"] == 2 and obj["status"]["issuer"] == server.issuer
-        wait_for("a Ready event", lambda: ("Normal", "Ready") in [e[:2] for e in events(cluster, "cel", namespace)])
+        wait_for(
+            lambda: ("Normal", "Ready") in [e[:2] for e in events(cluster, "cel", namespace)],
+            30.0,
+            "a Ready event",
+            interval=0.3,
+        )
 
 
 def test_invalid_cluster_identity_provider_claim_mapping(cluster):
@@ -621,8 +634,10 @@ def test_invalid_application_condition_until_the_spec_is_fixed(cluster, namespac
         assert obj["status"]["observedGeneration"] == 1 and "clientID" not in obj["status"]
         assert get(cluster, "secret", "cond-credentials", namespace) is None, "nothing is done before it compiles"
         wait_for(
-            "an InvalidExpression warning event",
             lambda: ("Warning", "InvalidExpression") in [e[:2] for e in events(cluster, "cond", namespace)],
+            30.0,
+            "an InvalidExpression warning event",
+            interval=0.3,
         )
 
         apply(cluster, app("cond", namespace, "cond-credentials", condition=f"request.namespace == '{namespace}'"))
@@ -652,7 +667,7 @@ def test_metrics_endpoint_counts_reconciliations(cluster, namespace, monkeypatch
     port = free_port()
     monkeypatch.setenv("TOKENBRIDGE_METRICS_PORT", str(port))
     with HttpsIdP("okta") as server, operator():
-        before = wait_for("the metrics endpoint", lambda: _try_scrape(port))
+        before = wait_for(lambda: _try_scrape(port), 30.0, "the metrics endpoint", interval=0.3)
         apply(cluster, idp("good", namespace, server, "Okta"))
         apply(cluster, idp("bad", namespace, server, "Okta", condition="assertion.sub +"))
         apply(

@@ -15,8 +15,9 @@ import httpx
 import jwt
 import pytest
 
-from tests.support.deployment import TOKENBRIDGE, Stack, deployed, http_ok, wait_for
+from tests.support.deployment import TOKENBRIDGE, Stack, deployed, http_ok
 from tests.support.idp import IdP
+from tests.support.waiting import wait_for
 from tokenbridge import api
 
 pytestmark = pytest.mark.cluster

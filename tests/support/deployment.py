@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,15 +18,6 @@ from tests.support.processes import free_port, stop_group
 from tokenbridge import api
 
 TOKENBRIDGE = str(Path(sys.executable).parent / "tokenbridge")
-
-
-def wait_for(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - start
-        assert time.monotonic() - start < timeout, f"{what} not seen within {timeout}s"
-        time.sleep(0.1)
 
 
 def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
