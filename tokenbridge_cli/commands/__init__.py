@@ -10,6 +10,8 @@ import argparse
 import sys
 import textwrap
 
+from tokenbridge import api
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -19,6 +21,18 @@ exit codes:
   0  success
   1  refused or failed (the message says why and what to do)
   2  usage error"""
+
+# The short names exchange and explain accept for --grant and the token-type options.
+GRANTS = {
+    "token-exchange": api.GRANT_TOKEN_EXCHANGE,
+    "jwt-bearer": api.GRANT_JWT_BEARER,
+    "client_credentials": api.GRANT_CLIENT_CREDENTIALS,
+}
+TOKEN_TYPES = {
+    "jwt": api.TOKEN_TYPE_JWT,
+    "id_token": api.TOKEN_TYPE_ID_TOKEN,
+    "access_token": api.TOKEN_TYPE_ACCESS_TOKEN,
+}
 
 
 def parser(prog: str, description: str, examples: str) -> argparse.ArgumentParser:

@@ -21,20 +21,10 @@ import httpx
 
 from tokenbridge import api
 
-from . import EXIT_FAILED, EXIT_OK, fail, parser, read_argument
+from . import EXIT_FAILED, EXIT_OK, GRANTS, TOKEN_TYPES, fail, parser, read_argument
 
 ENV_CLIENT_ID = "TOKENBRIDGE_CLIENT_ID"
 ENV_CLIENT_SECRET = "TOKENBRIDGE_CLIENT_SECRET"
-GRANTS = {
-    "token-exchange": api.GRANT_TOKEN_EXCHANGE,
-    "jwt-bearer": api.GRANT_JWT_BEARER,
-    "client_credentials": api.GRANT_CLIENT_CREDENTIALS,
-}
-TOKEN_TYPES = {
-    "jwt": api.TOKEN_TYPE_JWT,
-    "id_token": api.TOKEN_TYPE_ID_TOKEN,
-    "access_token": api.TOKEN_TYPE_ACCESS_TOKEN,
-}
 METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
 TIMEOUT = 10.0
 

@@ -19,18 +19,7 @@ from typing import Any
 
 from tokenbridge import api
 
-from . import EXIT_FAILED, EXIT_OK, fail, parser, read_argument
-
-GRANTS = {
-    "token-exchange": api.GRANT_TOKEN_EXCHANGE,
-    "jwt-bearer": api.GRANT_JWT_BEARER,
-    "client_credentials": api.GRANT_CLIENT_CREDENTIALS,
-}
-TOKEN_TYPES = {
-    "jwt": api.TOKEN_TYPE_JWT,
-    "id_token": api.TOKEN_TYPE_ID_TOKEN,
-    "access_token": api.TOKEN_TYPE_ACCESS_TOKEN,
-}
+from . import EXIT_FAILED, EXIT_OK, GRANTS, TOKEN_TYPES, fail, parser, read_argument
 
 DESCRIPTION = """
 Explain what the Tokenbridge token endpoint would decide for a token and an application: the client, the identity
