@@ -89,26 +89,21 @@ def namespace(control_plane):
     control_plane.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
 
+def admit(cp, namespace: str, path) -> list[dict]:
+    """The objects the API server would store for ``path`` (server-side dry-run apply); fails if it refuses any."""
+    proc = cp.kubectl(
+        "apply", "--server-side", "--dry-run=server", "--field-manager", "examples-test",
+        "-n", namespace, "-f", str(path), "-o", "json", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{path} was refused:\n{proc.stderr}"
+    out = json.loads(proc.stdout)
+    return out["items"] if out.get("kind") == "List" else [out]
+
+
 @pytest.mark.cluster
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_example_is_admitted_unchanged(control_plane, namespace, path):
-    proc = control_plane.kubectl(
-        "apply",
-        "--server-side",
-        "--dry-run=server",
-        "--field-manager",
-        "examples-test",
-        "-n",
-        namespace,
-        "-f",
-        str(path),
-        "-o",
-        "json",
-        check=False,
-    )
-    assert proc.returncode == 0, f"{path} was refused:\n{proc.stderr}"
-    out = json.loads(proc.stdout)
-    admitted = out["items"] if out.get("kind") == "List" else [out]
+    admitted = admit(control_plane, namespace, path)
     sent = documents(path)
     assert [(d["kind"], d["metadata"]["name"]) for d in admitted] == [(d["kind"], d["metadata"]["name"]) for d in sent]
     for doc, stored in zip(sent, admitted, strict=True):
@@ -123,22 +118,7 @@ def test_tokenbridge_dev_manifests_are_admitted_unchanged(control_plane, namespa
 
     dev.prepare(tmp_path)
     path = tmp_path / dev.MANIFEST_FILE
-    proc = control_plane.kubectl(
-        "apply",
-        "--server-side",
-        "--dry-run=server",
-        "--field-manager",
-        "examples-test",
-        "-n",
-        namespace,
-        "-f",
-        str(path),
-        "-o",
-        "json",
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    admitted = json.loads(proc.stdout)["items"]
+    admitted = admit(control_plane, namespace, path)
     for doc, stored in zip(documents(path), admitted, strict=True):
         body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata", "stringData")}
         assert missing(body, stored) == [], doc["kind"]
