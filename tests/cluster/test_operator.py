@@ -128,6 +128,14 @@ def wait_ready(cluster, kind, name, namespace=None, status="True", reason=None, 
     return wait_for(check, timeout, f"{kind} {name} Ready={status} {reason or ''}", interval=0.3)
 
 
+def remove_cluster_identity_provider(cluster, name):
+    """Delete a test's ClusterIdentityProvider at once: no operator may be left to release its finalizer."""
+    cluster.kubectl("delete", "clusteridentityprovider", name, "--wait=false", check=False)
+    cluster.kubectl(
+        "patch", "clusteridentityprovider", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False
+    )
+
+
 def events(cluster, name, namespace):
     out = cluster.kubectl(
         "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
@@ -222,16 +230,7 @@ def test_kubernetes_serviceaccount_issuer(cluster, monkeypatch):
             )
             obj = wait_ready(cluster, "clusteridentityprovider", name)
     finally:
-        cluster.kubectl("delete", "clusteridentityprovider", name, "--wait=false", check=False)
-        cluster.kubectl(
-            "patch",
-            "clusteridentityprovider",
-            name,
-            "--type=merge",
-            "-p",
-            '{"metadata":{"finalizers":null}}',
-            check=False,
-        )
+        remove_cluster_identity_provider(cluster, name)
     assert obj["status"]["issuer"] == cluster.issuer
     assert obj["status"]["jwksURI"] == cluster.issuer + "/openid/v1/jwks"
     assert obj["status"]["keyCount"] >= 1
@@ -487,16 +486,7 @@ def test_references_cross_namespace_refused_and_readiness_followed(cluster, name
             wait_ready(cluster, "oauthapplication", "follows", namespace, timeout=30)
     finally:
         release_and_delete(cluster, other)
-        cluster.kubectl("delete", "clusteridentityprovider", cidp, "--wait=false", check=False)
-        cluster.kubectl(
-            "patch",
-            "clusteridentityprovider",
-            cidp,
-            "--type=merge",
-            "-p",
-            '{"metadata":{"finalizers":null}}',
-            check=False,
-        )
+        remove_cluster_identity_provider(cluster, cidp)
 
 
 def test_applications_created_with_their_idp_become_ready_without_waiting_for_a_recheck(cluster, namespace):
@@ -612,16 +602,7 @@ def test_invalid_cluster_identity_provider_claim_mapping(cluster):
             )
             obj = wait_ready(cluster, "clusteridentityprovider", name, None, "False", "InvalidExpression")
     finally:
-        cluster.kubectl("delete", "clusteridentityprovider", name, "--wait=false", check=False)
-        cluster.kubectl(
-            "patch",
-            "clusteridentityprovider",
-            name,
-            "--type=merge",
-            "-p",
-            '{"metadata":{"finalizers":null}}',
-            check=False,
-        )
+        remove_cluster_identity_provider(cluster, name)
     assert condition(obj, "Ready")["message"].startswith("spec.claimMappings['iss']: ")
 
 
